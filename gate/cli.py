@@ -1,0 +1,55 @@
+"""The one `lpips-gate` command. Light commands live in `gate`; engine commands (torch) arrive as
+entry-point plugins in the group `lpips_gate.commands`, loaded only when invoked."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+
+import click
+
+from gate.settings import Settings
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+PLUGIN_GROUP = "lpips_gate.commands"
+
+
+class UsageFailure(click.ClickException):
+    """Bad input or missing prerequisites: a message on stderr, exit 2, no traceback."""
+
+    exit_code = EXIT_ERROR
+
+
+class _Cli(click.Group):
+    def _plugins(self):
+        return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        plugin = self._plugins().get(name)
+        if plugin is None:
+            return None
+        try:
+            return plugin.load()
+        except ImportError as exc:
+            raise UsageFailure(
+                f"'{name}' needs the engine: pip install 'lpips-gate[worker]' ({exc})"
+            ) from exc
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """lpips-gate: a perceptual quality gate for rendered images (LPIPS).
+
+    Settings come from LPIPS_GATE_* environment variables (see the README)."""
+    ctx.obj = Settings()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""One Settings object, read from LPIPS_GATE_* variables and passed down; nothing is built at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_cache_path, user_data_path
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_database_url() -> str:
+    folder = user_data_path("lpips-gate")
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'lpips-gate.db'}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LPIPS_GATE_", extra="ignore")
+
+    database_url: str = Field(default_factory=_default_database_url)
+    broker_url: str | None = None  # None: run the work in-process (the embedded default)
+    weights_dir: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "weights")
+    image_root: Path = Field(default_factory=Path.cwd)  # the only folder task paths may point into
+
+    net: Literal["alex", "vgg", "squeeze"] = "alex"
+    version: str = "0.1"
+    fallback_net: Literal["alex", "vgg", "squeeze"] | None = "alex"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    allow_random_weights: bool = False  # tests only: never on in production
+
+    max_pixels: int = 64_000_000  # per image: larger is treated as a decompression bomb
+    max_batch: int = 16  # pairs per forward pass
+    feature_cache_bytes: int = 256 * 2**20
+    max_attempts: int = 3  # a comparison that fails this often is recorded as an error
+
+    task_soft_time_limit: int = 300
+    task_time_limit: int = 360
+    visibility_timeout: int = 3600
+    orphan_after: int = 30  # seconds without a worker heartbeat before its comparisons are re-queued
+
+    metrics_port: int | None = None
+    heartbeat_file: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "heartbeat")
+    webhook_url: str | None = None
+    log_json: bool = True
+    log_level: str = "INFO"
