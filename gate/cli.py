@@ -51,5 +51,9 @@ def main(ctx: click.Context) -> None:
     ctx.obj = Settings()
 
 
+from gate.commands.db import db  # noqa: E402  (light command groups, registered below `main`)
+
+main.add_command(db)
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,1 @@
+"""Light CLI command groups added to `lpips-gate` in gate/cli.py."""

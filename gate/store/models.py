@@ -1,0 +1,186 @@
+"""The schema as typed SQLAlchemy 2 models. The database itself is built only by the Alembic
+migrations in `migrations/`; a test checks that the two never drift apart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+COMPARISON_STATUSES = ("queued", "running", "done", "error")
+VERDICTS = ("pass", "fail", "error")
+ALERT_RULES = ("distance", "sparsity", "variance", "nonfinite", "drift")
+ALERT_STATES = ("open", "resolved")
+STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+OPEN_ALERT = text("state = 'open'")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both dialects (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware one (UTC)")
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UtcDateTime(), float: Double(), str: String(), dict[str, Any]: JSON()}
+
+
+class Suite(Base):
+    __tablename__ = "suites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    suite_id: Mapped[int] = mapped_column(ForeignKey("suites.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    threshold: Mapped[float | None]
+    net: Mapped[str]
+    version: Mapped[str]
+    precision: Mapped[str]
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    verdict: Mapped[str | None]
+    evaluated_at: Mapped[datetime | None]
+
+    suite: Mapped[Suite] = relationship(lazy="joined")
+
+
+class Comparison(Base):
+    __tablename__ = "comparisons"
+    __table_args__ = (
+        UniqueConstraint("run_id", "ref", "cand"),
+        CheckConstraint(_one_of("status", COMPARISON_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    ref: Mapped[str]
+    cand: Mapped[str]
+    status: Mapped[str] = mapped_column(default="queued", index=True)
+    distance: Mapped[float | None]
+    net: Mapped[str | None]  # the backbone that produced `distance` (differs from the run's after a fallback)
+    weights_version: Mapped[str | None]
+    precision: Mapped[str | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None]
+    worker: Mapped[str | None]
+    claimed_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    decode_ms: Mapped[float | None]
+    model_ms: Mapped[float | None]
+    heatmap_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class LayerMetric(Base):
+    """One backbone layer of one comparison; statistics are NULL where they were not finite."""
+
+    __tablename__ = "layer_metrics"
+    __table_args__ = (UniqueConstraint("comparison_id", "layer_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"))
+    layer_index: Mapped[int]
+    name: Mapped[str]
+    distance: Mapped[float | None]
+    ref_sparsity: Mapped[float | None]
+    ref_mean: Mapped[float | None]
+    ref_std: Mapped[float | None]
+    ref_min: Mapped[float | None]
+    ref_max: Mapped[float | None]
+    ref_nonfinite: Mapped[int]
+    cand_sparsity: Mapped[float | None]
+    cand_mean: Mapped[float | None]
+    cand_std: Mapped[float | None]
+    cand_min: Mapped[float | None]
+    cand_max: Mapped[float | None]
+    cand_nonfinite: Mapped[int]
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    __table_args__ = (
+        CheckConstraint(_one_of("rule", ALERT_RULES), name="rule"),
+        CheckConstraint(_one_of("state", ALERT_STATES), name="state"),
+        Index("ix_alerts_suite_id_rule_state", "suite_id", "rule", "state"),
+        Index(
+            "uq_alerts_open_fingerprint",
+            "fingerprint",
+            unique=True,
+            postgresql_where=OPEN_ALERT,
+            sqlite_where=OPEN_ALERT,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rule: Mapped[str]
+    suite_id: Mapped[int] = mapped_column(ForeignKey("suites.id"))
+    fingerprint: Mapped[str]
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(default="open")
+    value: Mapped[float | None]
+    threshold: Mapped[float | None]
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None]
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_notified_at: Mapped[datetime | None]
+
+    suite: Mapped[Suite] = relationship(lazy="joined")
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    last_seen: Mapped[datetime]
+    hostname: Mapped[str]
+    pid: Mapped[int]

@@ -1,0 +1,371 @@
+"""Store operations: keyword-only, a Session first, a few statements each. Callers own the
+transaction (see `session_scope`). State changes are single UPDATE ... WHERE ... RETURNING statements,
+so two workers racing for one row never both win; inserts that may repeat use ON CONFLICT DO NOTHING."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import String, cast, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from gate.store.models import (
+    ALERT_RULES,
+    COMPARISON_STATUSES,
+    OPEN_ALERT,
+    STAT_KEYS,
+    VERDICTS,
+    Alert,
+    Comparison,
+    LayerMetric,
+    Run,
+    Suite,
+    Worker,
+    utcnow,
+)
+
+
+class NotFound(LookupError):
+    """A run or comparison id that is not in the database."""
+
+
+def _insert(session: Session, model: type) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise ValueError(f"database dialect {dialect!r}: only postgresql and sqlite are supported")
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN/inf become NULL on both dialects (SQLite would store NaN as NULL anyway)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+# --- suites and runs ---------------------------------------------------------------------------
+
+
+def get_or_create_suite(session: Session, *, name: str) -> Suite:
+    if not name:
+        raise ValueError("suite name: must not be empty")
+    stmt = _insert(session, Suite).values(name=name, created_at=utcnow())
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+    return session.scalars(select(Suite).where(Suite.name == name)).one()
+
+
+def create_run(
+    session: Session,
+    *,
+    suite_name: str,
+    pairs: Sequence[tuple[str, str]],
+    net: str,
+    version: str,
+    precision: str,
+    threshold: float | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Run:
+    """A run and its comparisons, all queued; a pair given twice is stored once."""
+    _check_pairs(pairs)
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold: must be a finite number >= 0, got {threshold!r}")
+    suite = get_or_create_suite(session, name=suite_name)
+    run = Run(suite=suite, net=net, version=version, precision=precision, threshold=threshold,
+              options=dict(options or {}))
+    session.add(run)
+    session.flush()
+    stmt = _insert(session, Comparison).on_conflict_do_nothing(index_elements=["run_id", "ref", "cand"])
+    session.execute(stmt, [{"run_id": run.id, "ref": ref, "cand": cand, "status": "queued", "attempts": 0}
+                           for ref, cand in pairs])
+    return run
+
+
+def _check_pairs(pairs: Sequence[tuple[str, str]]) -> None:
+    if not pairs:
+        raise ValueError("pairs: a run needs at least one (ref, cand) pair")
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or not all(isinstance(path, str) and path for path in pair):
+            raise ValueError(f"pairs[{i}]: expected (ref, cand) as two non-empty strings, got {pair!r}")
+
+
+def get_run(session: Session, *, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id}: no such run")
+    return run
+
+
+def set_verdict(session: Session, *, run_id: int, verdict: str | None) -> None:
+    if verdict is not None and verdict not in VERDICTS:
+        raise ValueError(f"verdict: must be one of {VERDICTS} or None, got {verdict!r}")
+    evaluated_at = None if verdict is None else utcnow()
+    stmt = update(Run).where(Run.id == run_id).values(verdict=verdict, evaluated_at=evaluated_at)
+    if session.execute(stmt.returning(Run.id)).first() is None:
+        raise NotFound(f"run {run_id}: no such run")
+
+
+# --- the comparison queue ----------------------------------------------------------------------
+
+
+def _orphaned(older_than: timedelta) -> Any:
+    """Running, but its worker's heartbeat is stale (or it never sent one and the claim is old)."""
+    cutoff = utcnow() - older_than
+    known = exists().where(Worker.name == Comparison.worker)
+    stale = exists().where(Worker.name == Comparison.worker, Worker.last_seen < cutoff)
+    return (Comparison.status == "running") & (stale | (~known & (Comparison.claimed_at < cutoff)))
+
+
+def claim_comparisons(
+    session: Session,
+    *,
+    ids: Sequence[int],
+    worker: str,
+    max_attempts: int,
+    orphan_after: timedelta | None = None,
+) -> list[Comparison]:
+    """Move the queued ones among `ids` to running for `worker` and return them (by id). With
+    `orphan_after`, running rows whose worker stopped heartbeating that long ago are claimable too.
+    One that already used `max_attempts` is recorded as an error instead (a poison input)."""
+    if not worker:
+        raise ValueError("worker: must not be empty")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts: must be >= 1, got {max_attempts}")
+    takeable = Comparison.status == "queued"
+    if orphan_after is not None:
+        takeable = takeable | _orphaned(orphan_after)
+    claimable = Comparison.id.in_(ids) & takeable
+    now = utcnow()
+    given_up = "gave up after " + cast(Comparison.attempts, String) + " attempts: " + func.coalesce(
+        Comparison.error, "no error recorded"
+    )
+    session.execute(
+        update(Comparison)
+        .where(claimable, Comparison.attempts >= max_attempts)
+        .values(status="error", error=given_up, finished_at=now)
+    )
+    claimed = session.scalars(
+        update(Comparison)
+        .where(claimable, Comparison.attempts < max_attempts)
+        .values(status="running", attempts=Comparison.attempts + 1, worker=worker, claimed_at=now)
+        .returning(Comparison),
+        execution_options={"populate_existing": True},
+    )
+    return sorted(claimed, key=lambda comparison: comparison.id)
+
+
+def record_result(
+    session: Session,
+    *,
+    comparison_id: int,
+    distance: float,
+    net: str,
+    weights_version: str,
+    precision: str,
+    layers: Sequence[Mapping[str, Any]],
+    decode_ms: float | None = None,
+    model_ms: float | None = None,
+    heatmap_png: bytes | None = None,
+) -> bool:
+    """Store a finished comparison once: a repeat delivery of a done comparison writes nothing and
+    returns False."""
+    rows = [_layer_row(comparison_id, i, layer) for i, layer in enumerate(layers)]
+    stmt = (
+        update(Comparison)
+        .where(Comparison.id == comparison_id, Comparison.status != "done")
+        .values(status="done", distance=_finite(distance), net=net, weights_version=weights_version,
+                precision=precision, decode_ms=decode_ms, model_ms=model_ms, heatmap_png=heatmap_png,
+                error=None, finished_at=utcnow())
+    )
+    if session.execute(stmt.returning(Comparison.id)).first() is None:
+        _require_comparison(session, comparison_id)
+        return False
+    if rows:
+        conflict = ["comparison_id", "layer_index"]
+        session.execute(_insert(session, LayerMetric).on_conflict_do_nothing(index_elements=conflict), rows)
+    return True
+
+
+def _layer_row(comparison_id: int, position: int, layer: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        row = {"comparison_id": comparison_id, "layer_index": int(layer["index"]), "name": layer["name"],
+               "distance": _finite(layer["distance"])}
+        for side in ("ref", "cand"):
+            stats = layer[f"{side}_stats"]
+            row |= {f"{side}_{key}": _finite(stats[key]) for key in STAT_KEYS if key != "nonfinite"}
+            row[f"{side}_nonfinite"] = int(stats["nonfinite"])
+    except KeyError as exc:
+        raise ValueError(f"layers[{position}]: missing key {exc.args[0]!r}") from exc
+    return row
+
+
+def record_error(session: Session, *, comparison_id: int, reason: str, final: bool) -> bool:
+    """A failed attempt: `final` ends the comparison as an error, otherwise it is queued again
+    (attempts kept, so `claim_comparisons` can give up on it). A done comparison is left alone."""
+    values: dict[str, Any] = {"status": "error", "finished_at": utcnow()} if final else {"status": "queued"}
+    stmt = (
+        update(Comparison)
+        .where(Comparison.id == comparison_id, Comparison.status != "done")
+        .values(error=reason, **values)
+    )
+    if session.execute(stmt.returning(Comparison.id)).first() is None:
+        _require_comparison(session, comparison_id)
+        return False
+    return True
+
+
+def _require_comparison(session: Session, comparison_id: int) -> None:
+    if session.get(Comparison, comparison_id) is None:
+        raise NotFound(f"comparison {comparison_id}: no such comparison")
+
+
+def requeue_orphans(session: Session, *, older_than: timedelta) -> list[int]:
+    """Running comparisons whose worker went silent go back to the queue; the caller re-enqueues
+    the returned ids."""
+    stmt = (
+        update(Comparison)
+        .where(_orphaned(older_than))
+        .values(status="queued", error="worker " + Comparison.worker + " stopped heartbeating")
+        .returning(Comparison.id)
+    )
+    return sorted(session.scalars(stmt))
+
+
+def heartbeat(session: Session, *, worker: str, hostname: str, pid: int) -> None:
+    values = {"name": worker, "hostname": hostname, "pid": pid, "last_seen": utcnow()}
+    stmt = _insert(session, Worker).values(values)
+    session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+
+
+# --- reading results ---------------------------------------------------------------------------
+
+
+def run_progress(session: Session, *, run_id: int) -> dict[str, int]:
+    """Comparisons per status; every status is present, zero included."""
+    stmt = select(Comparison.status, func.count()).where(Comparison.run_id == run_id).group_by(Comparison.status)
+    counts = dict(session.execute(stmt).tuples().all())
+    return {status: counts.get(status, 0) for status in COMPARISON_STATUSES}
+
+
+def list_comparisons(session: Session, *, run_id: int) -> list[Comparison]:
+    return list(session.scalars(select(Comparison).where(Comparison.run_id == run_id).order_by(Comparison.id)))
+
+
+def layer_metrics(session: Session, *, run_id: int) -> list[LayerMetric]:
+    """Every layer row of the run, by comparison then layer."""
+    stmt = (
+        select(LayerMetric)
+        .join(Comparison, LayerMetric.comparison_id == Comparison.id)
+        .where(Comparison.run_id == run_id)
+        .order_by(LayerMetric.comparison_id, LayerMetric.layer_index)
+    )
+    return list(session.scalars(stmt))
+
+
+def run_distances(session: Session, *, run_id: int) -> list[float]:
+    """Distances of the run's done comparisons, by comparison id."""
+    stmt = (
+        select(Comparison.distance)
+        .where(Comparison.run_id == run_id, Comparison.status == "done", Comparison.distance.is_not(None))
+        .order_by(Comparison.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def recent_distances(
+    session: Session,
+    *,
+    suite_name: str,
+    net: str,
+    weights_version: str,
+    limit: int,
+    exclude_run_id: int | None = None,
+) -> list[float]:
+    """The drift baseline: done distances of the suite produced by this net and weights, newest runs
+    first, at most `limit`; `exclude_run_id` leaves out the run being judged."""
+    if limit < 1:
+        raise ValueError(f"limit: must be >= 1, got {limit}")
+    stmt = (
+        select(Comparison.distance)
+        .join(Run, Comparison.run_id == Run.id)
+        .join(Suite, Run.suite_id == Suite.id)
+        .where(Suite.name == suite_name, Comparison.status == "done", Comparison.distance.is_not(None),
+               Comparison.net == net, Comparison.weights_version == weights_version)
+        .order_by(Run.created_at.desc(), Run.id.desc(), Comparison.id)
+        .limit(limit)
+    )
+    if exclude_run_id is not None:
+        stmt = stmt.where(Run.id != exclude_run_id)
+    return list(session.scalars(stmt))
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+
+def alert_fingerprint(*, rule: str, suite_name: str, labels: Mapping[str, Any]) -> str:
+    """Stable across processes and label order: the identity of one alert over its lifetime."""
+    key = json.dumps([rule, suite_name, labels], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def upsert_open_alert(
+    session: Session,
+    *,
+    rule: str,
+    suite_name: str,
+    labels: Mapping[str, Any],
+    value: float | None,
+    threshold: float | None,
+    run_id: int | None,
+) -> tuple[Alert, bool]:
+    """Open an alert, or refresh the open one with the same fingerprint; True when newly opened."""
+    if rule not in ALERT_RULES:
+        raise ValueError(f"rule: must be one of {ALERT_RULES}, got {rule!r}")
+    fingerprint = alert_fingerprint(rule=rule, suite_name=suite_name, labels=labels)
+    suite = get_or_create_suite(session, name=suite_name)
+    now = utcnow()
+    seen = {"value": _finite(value), "threshold": _finite(threshold), "run_id": run_id, "last_seen_at": now}
+    opened = session.scalar(
+        _insert(session, Alert)
+        .values(rule=rule, suite_id=suite.id, fingerprint=fingerprint, labels=dict(labels), state="open",
+                opened_at=now, **seen)
+        .on_conflict_do_nothing(index_elements=["fingerprint"], index_where=OPEN_ALERT)
+        .returning(Alert.id)
+    )
+    if opened is not None:
+        return session.get_one(Alert, opened), True
+    stmt = update(Alert).where(Alert.fingerprint == fingerprint, Alert.state == "open").values(seen)
+    alert = session.scalars(stmt.returning(Alert), execution_options={"populate_existing": True}).one()
+    return alert, False
+
+
+def resolve_alerts(
+    session: Session, *, suite_name: str, rule: str, keep_fingerprints: Sequence[str]
+) -> list[Alert]:
+    """Resolve the suite's open alerts of `rule` that did not fire again (not in keep)."""
+    suite_id = select(Suite.id).where(Suite.name == suite_name).scalar_subquery()
+    stmt = (
+        update(Alert)
+        .where(Alert.suite_id == suite_id, Alert.rule == rule, Alert.state == "open",
+               Alert.fingerprint.not_in(keep_fingerprints))
+        .values(state="resolved", resolved_at=utcnow())
+        .returning(Alert)
+    )
+    resolved = session.scalars(stmt, execution_options={"populate_existing": True})
+    return sorted(resolved, key=lambda alert: alert.id)
+
+
+def list_alerts(session: Session, *, suite_name: str | None = None, open_only: bool = False) -> list[Alert]:
+    stmt = select(Alert).order_by(Alert.id)
+    if suite_name is not None:
+        stmt = stmt.join(Suite, Alert.suite_id == Suite.id).where(Suite.name == suite_name)
+    if open_only:
+        stmt = stmt.where(Alert.state == "open")
+    return list(session.scalars(stmt))
+
+
+def mark_notified(session: Session, *, alert_ids: Sequence[int]) -> None:
+    session.execute(update(Alert).where(Alert.id.in_(alert_ids)).values(last_notified_at=utcnow()))
