@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
-from alembic.util import CommandError
-from sqlalchemy import make_url
-from sqlalchemy.exc import OperationalError
 
 from gate.settings import Settings
-from gate.store.db import current_revision, downgrade, upgrade
 
 
 @click.group()
@@ -23,7 +17,7 @@ def db() -> None:
 @click.pass_obj
 def upgrade_command(settings: Settings, revision: str) -> None:
     """Migrate the database up to REVISION (default: head)."""
-    _migrate(upgrade, settings.database_url, revision)
+    _migrate("upgrade", settings.database_url, revision)
 
 
 @db.command("downgrade")
@@ -31,16 +25,22 @@ def upgrade_command(settings: Settings, revision: str) -> None:
 @click.pass_obj
 def downgrade_command(settings: Settings, revision: str) -> None:
     """Migrate the database down to REVISION ("base" drops every table)."""
-    _migrate(downgrade, settings.database_url, revision)
+    _migrate("downgrade", settings.database_url, revision)
 
 
-def _migrate(action: Callable[[str, str], None], url: str, revision: str) -> None:
-    from gate.cli import UsageFailure  # here, not at import: gate.cli imports this module
+def _migrate(direction: str, url: str, revision: str) -> None:
+    # Imported here: Alembic and SQLAlchemy would slow every other command, and gate.cli imports us.
+    from alembic.util import CommandError
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from gate.cli import UsageFailure
+    from gate.store import migrate
 
     shown = make_url(url).render_as_string(hide_password=True)
     try:
-        action(url, revision)
-        reached = current_revision(url) or "base"
+        getattr(migrate, direction)(url, revision)
+        reached = migrate.current_revision(url) or "base"
     except CommandError as exc:
         raise UsageFailure(f"revision {revision!r}: {exc}") from exc
     except OperationalError as exc:

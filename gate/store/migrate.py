@@ -1,0 +1,68 @@
+"""Alembic, run from code: `upgrade(url)` is what `lpips-gate db upgrade` and the embedded mode call.
+Kept apart from `gate.store.db` so that importing the store (and the CLI) does not load Alembic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from gate.store.db import make_engine
+
+# Kept at the repository root (next to alembic.ini); found from the package in an editable install.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_MIGRATION_LOCK_KEY = 0x1F1F5  # pg_advisory_xact_lock: one migrator at a time per database
+
+
+def alembic_config() -> Config:
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise FileNotFoundError(
+            f"Alembic migrations not found in {MIGRATIONS_DIR}: install lpips-gate from its repository "
+            "(pip install -e .)"
+        )
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at `url` up to `revision`; a no-op when it is already there."""
+    _migrate(url, command.upgrade, revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the database at `url` down to `revision` ("base" drops every table)."""
+    _migrate(url, command.downgrade, revision)
+
+
+def _migrate(url: str, action: Callable[[Config, str], None], revision: str) -> None:
+    config = alembic_config()
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+            config.attributes["connection"] = connection
+            action(config, revision)
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database at `url` is at (None: never migrated)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the migrations folder holds no revision"
+    return head
