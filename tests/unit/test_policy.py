@@ -1,0 +1,199 @@
+import textwrap
+
+import pytest
+
+from gate.policy import (
+    DriftPolicy,
+    Policy,
+    PolicyError,
+    PolicySet,
+    load_policies,
+    policy_for,
+    with_overrides,
+)
+
+LAYERED_TOML = """
+[defaults]
+max_sparsity = 0.9
+alert_cooldown_s = 600
+
+[suite.render]
+max_distance = 0.10
+drift = { window = 40, min_samples = 25 }
+
+[suite.render.nets.vgg]
+max_distance = 0.18
+drift = { psi_threshold = 0.4 }
+
+[suite.render.nets."vgg@0.1"]
+min_std = 0.001
+
+[suite.render.nets."squeeze@0.0"]
+max_distance = 0.05
+"""
+
+LAYERED_YAML = """
+defaults:
+  max_sparsity: 0.9
+  alert_cooldown_s: 600
+suite:
+  render:
+    max_distance: 0.10
+    drift: {window: 40, min_samples: 25}
+    nets:
+      vgg: {max_distance: 0.18, drift: {psi_threshold: 0.4}}
+      "vgg@0.1": {min_std: 0.001}
+      "squeeze@0.0": {max_distance: 0.05}
+"""
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(params=[("policies.toml", LAYERED_TOML), ("policies.yaml", LAYERED_YAML)], ids=["toml", "yaml"])
+def layered(request, tmp_path):
+    return load_policies(_write(tmp_path, *request.param))
+
+
+def test_defaults_match_the_documented_values():
+    policy = Policy()
+    assert (policy.max_distance, policy.max_sparsity, policy.min_std) == (None, 0.98, 1e-4)
+    assert (policy.allow_nonfinite, policy.alert_cooldown_s) == (False, 3600)
+    drift = policy.drift
+    assert (drift.baseline, drift.pinned_run, drift.window, drift.baseline_size) == ("trailing", None, 50, 200)
+    assert (drift.min_samples, drift.ks_threshold, drift.psi_threshold) == (30, 0.01, 0.25)
+    assert (drift.psi_bins, drift.wasserstein_threshold) == (5, None)
+
+
+def test_suite_layer_merges_over_defaults_field_by_field(layered):
+    alex = policy_for(layered, suite="render", net="alex", weights_version="0.1")
+    assert (alex.max_distance, alex.max_sparsity, alex.alert_cooldown_s) == (0.10, 0.9, 600)
+    assert (alex.drift.window, alex.drift.min_samples, alex.drift.baseline_size) == (40, 25, 200)
+
+
+def test_a_fallback_backbone_gets_its_own_thresholds_not_alex(layered):
+    vgg = policy_for(layered, suite="render", net="vgg", weights_version="0.0")
+    assert vgg.max_distance == 0.18
+    assert (vgg.drift.window, vgg.drift.psi_threshold) == (40, 0.4)  # the suite's window is kept
+    assert vgg.min_std == 1e-4
+
+
+def test_a_version_override_builds_on_its_net(layered):
+    vgg01 = policy_for(layered, suite="render", net="vgg", weights_version="0.1")
+    assert (vgg01.max_distance, vgg01.min_std, vgg01.drift.psi_threshold) == (0.18, 0.001, 0.4)
+
+
+def test_a_version_override_without_a_net_layer_builds_on_the_suite(layered):
+    assert policy_for(layered, suite="render", net="squeeze", weights_version="0.0").max_distance == 0.05
+    other = policy_for(layered, suite="render", net="squeeze", weights_version="0.1")
+    assert (other.max_distance, other.drift.window) == (0.10, 40)
+
+
+def test_an_unknown_suite_gets_the_defaults(layered):
+    policy = policy_for(layered, suite="new-suite", net="alex", weights_version="0.1")
+    assert policy == Policy(max_sparsity=0.9, alert_cooldown_s=600)
+
+
+def test_policy_for_rejects_an_unknown_net(layered):
+    with pytest.raises(ValueError, match=r"^net: unknown net 'resnet' \(expected alex, squeeze, vgg\)$"):
+        policy_for(layered, suite="render", net="resnet", weights_version="0.1")
+
+
+def test_policies_are_frozen():
+    with pytest.raises(Exception, match="frozen"):
+        Policy().max_distance = 0.3
+
+
+def test_an_empty_file_is_all_defaults(tmp_path):
+    assert load_policies(_write(tmp_path, "empty.yml", "")) == PolicySet()
+
+
+def test_with_overrides_replaces_given_values_and_keeps_unset_flags():
+    policy = Policy(max_distance=0.1, min_std=0.01)
+    assert with_overrides(policy, max_distance=0.25) == Policy(max_distance=0.25, min_std=0.01)
+    assert with_overrides(policy, max_distance=None) == policy
+    assert with_overrides(policy, drift={"window": 80}).drift == DriftPolicy(window=80)
+
+
+def test_with_overrides_validates():
+    with pytest.raises(PolicyError, match=r"^command line: override.max_distance: Input should be greater than or equal to 0$"):
+        with_overrides(Policy(), max_distance=-0.1)
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        (
+            "p.toml",
+            "[suite.render]\nmax_distance = -1\n",
+            "p.toml: suite.render.max_distance: Input should be greater than or equal to 0",
+        ),
+        (
+            "p.toml",
+            "[suite.render]\nmax_distanse = 0.1\n",
+            "p.toml: suite.render.max_distanse: Extra inputs are not permitted",
+        ),
+        (
+            "p.toml",
+            "[suite.render.nets.vgg]\nmax_sparsity = 1.5\n",
+            "p.toml: suite.render.nets.vgg.max_sparsity: Input should be less than or equal to 1",
+        ),
+        (
+            "p.toml",
+            "[suite.render.nets.alx]\nmax_distance = 0.1\n",
+            "p.toml: suite.render.nets.alx: unknown net 'alx' (expected alex, squeeze, vgg)",
+        ),
+        (
+            "p.toml",
+            '[suite.render.nets."alex@"]\nmax_distance = 0.1\n',
+            "p.toml: suite.render.nets.alex@: empty weights version after '@'",
+        ),
+        (
+            "p.toml",
+            "[suite.render.drift]\nbaseline = 'pinned'\n",
+            "p.toml: suite.render.drift: pinned_run is required with baseline 'pinned' and only allowed with it",
+        ),
+        (
+            "p.toml",
+            "[defaults.drift]\nwindow = 20\n",
+            "p.toml: defaults.drift: min_samples (30) exceeds window (20) or baseline_size (200): "
+            "drift could never be checked",
+        ),
+        (
+            "p.toml",
+            "[defaults.drift]\npsi_bins = 10\n",
+            "p.toml: defaults.drift: psi_bins (10) leaves fewer than 5 samples a bin at min_samples (30)",
+        ),
+        (
+            "p.yaml",
+            "suite:\n  render:\n    max_distance: .inf\n",
+            "p.yaml: suite.render.max_distance: Input should be a finite number",
+        ),
+        ("p.toml", "[defaults.nets.vgg]\nmax_distance = 0.1\n", "p.toml: defaults.nets: per-net thresholds belong to a suite"),
+        ("p.toml", "[suites.render]\n", "p.toml: suites: unknown section (expected 'defaults' or 'suite')"),
+        ("p.yaml", "suite:\n  render: 0.1\n", "p.yaml: suite.render: expected a table, got float"),
+        ("p.yaml", "- 1\n", "p.yaml: (top level): expected a table, got list"),
+        ("p.json", "{}", "p.json: unsupported policy file type '.json' (use .toml, .yaml or .yml)"),
+    ],
+)
+def test_invalid_files_name_the_file_and_the_key(tmp_path, name, text, message):
+    path = _write(tmp_path, name, text)
+    with pytest.raises(PolicyError) as caught:
+        load_policies(path)
+    assert str(caught.value) == f"{tmp_path}/{message}"
+
+
+def test_syntax_errors_name_the_file(tmp_path):
+    with pytest.raises(PolicyError, match=r"p\.toml: invalid TOML: Expected '=' after a key in a key/value pair \(at line 1, column 3\)$"):
+        load_policies(_write(tmp_path, "p.toml", "b c\n"))
+    with pytest.raises(PolicyError, match=r"p\.yaml: invalid YAML: expected the node content, but found '<stream end>' \(at line 2, column 1\)$"):
+        load_policies(_write(tmp_path, "p.yaml", "suite: {render: [\n"))
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(PolicyError) as caught:
+        load_policies(tmp_path / "absent.toml")
+    assert str(caught.value) == f"{tmp_path}/absent.toml: no such policy file"
