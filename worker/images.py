@@ -1,0 +1,280 @@
+"""The only place where bytes become tensors: decode, validate and normalise images for LPIPS.
+
+Every bad input ends as an `ImageError` that names the file and the reason, so a producer can fix it;
+nothing here touches Pillow's process-wide state (MAX_IMAGE_PIXELS, LOAD_TRUNCATED_IMAGES, warning
+filters), because workers decode in several threads at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
+
+StrPath = str | os.PathLike[str]
+Resize = Literal["none", "ref", "cand"]
+RESIZE_MODES: tuple[str, ...] = ("none", "ref", "cand")
+
+# Smallest H (and W) for which every tapped layer of the torchvision trunk still has spatial size >= 1
+# (tests/unit/test_images.py runs the architectures at the boundary):
+#   alex    features[:12]: conv 11/4 pad 2 -> maxpool 3/2 -> conv 5 pad 2 -> maxpool 3/2 needs 31.
+#   vgg     features[:30]: four 2x2 maxpools before relu5_3 need 16.
+#   squeeze features[:13]: conv 3/2 then three ceil-mode maxpools 3/2 need 17.
+MIN_SIZE: dict[str, int] = {"alex": 31, "vgg": 16, "squeeze": 17}
+SAFE_MIN_SIZE = max(MIN_SIZE.values())  # the default: valid whichever net runs
+
+SUPPORTED = "PNG, JPEG, WebP, TIFF or BMP"
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_GRAY_8BIT_MODES = frozenset({"1", "L", "LA", "La"})
+
+
+class ImageError(ValueError):
+    """A bad input image: `str()` is "<path>: <reason>". Args stay JSON-friendly so Celery can ship it."""
+
+    def __init__(self, path: StrPath, reason: str) -> None:
+        super().__init__(os.fspath(path), reason)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.args[0])
+
+    @property
+    def reason(self) -> str:
+        return self.args[1]
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}: {self.reason}"
+
+
+class SizeMismatchError(ImageError):
+    """Reference and candidate differ in size and no resize was asked for; names both files."""
+
+    def __init__(self, ref: StrPath, cand: StrPath, ref_size: tuple[int, int], cand_size: tuple[int, int]) -> None:
+        ValueError.__init__(self, os.fspath(ref), os.fspath(cand), tuple(ref_size), tuple(cand_size))
+
+    @property
+    def cand(self) -> Path:
+        return Path(self.args[1])
+
+    @property
+    def reason(self) -> str:
+        return "sizes differ; pass --resize ref|cand to resize"
+
+    def __str__(self) -> str:
+        ref, cand, (rw, rh), (cw, ch) = self.args
+        return f"{ref} ({rw}x{rh}) and {cand} ({cw}x{ch}): {self.reason}"
+
+
+def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE) -> torch.Tensor:
+    """Decode one image to a float32 (3, H, W) RGB tensor in [-1, 1], or raise `ImageError`.
+
+    Formats: PNG (8/16-bit), JPEG (CMYK too), WebP, TIFF (8/16-bit, float), BMP; the first frame only.
+    Range comes from the decoded mode, never from pixel values: 8-bit / 255, 16-bit (I;16*, I) / 65535,
+    float (F) is taken as [0, 1] and clamped (NaN/inf rejected); then x * 2 - 1. Pillow keeps only the
+    high byte of 16-bit colour PNG/TIFF, so those arrive with 8-bit precision.
+    Gray is replicated to three channels; palettes are expanded; CMYK/YCbCr go through Pillow's convert.
+    Alpha is DROPPED: the colour channels are used as stored (straight, un-premultiplied colour; a
+    premultiplied source is un-premultiplied first), never composited over a background.
+    EXIF orientation and ICC profiles are ignored: pixels are compared as stored.
+    Width x height is checked against `max_pixels` from the header before any pixel is decoded.
+    """
+    _check_limits(max_pixels, min_size)
+    with _open_regular_file(path) as fp:
+        image = _read_header(path, fp, max_pixels)
+        _check_size(path, image.size, max_pixels, min_size)
+        _decode(path, image)
+        pixels = _unit_range(path, image)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))) * 2 - 1
+
+
+def load_pair(
+    ref: StrPath,
+    cand: StrPath,
+    *,
+    max_pixels: int,
+    min_size: int = SAFE_MIN_SIZE,
+    resize: Resize = "none",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a (reference, candidate) pair of equal size; `resize` names the side that is resized to the other."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    ref_image = load_image(ref, max_pixels=max_pixels, min_size=min_size)
+    cand_image = load_image(cand, max_pixels=max_pixels, min_size=min_size)
+    if ref_image.shape == cand_image.shape:
+        return ref_image, cand_image
+    if resize == "ref":
+        return _resize(ref_image, cand_image.shape[-2:]), cand_image
+    if resize == "cand":
+        return ref_image, _resize(cand_image, ref_image.shape[-2:])
+    raise SizeMismatchError(ref, cand, _width_height(ref_image), _width_height(cand_image))
+
+
+def resolve_under(root: StrPath, relative: StrPath) -> Path:
+    """Resolve a task path inside the image root, following symlinks, so nothing outside can be read.
+
+    The result is absolute and fully resolved; it may not exist (load_image reports that).
+    """
+    text = os.fspath(relative)
+    if not text:
+        raise ImageError(text, "empty path")
+    if "\0" in text:
+        raise ImageError(text, "path contains a NUL byte")
+    if Path(text).is_absolute():
+        raise ImageError(text, "absolute path; task paths are relative to the image root")
+    base = Path(root).resolve()
+    try:
+        resolved = (base / text).resolve()
+    except RuntimeError:  # pathlib's report of a symlink loop
+        raise ImageError(text, "symlink loop") from None
+    if not resolved.is_relative_to(base):
+        raise ImageError(text, "path escapes the image root")
+    return resolved
+
+
+def content_hash(path: StrPath) -> str:
+    """sha256 hex digest of the file's bytes: the identity used for dedup and caching."""
+    with _open_regular_file(path) as fp:
+        return hashlib.file_digest(fp, "sha256").hexdigest()
+
+
+def _check_limits(max_pixels: int, min_size: int) -> None:
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    if min_size < 1:
+        raise ValueError(f"min_size must be positive, got {min_size}")
+
+
+def _open_regular_file(path: StrPath) -> BinaryIO:
+    """Open for reading after a stat, so FIFOs and devices are refused instead of blocking or streaming."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(path, "not a regular file")
+        if info.st_size == 0:
+            raise ImageError(path, "empty file")
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file ({exc.strerror})") from None
+
+
+def _read_header(path: StrPath, fp: BinaryIO, max_pixels: int) -> Image.Image:
+    """Parse the header with the one plugin the magic bytes select, bypassing Image.open's global checks."""
+    prefix = fp.read(30)
+    plugin = _plugin_for(prefix)
+    if plugin is None:
+        raise ImageError(path, f"not an image file (expected {SUPPORTED})")
+    if plugin is WebPImagePlugin.WebPImageFile and (size := _webp_size(prefix)):
+        _check_pixels(path, size, max_pixels)  # libwebp allocates the canvas while the header is parsed
+    fp.seek(0)
+    with _pillow_errors(path):
+        return plugin(fp, os.fspath(path))
+
+
+def _plugin_for(prefix: bytes) -> type[Image.Image] | None:
+    if prefix.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PngImagePlugin.PngImageFile
+    if prefix.startswith(b"\xff\xd8\xff"):
+        return JpegImagePlugin.JpegImageFile
+    if prefix[:4] == b"RIFF" and prefix[8:12] == b"WEBP":
+        return WebPImagePlugin.WebPImageFile
+    if prefix[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return TiffImagePlugin.TiffImageFile
+    if prefix.startswith(b"BM"):
+        return BmpImagePlugin.BmpImageFile
+    return None
+
+
+def _webp_size(prefix: bytes) -> tuple[int, int] | None:
+    """Canvas size from the first chunk header (VP8X, VP8L or VP8), as libwebp will read it."""
+    chunk = prefix[12:16]
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(prefix[24:27], "little"), 1 + int.from_bytes(prefix[27:30], "little")
+    if chunk == b"VP8L":
+        bits = int.from_bytes(prefix[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 ":
+        return int.from_bytes(prefix[26:28], "little") & 0x3FFF, int.from_bytes(prefix[28:30], "little") & 0x3FFF
+    return None
+
+
+def _check_pixels(path: StrPath, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(
+            path,
+            f"image is {width}x{height} ({width * height} pixels), more than max_pixels={max_pixels}; "
+            "refusing to decode a possible decompression bomb",
+        )
+
+
+def _check_size(path: StrPath, size: tuple[int, int], max_pixels: int, min_size: int) -> None:
+    _check_pixels(path, size, max_pixels)
+    width, height = size
+    if min(width, height) < min_size:
+        raise ImageError(path, f"image is {width}x{height}; the network needs at least {min_size}x{min_size}")
+
+
+def _decode(path: StrPath, image: Image.Image) -> None:
+    """Force the full decode now, so a truncated or corrupt file fails here and not half-way."""
+    with _pillow_errors(path):
+        image.load()
+
+
+@contextmanager
+def _pillow_errors(path: StrPath) -> Iterator[None]:
+    """Map whatever Pillow raises on hostile bytes (OSError, SyntaxError, struct.error, ...) to ImageError."""
+    try:
+        yield
+    except (ImageError, MemoryError):  # out of memory is the machine's problem, not the file's
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, f"refused as a decompression bomb by Pillow ({exc})") from None
+    except Exception as exc:
+        raise ImageError(path, f"truncated or corrupt image ({str(exc) or type(exc).__name__})") from None
+
+
+def _unit_range(path: StrPath, image: Image.Image) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1], scaled by what the mode says the sample type is."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return _three_channels(np.asarray(image).astype(np.float32) / 65535)
+    if mode == "I":
+        return _three_channels(np.clip(np.asarray(image).astype(np.float32) / 65535, 0, 1))
+    if mode == "F":
+        return _three_channels(_clamped_float(path, np.asarray(image)))
+    if mode in _GRAY_8BIT_MODES:
+        straight = image.convert("LA") if mode == "La" else image  # un-premultiply; Pillow has no La -> L
+        return _three_channels(np.asarray(straight.convert("L")).astype(np.float32) / 255)
+    return np.asarray(image.convert("RGB")).astype(np.float32) / 255  # drops alpha; RGBa is un-premultiplied
+
+
+def _clamped_float(path: StrPath, samples: np.ndarray) -> np.ndarray:
+    samples = samples.astype(np.float32)
+    if not np.isfinite(samples).all():
+        raise ImageError(path, "float image contains NaN or infinite pixel values")
+    return np.clip(samples, 0, 1)
+
+
+def _three_channels(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _resize(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Bilinear with antialias (a convex filter), clamped against rounding past +-1."""
+    resized = F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return resized[0].clamp_(-1, 1)
+
+
+def _width_height(image: torch.Tensor) -> tuple[int, int]:
+    return image.shape[-1], image.shape[-2]
