@@ -1,0 +1,40 @@
+"""structlog set up once per process from Settings: JSON lines (or console), ids bound per task."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+SECRET_KEYS = ("password", "secret", "token", "database_url", "broker_url")
+
+
+def redact(_logger, _method, event: dict) -> dict:
+    """Credentials never reach a log line, whatever a caller binds."""
+    for key in list(event):
+        if any(s in key.lower() for s in SECRET_KEYS):
+            event[key] = "***"
+    return event
+
+
+def configure(settings) -> None:
+    level = logging.getLevelName(settings.log_level.upper())
+    renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str):
+    return structlog.get_logger(name)
