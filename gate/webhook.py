@@ -1,0 +1,102 @@
+"""Alerts out to Alertmanager (or anything that speaks its v2 API): POST /api/v2/alerts with a
+JSON list. urllib only, so the light gate gains no HTTP dependency."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' rule, which Alertmanager enforces
+
+
+class WebhookError(RuntimeError):
+    """The receiver could not be reached or refused the alerts."""
+
+
+@dataclass(frozen=True)
+class OutgoingAlert:
+    """An alert as the receiver sees it; `ends_at` None means still firing."""
+
+    rule: str
+    labels: Mapping[str, str]
+    starts_at: datetime
+    ends_at: datetime | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    generator_url: str | None = None
+
+
+def alertname(rule: str) -> str:
+    """'distance' -> 'LpipsGateDistance': Alertmanager routes on alertname, so keep it distinct."""
+    return "LpipsGate" + "".join(part.capitalize() for part in rule.split("_"))
+
+
+def rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment.isoformat()}: pass an aware one (UTC)")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_alertmanager(alerts: Iterable[OutgoingAlert]) -> list[dict]:
+    """The POST /api/v2/alerts body. Firing alerts carry no endsAt, so Alertmanager keeps them
+    open for its resolve_timeout; resolved ones carry the moment they cleared."""
+    return [_postable(alert) for alert in alerts]
+
+
+def _postable(alert: OutgoingAlert) -> dict:
+    labels = {"alertname": alertname(alert.rule), **_texts(alert.labels, "labels")}
+    if "alertname" in alert.labels:
+        raise ValueError("labels: 'alertname' is set from the rule; do not pass it")
+    bad = [name for name in labels if not LABEL_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"labels: {bad[0]!r} is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+    body = {"labels": labels, "annotations": _texts(alert.annotations, "annotations"), "startsAt": rfc3339(alert.starts_at)}
+    if alert.ends_at is not None:
+        if alert.ends_at < alert.starts_at:
+            raise ValueError(f"{labels['alertname']}: ends_at {rfc3339(alert.ends_at)} is before starts_at")
+        body["endsAt"] = rfc3339(alert.ends_at)
+    if alert.generator_url is not None:
+        body["generatorURL"] = alert.generator_url
+    return body
+
+
+def _texts(values: Mapping[str, str], name: str) -> dict[str, str]:
+    not_text = [key for key, value in values.items() if not isinstance(value, str)]
+    if not_text:
+        raise ValueError(f"{name}: values must be strings, {not_text[0]!r} is not")
+    return dict(values)
+
+
+def send(url: str, payload: list[dict], *, timeout: float) -> int:
+    """POST the payload as JSON; returns the HTTP status, raises WebhookError unless it is 2xx."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"webhook url: expected http:// or https://, got {url!r}")
+    if timeout <= 0:
+        raise ValueError(f"timeout: expected a positive number of seconds, got {timeout}")
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        detail = exc.read(500).decode("utf-8", "replace").strip()
+        raise WebhookError(f"webhook {url}: HTTP {exc.code} {exc.reason}: {detail}") from None
+    except (TimeoutError, socket.timeout):
+        raise WebhookError(f"webhook {url}: no answer within {timeout:g}s") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise WebhookError(f"webhook {url}: no answer within {timeout:g}s") from None
+        raise WebhookError(f"webhook {url}: {exc.reason}") from None
+    if not 200 <= status < 300:
+        raise WebhookError(f"webhook {url}: HTTP {status}")
+    return status
