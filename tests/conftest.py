@@ -42,7 +42,9 @@ def _pg_admin() -> Iterator[Engine]:
 def _create_pg_database(admin: Engine, template: str | None = None) -> str:
     name = f"lpips_gate_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        connection.exec_driver_sql(
+            f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+        )
     return name
 
 

@@ -6,5 +6,13 @@ from gate.store.db import make_engine, session_scope
 from gate.store.models import Alert, Base, Comparison, LayerMetric, Run, Suite, Worker
 
 __all__ = [
-    "Alert", "Base", "Comparison", "LayerMetric", "Run", "Suite", "Worker", "make_engine", "session_scope",
+    "Alert",
+    "Base",
+    "Comparison",
+    "LayerMetric",
+    "Run",
+    "Suite",
+    "Worker",
+    "make_engine",
+    "session_scope",
 ]

@@ -74,13 +74,24 @@ def create_run(
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold: must be a finite number >= 0, got {threshold!r}")
     suite = get_or_create_suite(session, name=suite_name)
-    run = Run(suite=suite, net=net, version=version, precision=precision, threshold=threshold,
-              options=dict(options or {}))
+    run = Run(
+        suite=suite,
+        net=net,
+        version=version,
+        precision=precision,
+        threshold=threshold,
+        options=dict(options or {}),
+    )
     session.add(run)
     session.flush()
     stmt = _insert(session, Comparison).on_conflict_do_nothing(index_elements=["run_id", "ref", "cand"])
-    session.execute(stmt, [{"run_id": run.id, "ref": ref, "cand": cand, "status": "queued", "attempts": 0}
-                           for ref, cand in pairs])
+    session.execute(
+        stmt,
+        [
+            {"run_id": run.id, "ref": ref, "cand": cand, "status": "queued", "attempts": 0}
+            for ref, cand in pairs
+        ],
+    )
     return run
 
 
@@ -139,8 +150,11 @@ def claim_comparisons(
         takeable = takeable | _orphaned(orphan_after)
     claimable = Comparison.id.in_(ids) & takeable
     now = utcnow()
-    given_up = "gave up after " + cast(Comparison.attempts, String) + " attempts: " + func.coalesce(
-        Comparison.error, "no error recorded"
+    given_up = (
+        "gave up after "
+        + cast(Comparison.attempts, String)
+        + " attempts: "
+        + func.coalesce(Comparison.error, "no error recorded")
     )
     session.execute(
         update(Comparison)
@@ -176,9 +190,18 @@ def record_result(
     stmt = (
         update(Comparison)
         .where(Comparison.id == comparison_id, Comparison.status != "done")
-        .values(status="done", distance=_finite(distance), net=net, weights_version=weights_version,
-                precision=precision, decode_ms=decode_ms, model_ms=model_ms, heatmap_png=heatmap_png,
-                error=None, finished_at=utcnow())
+        .values(
+            status="done",
+            distance=_finite(distance),
+            net=net,
+            weights_version=weights_version,
+            precision=precision,
+            decode_ms=decode_ms,
+            model_ms=model_ms,
+            heatmap_png=heatmap_png,
+            error=None,
+            finished_at=utcnow(),
+        )
     )
     if session.execute(stmt.returning(Comparison.id)).first() is None:
         _require_comparison(session, comparison_id)
@@ -191,8 +214,12 @@ def record_result(
 
 def _layer_row(comparison_id: int, position: int, layer: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        row = {"comparison_id": comparison_id, "layer_index": int(layer["index"]), "name": layer["name"],
-               "distance": _finite(layer["distance"])}
+        row = {
+            "comparison_id": comparison_id,
+            "layer_index": int(layer["index"]),
+            "name": layer["name"],
+            "distance": _finite(layer["distance"]),
+        }
         for side in ("ref", "cand"):
             stats = layer[f"{side}_stats"]
             row |= {f"{side}_{key}": _finite(stats[key]) for key in STAT_KEYS if key != "nonfinite"}
@@ -245,13 +272,17 @@ def heartbeat(session: Session, *, worker: str, hostname: str, pid: int) -> None
 
 def run_progress(session: Session, *, run_id: int) -> dict[str, int]:
     """Comparisons per status; every status is present, zero included."""
-    stmt = select(Comparison.status, func.count()).where(Comparison.run_id == run_id).group_by(Comparison.status)
-    counts = dict(session.execute(stmt).tuples().all())
+    stmt = (
+        select(Comparison.status, func.count()).where(Comparison.run_id == run_id).group_by(Comparison.status)
+    )
+    counts: dict[str, int] = dict(session.execute(stmt).all())
     return {status: counts.get(status, 0) for status in COMPARISON_STATUSES}
 
 
 def list_comparisons(session: Session, *, run_id: int) -> list[Comparison]:
-    return list(session.scalars(select(Comparison).where(Comparison.run_id == run_id).order_by(Comparison.id)))
+    return list(
+        session.scalars(select(Comparison).where(Comparison.run_id == run_id).order_by(Comparison.id))
+    )
 
 
 def layer_metrics(session: Session, *, run_id: int) -> list[LayerMetric]:
@@ -292,8 +323,13 @@ def recent_distances(
         select(Comparison.distance)
         .join(Run, Comparison.run_id == Run.id)
         .join(Suite, Run.suite_id == Suite.id)
-        .where(Suite.name == suite_name, Comparison.status == "done", Comparison.distance.is_not(None),
-               Comparison.net == net, Comparison.weights_version == weights_version)
+        .where(
+            Suite.name == suite_name,
+            Comparison.status == "done",
+            Comparison.distance.is_not(None),
+            Comparison.net == net,
+            Comparison.weights_version == weights_version,
+        )
         .order_by(Run.created_at.desc(), Run.id.desc(), Comparison.id)
         .limit(limit)
     )
@@ -330,16 +366,21 @@ def upsert_open_alert(
     seen = {"value": _finite(value), "threshold": _finite(threshold), "run_id": run_id, "last_seen_at": now}
     opened = session.scalar(
         _insert(session, Alert)
-        .values(rule=rule, suite_id=suite.id, fingerprint=fingerprint, labels=dict(labels), state="open",
-                opened_at=now, **seen)
+        .values(
+            rule=rule,
+            suite_id=suite.id,
+            fingerprint=fingerprint,
+            labels=dict(labels),
+            state="open",
+            opened_at=now,
+            **seen,
+        )
         .on_conflict_do_nothing(index_elements=["fingerprint"], index_where=OPEN_ALERT)
         .returning(Alert.id)
     )
-    if opened is not None:
-        return session.get_one(Alert, opened), True
-    stmt = update(Alert).where(Alert.fingerprint == fingerprint, Alert.state == "open").values(seen)
-    alert = session.scalars(stmt.returning(Alert), execution_options={"populate_existing": True}).one()
-    return alert, False
+    refresh = update(Alert).where(Alert.fingerprint == fingerprint, Alert.state == "open").values(seen)
+    alert_id = opened if opened is not None else session.scalars(refresh.returning(Alert.id)).one()
+    return session.get_one(Alert, alert_id, populate_existing=True), opened is not None
 
 
 def resolve_alerts(
@@ -349,13 +390,17 @@ def resolve_alerts(
     suite_id = select(Suite.id).where(Suite.name == suite_name).scalar_subquery()
     stmt = (
         update(Alert)
-        .where(Alert.suite_id == suite_id, Alert.rule == rule, Alert.state == "open",
-               Alert.fingerprint.not_in(keep_fingerprints))
+        .where(
+            Alert.suite_id == suite_id,
+            Alert.rule == rule,
+            Alert.state == "open",
+            Alert.fingerprint.not_in(keep_fingerprints),
+        )
         .values(state="resolved", resolved_at=utcnow())
-        .returning(Alert)
+        .returning(Alert.id)
     )
-    resolved = session.scalars(stmt, execution_options={"populate_existing": True})
-    return sorted(resolved, key=lambda alert: alert.id)
+    resolved = select(Alert).where(Alert.id.in_(session.scalars(stmt).all())).order_by(Alert.id)
+    return list(session.scalars(resolved, execution_options={"populate_existing": True}))
 
 
 def list_alerts(session: Session, *, suite_name: str | None = None, open_only: bool = False) -> list[Alert]:

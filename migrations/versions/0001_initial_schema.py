@@ -72,9 +72,7 @@ def upgrade() -> None:
         sa.Column("decode_ms", sa.Double(), nullable=True),
         sa.Column("model_ms", sa.Double(), nullable=True),
         sa.Column("heatmap_png", sa.LargeBinary(), nullable=True),
-        sa.CheckConstraint(
-            "status IN ('queued', 'running', 'done', 'error')", name="ck_comparisons_status"
-        ),
+        sa.CheckConstraint("status IN ('queued', 'running', 'done', 'error')", name="ck_comparisons_status"),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_comparisons_run_id_runs"),
         sa.PrimaryKeyConstraint("id", name="pk_comparisons"),
         sa.UniqueConstraint("run_id", "ref", "cand", name="uq_comparisons_run_id_ref_cand"),

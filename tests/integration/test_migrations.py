@@ -79,7 +79,9 @@ def test_open_alert_index_is_partial_on_both_dialects(db_url: str) -> None:
     index = indexes["uq_alerts_open_fingerprint"]
     where = index["dialect_options"].get(f"{engine.dialect.name}_where")
     assert (index["unique"], index["column_names"], re.sub(r"[()]|::text", "", str(where))) == (
-        True, ["fingerprint"], "state = 'open'"
+        True,
+        ["fingerprint"],
+        "state = 'open'",
     )
 
 
@@ -99,7 +101,8 @@ def test_cli_unknown_revision_exits_2_without_traceback(sqlite_empty_url: str) -
         main, ["db", "upgrade", "nope"], env={"LPIPS_GATE_DATABASE_URL": sqlite_empty_url}
     )
     assert (result.exit_code, result.output) == (
-        2, "Error: revision 'nope': Can't locate revision identified by 'nope'\n"
+        2,
+        "Error: revision 'nope': Can't locate revision identified by 'nope'\n",
     )
 
 
@@ -114,8 +117,16 @@ def test_cli_unreachable_database_exits_2(pg_empty_url: str) -> None:
 def test_installed_entry_point_upgrades_from_another_cwd(pg_empty_url: str, tmp_path) -> None:
     script = os.path.join(os.path.dirname(sys.executable), "lpips-gate")
     done = subprocess.run(
-        [script, "db", "upgrade"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [script, "db", "upgrade"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "LPIPS_GATE_DATABASE_URL": pg_empty_url},
     )
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"{pg_empty_url}: at revision {head_revision()}\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"{pg_empty_url}: at revision {head_revision()}\n",
+        "",
+    )
     assert current_revision(pg_empty_url) == head_revision()
