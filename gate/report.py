@@ -1,0 +1,171 @@
+"""A run as one self-contained HTML file (inline CSS, images as data URIs) that can be attached to a
+CI job or mailed: nothing to serve, nothing fetched when opened."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE_WIDTH_PX = 352  # three side by side fit a 1200 px window
+SEVERITY = {"error": 0, "fail": 1, "pass": 2}  # worst first in the report
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReportLayer(_Strict):
+    name: str
+    distance: float | None = None
+
+
+class ReportPair(_Strict):
+    ref: str
+    cand: str
+    status: Literal["pass", "fail", "error"]
+    distance: float | None = None
+    error: str | None = None
+    ref_png: bytes | None = None
+    cand_png: bytes | None = None
+    heatmap_png: bytes | None = None
+    layers: list[ReportLayer] = []
+
+    @field_validator("ref_png", "cand_png", "heatmap_png", mode="before")
+    @classmethod
+    def _png(cls, value: object) -> object:
+        if value is not None and not (isinstance(value, bytes) and value.startswith(PNG_SIGNATURE)):
+            raise ValueError("not PNG bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _scored_when_judged(self) -> ReportPair:
+        if self.status != "error" and self.distance is None:
+            raise ValueError(f"a {self.status} pair needs its distance")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.ref} -> {self.cand}"
+
+
+class ReportRun(_Strict):
+    run: int | str
+    suite: str
+    verdict: Literal["pass", "fail", "error"]
+    threshold: float | None = None
+    pairs: list[ReportPair]
+
+
+def parse_run(run: dict) -> ReportRun:
+    """Validate the plain-data run up front; errors name the offending key, e.g. pairs.0.ref_png."""
+    try:
+        return ReportRun.model_validate(run)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "run"
+        raise ValueError(f"run report: {where}: {error['msg'].removeprefix('Value error, ')}") from None
+
+
+def render_html(run: dict) -> str:
+    report = parse_run(run)
+    pairs = sorted(report.pairs, key=lambda pair: SEVERITY[pair.status])
+    title = f"{report.suite} · run {report.run} · {report.verdict.upper()}"
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>lpips-gate · {escape(title)}</title>",
+            f"<style>{STYLE}</style></head><body>",
+            _header(report),
+            *(_pair_section(pair, report.threshold) for pair in pairs),
+            "</body></html>",
+        ]
+    )
+
+
+def _header(report: ReportRun) -> str:
+    counts = {status: sum(pair.status == status for pair in report.pairs) for status in SEVERITY}
+    tally = ", ".join(f"{counts[status]} {status}" for status in ("pass", "fail", "error"))
+    return (
+        f'<header><h1>{escape(report.suite)} {_badge(report.verdict)}</h1>'
+        f"<p>run {escape(str(report.run))} · threshold {_number(report.threshold)} · "
+        f"{len(report.pairs)} comparisons: {tally}</p></header>"
+    )
+
+
+def _pair_section(pair: ReportPair, threshold: float | None) -> str:
+    if pair.status == "error":
+        score = f'<p class="score error-text">{escape(pair.error or "comparison failed")}</p>'
+    else:
+        score = f'<p class="score">distance <b>{_number(pair.distance)}</b> / threshold {_number(threshold)}</p>'
+    return (
+        f'<section class="pair {pair.status}"><h2>{_badge(pair.status)} {escape(pair.label)}</h2>'
+        f"{score}{_images(pair)}{_layer_bars(pair.layers)}</section>"
+    )
+
+
+def _images(pair: ReportPair) -> str:
+    images = ((pair.ref_png, "reference"), (pair.cand_png, "candidate"), (pair.heatmap_png, "LPIPS heatmap"))
+    if all(png is None for png, _ in images):
+        return ""
+    return f'<div class="images">{"".join(_figure(png, caption) for png, caption in images)}</div>'
+
+
+
+def _figure(png: bytes | None, caption: str) -> str:
+    if png is None:
+        picture = '<div class="missing">no image</div>'
+    else:
+        picture = f'<img alt="{caption}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    return f"<figure>{picture}<figcaption>{caption}</figcaption></figure>"
+
+
+def _layer_bars(layers: list[ReportLayer]) -> str:
+    """Each layer's share of the pair's distance (LPIPS sums its layers), as CSS bars."""
+    if not layers:
+        return ""
+    total = sum(layer.distance for layer in layers if layer.distance is not None)
+    rows = []
+    for layer in layers:
+        share = layer.distance / total if layer.distance is not None and total > 0 else 0.0
+        value = "n/a" if layer.distance is None else f"{_number(layer.distance)} ({share:.0%})"
+        rows.append(
+            f'<div class="layer"><span class="name">{escape(layer.name)}</span>'
+            f'<span class="track"><span class="bar" style="width:{share * 100:.1f}%"></span></span>'
+            f'<span class="value">{value}</span></div>'
+        )
+    return f'<div class="layers"><h3>per-layer contribution</h3>{"".join(rows)}</div>'
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge {status}">{status.upper()}</span>'
+
+
+def _number(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
+
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;padding:16px 24px;background:#f6f8fa;color:#1f2328}
+header h1{margin:0 0 4px;font-size:22px}header p{margin:0 0 16px;color:#59636e}
+.pair{background:#fff;border:1px solid #d1d9e0;border-left:6px solid #1a7f37;border-radius:6px;
+ padding:12px 16px;margin:0 0 16px}
+.pair.fail{border-left-color:#cf222e}.pair.error{border-left-color:#9a6700}
+.pair h2{font-size:16px;margin:0 0 4px;word-break:break-all}.score{margin:0 0 8px}.error-text{color:#9a6700}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;
+ vertical-align:middle;background:#1a7f37}
+.badge.fail{background:#cf222e}.badge.error{background:#9a6700}
+.images{display:flex;gap:12px;flex-wrap:wrap}figure{margin:0}
+figure img,.missing{display:block;width:IMAGE_WIDTHpx;height:auto;border:1px solid #d1d9e0}
+.missing{height:198px;line-height:198px;text-align:center;color:#59636e;background:#eff2f5}
+figcaption{color:#59636e;font-size:12px;margin-top:2px}
+.layers{margin-top:10px;max-width:640px}.layers h3{font-size:13px;margin:0 0 4px;color:#59636e}
+.layer{display:flex;align-items:center;gap:8px;font-size:12px;margin:2px 0}
+.name{width:90px;overflow:hidden;text-overflow:ellipsis}.value{width:120px;font-variant-numeric:tabular-nums}
+.track{flex:1;height:10px;background:#eff2f5;border-radius:3px}
+.bar{display:block;height:100%;background:#0969da;border-radius:3px}
+""".replace("IMAGE_WIDTH", str(IMAGE_WIDTH_PX))

@@ -1,0 +1,148 @@
+import io
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gate.junit import render_junit
+from gate.report import IMAGE_WIDTH_PX, render_html
+
+MAGENTA, CYAN, FAIL_RED = (255, 0, 255), (0, 255, 255), (207, 34, 46)
+IMAGE_SIZE = (64, 36)  # shown IMAGE_WIDTH_PX wide, so 198 px tall
+LAYERS = [{"name": "relu1", "distance": 0.03}, {"name": "relu2", "distance": 0.09}, {"name": "relu3", "distance": None}]
+
+
+def _png(colour, size=IMAGE_SIZE):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _run(**changes):
+    run = {
+        "run": 7,
+        "suite": "render",
+        "verdict": "error",
+        "threshold": 0.1,
+        "pairs": [
+            {"ref": "ok/a.png", "cand": "new/a.png", "status": "pass", "distance": 0.02, "error": None, "layers": LAYERS},
+            {
+                "ref": "ok/b.png",
+                "cand": "new/b.png",
+                "status": "fail",
+                "distance": 0.12,
+                "error": None,
+                "ref_png": _png(MAGENTA),
+                "cand_png": _png(CYAN),
+                "heatmap_png": _png((40, 40, 40)),
+                "layers": LAYERS,
+            },
+            {"ref": "ok/c.png", "cand": "new/c.png", "status": "error", "distance": None, "error": "decode: truncated"},
+        ],
+    }
+    return {**run, **changes}
+
+
+def _screenshot(html: str, tmp_path) -> np.ndarray:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium (scripts/test.sh installs it)")
+    page, shot = tmp_path / "report.html", tmp_path / "shot.png"
+    page.write_text(html, encoding="utf-8")
+    subprocess.run(
+        [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,900",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.exists()
+    with Image.open(shot) as image:
+        assert image.size == (1200, 900)
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def _solid_box(pixels: np.ndarray, colour) -> tuple[int, int, int, int]:
+    """Bounding box (left, top, right, bottom) of the pixels within 2 of `colour`, which must fill it."""
+    ys, xs = np.nonzero(np.all(np.abs(pixels - colour) <= 2, axis=-1))
+    assert xs.size, f"no pixel of colour {colour} on screen"
+    left, top, right, bottom = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    assert xs.size == (right - left) * (bottom - top), f"{colour} does not fill its bounding box"
+    return left, top, right, bottom
+
+
+def test_the_report_renders_reference_and_candidate_side_by_side(tmp_path):
+    pixels = _screenshot(render_html(_run()), tmp_path)
+    shown_height = round(IMAGE_WIDTH_PX * IMAGE_SIZE[1] / IMAGE_SIZE[0])
+    ref_left, ref_top, ref_right, ref_bottom = _solid_box(pixels, MAGENTA)
+    cand_left, cand_top, cand_right, cand_bottom = _solid_box(pixels, CYAN)
+    assert (ref_right - ref_left, ref_bottom - ref_top) == (IMAGE_WIDTH_PX, shown_height)
+    assert (cand_right - cand_left, cand_bottom - cand_top) == (IMAGE_WIDTH_PX, shown_height)
+    assert cand_top == ref_top and cand_left > ref_right  # same row, candidate to the right
+    assert np.all(np.abs(pixels - FAIL_RED) <= 2, axis=-1).sum() > 500  # the failing pair's badge and border
+
+
+def test_text_is_escaped():
+    html = render_html(_run(suite="<b>suite</b>", pairs=[{"ref": "<script>x</script>", "cand": "c&d", "status": "error", "error": "<img>"}]))
+    assert "<script>" not in html and "<b>suite" not in html and "<img>" not in html
+    assert "&lt;script&gt;x&lt;/script&gt; -&gt; c&amp;d" in html and "&lt;img&gt;" in html
+
+
+def test_html_embeds_images_and_layer_shares():
+    html = render_html(_run())
+    assert html.count('src="data:image/png;base64,') == 3
+    assert "http" not in html  # self-contained: nothing to fetch
+    assert 'style="width:25.0%"' in html and 'style="width:75.0%"' in html  # 0.03 and 0.09 of 0.12
+    assert "0.0900 (75%)" in html and "n/a" in html
+    assert html.index("ok/c.png") < html.index("ok/b.png") < html.index("ok/a.png")  # worst first
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"suite": None}, "run report: suite: Input should be a valid string"),
+        ({"verdict": "ok"}, "run report: verdict: Input should be 'pass', 'fail' or 'error'"),
+        ({"pairs": [{"ref": "a", "cand": "b", "status": "pass", "ref_png": b"GIF89a"}]}, "run report: pairs.0.ref_png: not PNG bytes"),
+        ({"pairs": [{"ref": "a", "cand": "b", "status": "fail"}]}, "run report: pairs.0: a fail pair needs its distance"),
+        ({"pairs": [{"ref": "a", "cand": "b", "status": "pass", "distance": 0.1, "png": b""}]}, "run report: pairs.0.png: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_runs_are_refused_by_key(changes, message):
+    for render in (render_html, render_junit):
+        with pytest.raises(ValueError) as caught:
+            render(_run(**changes))
+        assert str(caught.value) == message
+
+
+def test_junit_has_one_testcase_per_pair():
+    root = ET.fromstring(render_junit(_run()))
+    assert root.tag == "testsuites"
+    [suite] = root
+    assert {key: suite.get(key) for key in ("name", "tests", "failures", "errors", "skipped")} == {
+        "name": "render", "tests": "3", "failures": "1", "errors": "1", "skipped": "0",
+    }
+    properties = {prop.get("name"): prop.get("value") for prop in suite.find("properties")}
+    assert properties == {"run": "7", "verdict": "error", "threshold": "0.1"}
+    cases = suite.findall("testcase")
+    assert [(case.get("name"), case.get("classname")) for case in cases] == [
+        ("ok/a.png -> new/a.png", "render"),
+        ("ok/b.png -> new/b.png", "render"),
+        ("ok/c.png -> new/c.png", "render"),
+    ]
+    assert list(cases[0]) == []
+    [failure] = cases[1]
+    assert (failure.tag, failure.get("type"), failure.get("message")) == ("failure", "distance", "distance 0.12 > threshold 0.1")
+    [error] = cases[2]
+    assert (error.tag, error.get("message"), error.text) == ("error", "decode: truncated", "decode: truncated")
+
+
+def test_junit_escapes_names():
+    xml = render_junit(_run(pairs=[{"ref": 'a<"&>', "cand": "b", "status": "pass", "distance": 0.0}]))
+    assert ET.fromstring(xml).find("testsuite/testcase").get("name") == 'a<"&> -> b'
