@@ -183,6 +183,9 @@ def _read_yaml(text: str, path: Path) -> Any:
 def _table(value: Any, key: str, path: Path) -> dict:
     if not isinstance(value, dict):
         raise PolicyError(f"{path}: {key}: expected a table, got {type(value).__name__}")
+    not_text = [name for name in value if not isinstance(name, str)]
+    if not_text:
+        raise PolicyError(f"{path}: {key}: key {not_text[0]!r} must be text (quote it)")
     return value
 
 

@@ -176,6 +176,7 @@ def test_with_overrides_validates():
         ("p.toml", "[suites.render]\n", "p.toml: suites: unknown section (expected 'defaults' or 'suite')"),
         ("p.yaml", "suite:\n  render: 0.1\n", "p.yaml: suite.render: expected a table, got float"),
         ("p.yaml", "- 1\n", "p.yaml: (top level): expected a table, got list"),
+        ("p.yaml", "suite:\n  render:\n    nets: {vgg: {}}\n  2024: {}\n", "p.yaml: suite: key 2024 must be text (quote it)"),
         ("p.json", "{}", "p.json: unsupported policy file type '.json' (use .toml, .yaml or .yml)"),
     ],
 )
