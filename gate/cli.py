@@ -55,8 +55,12 @@ def main(ctx: click.Context) -> None:
 
 
 from gate.commands.db import db  # noqa: E402  (light command groups, registered below `main`)
+from gate.commands.service import results, submit, wait  # noqa: E402
 
 main.add_command(db)
+main.add_command(submit)
+main.add_command(wait)
+main.add_command(results)
 
 if __name__ == "__main__":
     sys.exit(main())
