@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = run(policy, args.seeds)
     print_table(rows, policy, args.seeds)
-    report = {"seeds": args.seeds, "policy": policy.model_dump(), "rows": rows,
-              "seconds": round(time.perf_counter() - started, 2)}
+    report = {
+        "seeds": args.seeds,
+        "policy": policy.model_dump(),
+        "rows": rows,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     print(json.dumps(report))
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as handle:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
 from statistics import NormalDist
 
 import numpy as np
@@ -137,9 +136,7 @@ def detect(baseline, recent, policy: DriftPolicy) -> DriftResult:
     return DriftResult(ks, ks_p, stability, moved, baseline.size, recent.size, bool(reasons), reasons)
 
 
-def _reasons(
-    policy: DriftPolicy, *, ks_p: float, stability: float, psi_limit: float, moved: float
-) -> list[str]:
+def _reasons(policy: DriftPolicy, *, ks_p: float, stability: float, psi_limit: float, moved: float) -> list[str]:
     reasons = []
     if ks_p < policy.ks_threshold:
         reasons.append(f"KS p={ks_p:.3g} < {policy.ks_threshold:g}")

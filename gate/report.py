@@ -91,7 +91,7 @@ def _header(report: ReportRun) -> str:
     counts = {status: sum(pair.status == status for pair in report.pairs) for status in SEVERITY}
     tally = ", ".join(f"{counts[status]} {status}" for status in ("pass", "fail", "error"))
     return (
-        f'<header><h1>{escape(report.suite)} {_badge(report.verdict)}</h1>'
+        f"<header><h1>{escape(report.suite)} {_badge(report.verdict)}</h1>"
         f"<p>run {escape(str(report.run))} · threshold {_number(report.threshold)} · "
         f"{len(report.pairs)} comparisons: {tally}</p></header>"
     )
@@ -113,7 +113,6 @@ def _images(pair: ReportPair) -> str:
     if all(png is None for png, _ in images):
         return ""
     return f'<div class="images">{"".join(_figure(png, caption) for png, caption in images)}</div>'
-
 
 
 def _figure(png: bytes | None, caption: str) -> str:

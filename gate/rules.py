@@ -120,9 +120,7 @@ def verdicts(pairs: Iterable[PairResult], policy: PolicySource) -> RunVerdict:
     unfinished = [pair for pair in pairs if pair.status not in ("done", "error")]
     if unfinished:
         first = unfinished[0]
-        raise ValueError(
-            f"pairs: {len(unfinished)} comparison(s) not finished ({first.label} is {first.status})"
-        )
+        raise ValueError(f"pairs: {len(unfinished)} comparison(s) not finished ({first.label} is {first.status})")
     lookup = _lookup(policy)
     judged = tuple((pair, _pair_verdict(pair, lookup)) for pair in pairs)
     found = {verdict for _, verdict in judged}
@@ -216,9 +214,7 @@ def _layer_conditions(run: RunSummary, lookup: Lookup) -> list[Condition]:
             value, image = rule.worst(values)
             labels = {"suite": run.suite, "net": net, "weights_version": version, "layer": layer, "side": side}
             annotations = {"image": image, "layer_index": str(index)}
-            conditions.append(
-                Condition(rule.rule, labels, value, limit, rule.breaches(value, limit), annotations)
-            )
+            conditions.append(Condition(rule.rule, labels, value, limit, rule.breaches(value, limit), annotations))
     return conditions
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -56,7 +55,11 @@ def _postable(alert: OutgoingAlert) -> dict:
     bad = [name for name in labels if not LABEL_NAME.fullmatch(name)]
     if bad:
         raise ValueError(f"labels: {bad[0]!r} is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)")
-    body = {"labels": labels, "annotations": _texts(alert.annotations, "annotations"), "startsAt": rfc3339(alert.starts_at)}
+    body = {
+        "labels": labels,
+        "annotations": _texts(alert.annotations, "annotations"),
+        "startsAt": rfc3339(alert.starts_at),
+    }
     if alert.ends_at is not None:
         if alert.ends_at < alert.starts_at:
             raise ValueError(f"{labels['alertname']}: ends_at {rfc3339(alert.ends_at)} is before starts_at")
@@ -91,7 +94,7 @@ def send(url: str, payload: list[dict], *, timeout: float) -> int:
     except urllib.error.HTTPError as exc:
         detail = exc.read(500).decode("utf-8", "replace").strip()
         raise WebhookError(f"webhook {url}: HTTP {exc.code} {exc.reason}: {detail}") from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise WebhookError(f"webhook {url}: no answer within {timeout:g}s") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):

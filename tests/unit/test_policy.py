@@ -119,7 +119,9 @@ def test_with_overrides_replaces_given_values_and_keeps_unset_flags():
 
 
 def test_with_overrides_validates():
-    with pytest.raises(PolicyError, match=r"^command line: override.max_distance: Input should be greater than or equal to 0$"):
+    with pytest.raises(
+        PolicyError, match=r"^command line: override.max_distance: Input should be greater than or equal to 0$"
+    ):
         with_overrides(Policy(), max_distance=-0.1)
 
 
@@ -159,8 +161,10 @@ def test_with_overrides_validates():
         (
             "p.toml",
             "[defaults.drift]\nwindow = 20\n",
-            "p.toml: defaults.drift: min_samples (30) exceeds window (20) or baseline_size (200): "
-            "drift could never be checked",
+            (
+                "p.toml: defaults.drift: min_samples (30) exceeds window (20) or baseline_size (200): "
+                "drift could never be checked"
+            ),
         ),
         (
             "p.toml",
@@ -172,11 +176,19 @@ def test_with_overrides_validates():
             "suite:\n  render:\n    max_distance: .inf\n",
             "p.yaml: suite.render.max_distance: Input should be a finite number",
         ),
-        ("p.toml", "[defaults.nets.vgg]\nmax_distance = 0.1\n", "p.toml: defaults.nets: per-net thresholds belong to a suite"),
+        (
+            "p.toml",
+            "[defaults.nets.vgg]\nmax_distance = 0.1\n",
+            "p.toml: defaults.nets: per-net thresholds belong to a suite",
+        ),
         ("p.toml", "[suites.render]\n", "p.toml: suites: unknown section (expected 'defaults' or 'suite')"),
         ("p.yaml", "suite:\n  render: 0.1\n", "p.yaml: suite.render: expected a table, got float"),
         ("p.yaml", "- 1\n", "p.yaml: (top level): expected a table, got list"),
-        ("p.yaml", "suite:\n  render:\n    nets: {vgg: {}}\n  2024: {}\n", "p.yaml: suite: key 2024 must be text (quote it)"),
+        (
+            "p.yaml",
+            "suite:\n  render:\n    nets: {vgg: {}}\n  2024: {}\n",
+            "p.yaml: suite: key 2024 must be text (quote it)",
+        ),
         ("p.json", "{}", "p.json: unsupported policy file type '.json' (use .toml, .yaml or .yml)"),
     ],
 )
@@ -188,9 +200,15 @@ def test_invalid_files_name_the_file_and_the_key(tmp_path, name, text, message):
 
 
 def test_syntax_errors_name_the_file(tmp_path):
-    with pytest.raises(PolicyError, match=r"p\.toml: invalid TOML: Expected '=' after a key in a key/value pair \(at line 1, column 3\)$"):
+    with pytest.raises(
+        PolicyError,
+        match=r"p\.toml: invalid TOML: Expected '=' after a key in a key/value pair \(at line 1, column 3\)$",
+    ):
         load_policies(_write(tmp_path, "p.toml", "b c\n"))
-    with pytest.raises(PolicyError, match=r"p\.yaml: invalid YAML: expected the node content, but found '<stream end>' \(at line 2, column 1\)$"):
+    with pytest.raises(
+        PolicyError,
+        match=r"p\.yaml: invalid YAML: expected the node content, but found '<stream end>' \(at line 2, column 1\)$",
+    ):
         load_policies(_write(tmp_path, "p.yaml", "suite: {render: [\n"))
 
 

@@ -28,7 +28,14 @@ def _run(**changes):
         "verdict": "error",
         "threshold": 0.1,
         "pairs": [
-            {"ref": "ok/a.png", "cand": "new/a.png", "status": "pass", "distance": 0.02, "error": None, "layers": LAYERS},
+            {
+                "ref": "ok/a.png",
+                "cand": "new/a.png",
+                "status": "pass",
+                "distance": 0.02,
+                "error": None,
+                "layers": LAYERS,
+            },
             {
                 "ref": "ok/b.png",
                 "cand": "new/b.png",
@@ -54,9 +61,18 @@ def _screenshot(html: str, tmp_path) -> np.ndarray:
     page.write_text(html, encoding="utf-8")
     subprocess.run(
         [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,900",
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,900",
             page.as_uri(),
         ],
         check=True,
@@ -90,7 +106,12 @@ def test_the_report_renders_reference_and_candidate_side_by_side(tmp_path):
 
 
 def test_text_is_escaped():
-    html = render_html(_run(suite="<b>suite</b>", pairs=[{"ref": "<script>x</script>", "cand": "c&d", "status": "error", "error": "<img>"}]))
+    html = render_html(
+        _run(
+            suite="<b>suite</b>",
+            pairs=[{"ref": "<script>x</script>", "cand": "c&d", "status": "error", "error": "<img>"}],
+        )
+    )
     assert "<script>" not in html and "<b>suite" not in html and "<img>" not in html
     assert "&lt;script&gt;x&lt;/script&gt; -&gt; c&amp;d" in html and "&lt;img&gt;" in html
 
@@ -109,9 +130,18 @@ def test_html_embeds_images_and_layer_shares():
     [
         ({"suite": None}, "run report: suite: Input should be a valid string"),
         ({"verdict": "ok"}, "run report: verdict: Input should be 'pass', 'fail' or 'error'"),
-        ({"pairs": [{"ref": "a", "cand": "b", "status": "pass", "ref_png": b"GIF89a"}]}, "run report: pairs.0.ref_png: not PNG bytes"),
-        ({"pairs": [{"ref": "a", "cand": "b", "status": "fail"}]}, "run report: pairs.0: a fail pair needs its distance"),
-        ({"pairs": [{"ref": "a", "cand": "b", "status": "pass", "distance": 0.1, "png": b""}]}, "run report: pairs.0.png: Extra inputs are not permitted"),
+        (
+            {"pairs": [{"ref": "a", "cand": "b", "status": "pass", "ref_png": b"GIF89a"}]},
+            "run report: pairs.0.ref_png: not PNG bytes",
+        ),
+        (
+            {"pairs": [{"ref": "a", "cand": "b", "status": "fail"}]},
+            "run report: pairs.0: a fail pair needs its distance",
+        ),
+        (
+            {"pairs": [{"ref": "a", "cand": "b", "status": "pass", "distance": 0.1, "png": b""}]},
+            "run report: pairs.0.png: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_bad_runs_are_refused_by_key(changes, message):
@@ -126,7 +156,11 @@ def test_junit_has_one_testcase_per_pair():
     assert root.tag == "testsuites"
     [suite] = root
     assert {key: suite.get(key) for key in ("name", "tests", "failures", "errors", "skipped")} == {
-        "name": "render", "tests": "3", "failures": "1", "errors": "1", "skipped": "0",
+        "name": "render",
+        "tests": "3",
+        "failures": "1",
+        "errors": "1",
+        "skipped": "0",
     }
     properties = {prop.get("name"): prop.get("value") for prop in suite.find("properties")}
     assert properties == {"run": "7", "verdict": "error", "threshold": "0.1"}
@@ -138,7 +172,11 @@ def test_junit_has_one_testcase_per_pair():
     ]
     assert list(cases[0]) == []
     [failure] = cases[1]
-    assert (failure.tag, failure.get("type"), failure.get("message")) == ("failure", "distance", "distance 0.12 > threshold 0.1")
+    assert (failure.tag, failure.get("type"), failure.get("message")) == (
+        "failure",
+        "distance",
+        "distance 0.12 > threshold 0.1",
+    )
     [error] = cases[2]
     assert (error.tag, error.get("message"), error.text) == ("error", "decode: truncated", "decode: truncated")
 

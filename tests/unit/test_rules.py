@@ -88,7 +88,9 @@ def test_verdicts_refuse_what_cannot_be_judged(pairs, policy, message):
 
 
 def test_results_validate_their_fields():
-    with pytest.raises(ValueError, match=r"^a.png -> cand/a.png: status 'ok' is not one of queued, running, done, error$"):
+    with pytest.raises(
+        ValueError, match=r"^a.png -> cand/a.png: status 'ok' is not one of queued, running, done, error$"
+    ):
         _pair("a.png", 0.1, status="ok")
     with pytest.raises(ValueError, match=r"^a.png -> cand/a.png: a done comparison needs its net and weights_version$"):
         _pair("a.png", 0.1, net=None)
@@ -155,7 +157,13 @@ def test_sparsity_fires_per_layer_and_side_with_the_worst_image():
         ("relu2", "ref", 0.5, False),  # b's ref stat was not finite: only a's counts
     ]
     firing = conditions[0]
-    assert firing.labels == {"suite": "render", "net": "alex", "weights_version": "0.1", "layer": "relu1", "side": "cand"}
+    assert firing.labels == {
+        "suite": "render",
+        "net": "alex",
+        "weights_version": "0.1",
+        "layer": "relu1",
+        "side": "cand",
+    }
     assert (firing.threshold, firing.annotations) == (0.98, {"image": "cand/b.png", "layer_index": "0"})
 
 

@@ -86,9 +86,8 @@ def test_send_posts_exactly_that_json():
 
 
 def test_a_refusal_names_the_url_status_and_reason():
-    with _Receiver(status=400) as receiver:
-        with pytest.raises(WebhookError) as caught:
-            send(receiver.url, [], timeout=5)
+    with _Receiver(status=400) as receiver, pytest.raises(WebhookError) as caught:
+        send(receiver.url, [], timeout=5)
     assert str(caught.value) == f"webhook {receiver.url}: HTTP 400 Bad Request: bad alert: missing labels"
 
 
@@ -102,18 +101,26 @@ def test_an_unreachable_receiver_is_a_clear_error():
 
 
 def test_a_silent_receiver_times_out():
-    with _Receiver(delay=5) as receiver:
-        with pytest.raises(WebhookError, match=r": no answer within 0.2s$"):
-            send(receiver.url, [], timeout=0.2)
+    with _Receiver(delay=5) as receiver, pytest.raises(WebhookError, match=r": no answer within 0.2s$"):
+        send(receiver.url, [], timeout=0.2)
 
 
 @pytest.mark.parametrize(
     "alert, message",
     [
-        (OutgoingAlert("distance", {"alertname": "x"}, OPENED), "labels: 'alertname' is set from the rule; do not pass it"),
-        (OutgoingAlert("distance", {"weights-version": "0.1"}, OPENED), "labels: 'weights-version' is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)"),
+        (
+            OutgoingAlert("distance", {"alertname": "x"}, OPENED),
+            "labels: 'alertname' is set from the rule; do not pass it",
+        ),
+        (
+            OutgoingAlert("distance", {"weights-version": "0.1"}, OPENED),
+            "labels: 'weights-version' is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)",
+        ),
         (OutgoingAlert("distance", {"value": 0.15}, OPENED), "labels: values must be strings, 'value' is not"),
-        (OutgoingAlert("distance", {}, datetime(2025, 3, 1)), "naive datetime 2025-03-01T00:00:00: pass an aware one (UTC)"),
+        (
+            OutgoingAlert("distance", {}, datetime(2025, 3, 1)),
+            "naive datetime 2025-03-01T00:00:00: pass an aware one (UTC)",
+        ),
         (
             OutgoingAlert("drift", {}, OPENED, ends_at=OPENED - timedelta(seconds=1)),
             "LpipsGateDrift: ends_at 2025-03-01T11:59:59.250Z is before starts_at",
