@@ -51,7 +51,8 @@ def main(ctx: click.Context) -> None:
     """lpips-gate: a perceptual quality gate for rendered images (LPIPS).
 
     Settings come from LPIPS_GATE_* environment variables (see the README)."""
-    ctx.obj = Settings()
+    if ctx.obj is None:  # tests and embedding callers may pass their own Settings
+        ctx.obj = Settings()
 
 
 from gate.commands.db import db  # noqa: E402  (light command groups, registered below `main`)

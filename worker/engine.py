@@ -120,10 +120,12 @@ class Engine:
     def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool) -> None:
         """References not in the cache and all candidates go through the network in one forward pass."""
         start = time.perf_counter()
-        found = {b.ref_key: self.cache.get(b.ref_key) for b in batch} if self.cache else {}
-        first = {b.ref_key: b.ref for b in reversed(batch) if found.get(b.ref_key) is None}
-        missing = list(first)
-        both = self.model.features(torch.stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device))
+        keys = dict.fromkeys(b.ref_key for b in batch)
+        found = {k: self.cache.get(k) if self.cache else None for k in keys}
+        first = {b.ref_key: b.ref for b in reversed(batch)}
+        missing = [k for k in keys if found[k] is None]
+        images = torch.stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device)
+        both = self.model.features(images)
         for row, key in enumerate(missing):
             found[key] = both.take(torch.tensor([row]))
             if self.cache:
