@@ -40,9 +40,17 @@ class Settings(BaseSettings):
     task_time_limit: int = 360
     visibility_timeout: int = 3600
     orphan_after: int = 30  # seconds without a worker heartbeat before its comparisons are re-queued
+    retry_tries: int = 3  # tries of a failing forward pass within one task (backoff + jitter), then handed back
+    retry_base_s: float = 0.5  # first backoff; doubles per try, with full jitter
+    store_retry_s: float = 60.0  # how long a worker keeps retrying an unreachable database before it gives a task up
 
     metrics_port: int | None = None
     heartbeat_file: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "heartbeat")
     webhook_url: str | None = None
     log_json: bool = True
     log_level: str = "INFO"
+
+    # Fault injection, TEST-ONLY (tests/integration/test_worker.py, test_runtime.py): never set in production.
+    fault_oom_above_batch: int | None = None  # a forward pass of more pairs than this raises CUDA OOM
+    fault_broken_primary: bool = False  # loading the primary backbone (`net`) fails as if its weights were bad
+    fault_poison_suffix: str | None = None  # a pair whose cand ends with this fails transiently, every time
