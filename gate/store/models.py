@@ -165,6 +165,7 @@ class Alert(Base):
     suite_id: Mapped[int] = mapped_column(ForeignKey("suites.id"))
     fingerprint: Mapped[str]
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    annotations: Mapped[dict[str, Any]] = mapped_column(default=dict)  # what changes run to run (worst image)
     state: Mapped[str] = mapped_column(default="open")
     value: Mapped[float | None]
     threshold: Mapped[float | None]

@@ -119,6 +119,30 @@ def set_verdict(session: Session, *, run_id: int, verdict: str | None) -> None:
         raise NotFound(f"run {run_id}: no such run")
 
 
+def record_verdict(session: Session, *, run_id: int, verdict: str) -> bool:
+    """Set the verdict of a run not yet judged; False when another evaluation already set it, so
+    exactly one evaluator applies the run's alerts."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict: must be one of {VERDICTS}, got {verdict!r}")
+    stmt = (
+        update(Run)
+        .where(Run.id == run_id, Run.verdict.is_(None))
+        .values(verdict=verdict, evaluated_at=utcnow())
+        .returning(Run.id)
+    )
+    if session.execute(stmt).first() is not None:
+        return True
+    get_run(session, run_id=run_id)
+    return False
+
+
+def runs_to_evaluate(session: Session) -> list[int]:
+    """Runs without a verdict whose comparisons have all finished (done or error), oldest first."""
+    unfinished = exists().where(Comparison.run_id == Run.id, Comparison.status.in_(("queued", "running")))
+    stmt = select(Run.id).where(Run.verdict.is_(None), ~unfinished).order_by(Run.id)
+    return list(session.scalars(stmt))
+
+
 # --- the comparison queue ----------------------------------------------------------------------
 
 
@@ -314,9 +338,11 @@ def recent_distances(
     weights_version: str,
     limit: int,
     exclude_run_id: int | None = None,
+    up_to_run_id: int | None = None,
 ) -> list[float]:
     """The drift baseline: done distances of the suite produced by this net and weights, newest runs
-    first, at most `limit`; `exclude_run_id` leaves out the run being judged."""
+    first, at most `limit`; `exclude_run_id` leaves out the run being judged, `up_to_run_id` the runs
+    after it (so re-judging an old run sees what it saw then)."""
     if limit < 1:
         raise ValueError(f"limit: must be >= 1, got {limit}")
     stmt = (
@@ -335,6 +361,8 @@ def recent_distances(
     )
     if exclude_run_id is not None:
         stmt = stmt.where(Run.id != exclude_run_id)
+    if up_to_run_id is not None:
+        stmt = stmt.where(Run.id <= up_to_run_id)
     return list(session.scalars(stmt))
 
 
@@ -356,6 +384,7 @@ def upsert_open_alert(
     value: float | None,
     threshold: float | None,
     run_id: int | None,
+    annotations: Mapping[str, str] | None = None,
 ) -> tuple[Alert, bool]:
     """Open an alert, or refresh the open one with the same fingerprint; True when newly opened."""
     if rule not in ALERT_RULES:
@@ -363,7 +392,13 @@ def upsert_open_alert(
     fingerprint = alert_fingerprint(rule=rule, suite_name=suite_name, labels=labels)
     suite = get_or_create_suite(session, name=suite_name)
     now = utcnow()
-    seen = {"value": _finite(value), "threshold": _finite(threshold), "run_id": run_id, "last_seen_at": now}
+    seen = {
+        "value": _finite(value),
+        "threshold": _finite(threshold),
+        "run_id": run_id,
+        "last_seen_at": now,
+        "annotations": dict(annotations or {}),
+    }
     opened = session.scalar(
         _insert(session, Alert)
         .values(
@@ -401,6 +436,26 @@ def resolve_alerts(
     )
     resolved = select(Alert).where(Alert.id.in_(session.scalars(stmt).all())).order_by(Alert.id)
     return list(session.scalars(resolved, execution_options={"populate_existing": True}))
+
+
+def resolve_fingerprints(
+    session: Session, *, fingerprints: Sequence[str], up_to_run_id: int | None = None
+) -> list[Alert]:
+    """Resolve the open alerts with these fingerprints; with `up_to_run_id`, one last seen on a later
+    run stays open (a late run's evidence does not overrule a newer one's)."""
+    stmt = update(Alert).where(Alert.state == "open", Alert.fingerprint.in_(fingerprints))
+    if up_to_run_id is not None:
+        stmt = stmt.where((Alert.run_id <= up_to_run_id) | Alert.run_id.is_(None))
+    ids = session.scalars(stmt.values(state="resolved", resolved_at=utcnow()).returning(Alert.id)).all()
+    resolved = select(Alert).where(Alert.id.in_(ids)).order_by(Alert.id)
+    return list(session.scalars(resolved, execution_options={"populate_existing": True}))
+
+
+def alerts_to_notify(session: Session) -> list[Alert]:
+    """Open alerts, and resolved ones whose resolution was never delivered: what a sender may owe."""
+    undelivered = Alert.last_notified_at.is_(None) | (Alert.last_notified_at < Alert.resolved_at)
+    stmt = select(Alert).where((Alert.state == "open") | ((Alert.state == "resolved") & undelivered))
+    return list(session.scalars(stmt.order_by(Alert.id)))
 
 
 def list_alerts(session: Session, *, suite_name: str | None = None, open_only: bool = False) -> list[Alert]:

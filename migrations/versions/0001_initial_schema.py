@@ -110,6 +110,7 @@ def upgrade() -> None:
         sa.Column("suite_id", sa.Integer(), nullable=False),
         sa.Column("fingerprint", sa.String(), nullable=False),
         sa.Column("labels", sa.JSON(), nullable=False),
+        sa.Column("annotations", sa.JSON(), nullable=False),
         sa.Column("state", sa.String(), nullable=False),
         sa.Column("value", sa.Double(), nullable=True),
         sa.Column("threshold", sa.Double(), nullable=True),
