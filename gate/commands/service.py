@@ -55,7 +55,7 @@ def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, thresh
 
     Both folders must lie inside LPIPS_GATE_IMAGE_ROOT. With LPIPS_GATE_BROKER_URL set the pairs are
     queued for the workers; without it they are computed here (needs lpips-gate[worker])."""
-    _check_threshold(threshold)
+    _check_options(suite, threshold)
     pairs = _pair(ref_dir, cand_dir, settings.image_root)
     dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
     with _store(settings) as engine:
@@ -66,7 +66,9 @@ def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, thresh
     _echo(as_json, {"run": run_id, "submitted": len(ids)}, f"run {run_id}: {len(ids)} comparisons {how}")
 
 
-def _check_threshold(threshold: float | None) -> None:
+def _check_options(suite: str, threshold: float | None) -> None:
+    if not suite.strip():
+        raise _failure("--suite: must not be empty")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise _failure(f"--threshold: must be a finite number >= 0, got {threshold}")
 
@@ -84,12 +86,9 @@ def _create_run(engine: Any, *, suite: str, **run: Any) -> tuple[int, list[int]]
     from gate.store import repository as repo
     from gate.store import session_scope
 
-    try:
-        with session_scope(engine) as session:
-            created = repo.create_run(session, suite_name=suite, **run)
-            return created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
-    except ValueError as exc:  # an empty suite name; the rest was checked above
-        raise _failure(f"--suite: {exc}") from exc
+    with session_scope(engine) as session:
+        created = repo.create_run(session, suite_name=suite, **run)
+        return created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
 
 
 Dispatch = Callable[[Any, int, list[int]], str]

@@ -1,0 +1,368 @@
+"""`submit`, `wait` and `results` against the real PostgreSQL, SQLite and Redis (db 15, flushed around
+each test that uses it): rows in the store, messages on the queue, exact outputs and exit codes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from click.testing import CliRunner, Result
+from PIL import Image
+from sqlalchemy import func, select
+
+from gate.cli import main
+from gate.store import make_engine, session_scope
+from gate.store import repository as repo
+from gate.store.migrate import current_revision, head_revision
+from gate.store.models import Run
+
+BROKER_URL = "redis://127.0.0.1:6379/15"
+CLOSED_BROKER_URL = "redis://127.0.0.1:1/15"
+IMAGES = ("a.png", "b/c.png", "d.jpg")
+
+
+def _touch(folder: Path, *names: str) -> None:
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """An image root with ref/ and new/ holding the same three (empty) image files."""
+    root = tmp_path / "images"
+    _touch(root / "ref", *IMAGES, "notes.txt")
+    _touch(root / "new", *IMAGES)
+    return root
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(BROKER_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def _cli(args: list[str], *, db: str | None, root: Path, broker: str | None = None, **env: str) -> Result:
+    """Run `lpips-gate ARGS` with settings from the environment only (None unsets a variable)."""
+    settings = {"LPIPS_GATE_DATABASE_URL": db, "LPIPS_GATE_IMAGE_ROOT": str(root), "LPIPS_GATE_BROKER_URL": broker}
+    return CliRunner().invoke(main, args, env={**settings, **env})
+
+
+def _submit(db: str | None, root: Path, *extra: str, broker: str | None = BROKER_URL, **env: str) -> Result:
+    return _cli(["submit", str(root / "ref"), str(root / "new"), "--suite", "smoke", *extra],
+                db=db, root=root, broker=broker, **env)
+
+
+def _queued(client: redis.Redis) -> list[dict]:
+    """The messages on the `lpips` queue, oldest first (kombu pushes on the left)."""
+    messages = []
+    for raw in reversed(client.lrange("lpips", 0, -1)):
+        message = json.loads(raw)
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        messages.append({"task": message["headers"]["task"], "args": args, "kwargs": kwargs})
+    return messages
+
+
+def _comparisons(url: str, run_id: int) -> list:
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as session:
+            return repo.list_comparisons(session, run_id=run_id)
+    finally:
+        engine.dispose()
+
+
+def _run_count(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as session:
+            return session.scalar(select(func.count()).select_from(Run))
+    finally:
+        engine.dispose()
+
+
+# --- submit with a broker ----------------------------------------------------------------------
+
+
+def test_submit_stores_the_run_and_queues_its_ids_in_batches(pg_url: str, images: Path,
+                                                             broker: redis.Redis) -> None:
+    result = _submit(pg_url, images, "--json", LPIPS_GATE_MAX_BATCH="2")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, '{"run": 1, "submitted": 3}\n', "")
+    rows = _comparisons(pg_url, 1)
+    assert [(c.ref, c.cand, c.status, c.attempts) for c in rows] == [
+        ("ref/a.png", "new/a.png", "queued", 0),
+        ("ref/b/c.png", "new/b/c.png", "queued", 0),
+        ("ref/d.jpg", "new/d.jpg", "queued", 0),
+    ]
+    ids = [c.id for c in rows]
+    assert broker.llen("lpips") == 2
+    assert _queued(broker) == [
+        {"task": "lpips_gate.compare", "args": [], "kwargs": {"comparison_ids": ids[:2]}},
+        {"task": "lpips_gate.compare", "args": [], "kwargs": {"comparison_ids": ids[2:]}},
+    ]
+
+
+def test_submit_stores_the_run_options_and_settings_defaults(pg_url: str, images: Path,
+                                                             broker: redis.Redis) -> None:
+    explicit = _submit(pg_url, images, "--threshold", "0.2", "--net", "vgg", "--version", "0.0",
+                       "--precision", "bf16", "--maps")
+    assert (explicit.exit_code, explicit.stdout) == (0, "run 1: 3 comparisons queued in 1 messages\n")
+    defaults = _submit(pg_url, images, LPIPS_GATE_NET="squeeze", LPIPS_GATE_PRECISION="fp16")
+    assert defaults.exit_code == 0
+    engine = make_engine(pg_url)
+    with session_scope(engine) as session:
+        runs = [repo.get_run(session, run_id=run_id) for run_id in (1, 2)]
+        stored = [(r.suite.name, r.threshold, r.net, r.version, r.precision, r.options, r.verdict) for r in runs]
+    engine.dispose()
+    assert stored == [
+        ("smoke", 0.2, "vgg", "0.0", "bf16", {"maps": True}, None),
+        ("smoke", None, "squeeze", "0.1", "fp16", {"maps": False}, None),
+    ]
+    assert broker.llen("lpips") == 2
+
+
+def test_files_reached_twice_through_a_linked_folder_are_paired_once(pg_url: str, images: Path,
+                                                                     broker: redis.Redis) -> None:
+    for side in ("ref", "new"):
+        os.symlink(images / side / "b", images / side / "latest")
+    result = _submit(pg_url, images, "--json")
+    assert (result.exit_code, result.stdout) == (0, '{"run": 1, "submitted": 3}\n')
+    assert [c.ref for c in _comparisons(pg_url, 1)] == ["ref/a.png", "ref/b/c.png", "ref/d.jpg"]
+    assert [m["kwargs"]["comparison_ids"] for m in _queued(broker)] == [[1, 2, 3]]
+
+
+def test_unmatched_files_are_refused_before_anything_is_stored(pg_url: str, images: Path,
+                                                               broker: redis.Redis) -> None:
+    _touch(images / "new", "extra.png")
+    (images / "ref/d.jpg").unlink()
+    result = _submit(pg_url, images)
+    ref, new = images / "ref", images / "new"
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
+        f"Error: unmatched files: 2 in {new} without a reference in {ref}: d.jpg, extra.png\n"
+    ))
+    assert (_run_count(pg_url), broker.llen("lpips")) == (0, 0)
+
+
+def test_folders_outside_the_image_root_are_refused(pg_url: str, images: Path, tmp_path: Path,
+                                                    broker: redis.Redis) -> None:
+    _touch(tmp_path / "outside", *IMAGES)
+    result = _cli(["submit", str(images / "ref"), str(tmp_path / "outside"), "--suite", "smoke"],
+                  db=pg_url, root=images, broker=BROKER_URL)
+    assert (result.exit_code, result.stderr) == (
+        2, f"Error: {tmp_path / 'outside'}: outside the image root {images} (LPIPS_GATE_IMAGE_ROOT)\n",
+    )
+    assert (_run_count(pg_url), broker.llen("lpips")) == (0, 0)
+
+
+@pytest.mark.parametrize("threshold", ["-0.5", "nan", "inf"])
+def test_a_threshold_must_be_finite_and_not_negative(pg_url: str, images: Path, threshold: str) -> None:
+    result = _submit(pg_url, images, f"--threshold={threshold}")
+    assert (result.exit_code, result.stderr) == (
+        2, f"Error: --threshold: must be a finite number >= 0, got {float(threshold)}\n",
+    )
+
+
+def test_an_empty_suite_name_is_refused(pg_url: str, images: Path) -> None:
+    result = _cli(["submit", str(images / "ref"), str(images / "new"), "--suite", " "], db=pg_url, root=images)
+    assert (result.exit_code, result.stderr) == (2, "Error: --suite: must not be empty\n")
+    assert _run_count(pg_url) == 0
+
+
+def test_an_unreachable_broker_is_reported_before_the_run_is_stored(pg_url: str, images: Path) -> None:
+    result = _submit(pg_url, images, broker=CLOSED_BROKER_URL)
+    assert (result.exit_code, result.stderr) == (2, (
+        "Error: broker unreachable (LPIPS_GATE_BROKER_URL): Error 111 connecting to 127.0.0.1:1. "
+        "Connection refused.\n"
+    ))
+    assert _run_count(pg_url) == 0
+
+
+def test_an_unreachable_database_is_named_without_its_password(images: Path, broker: redis.Redis) -> None:
+    result = _submit("postgresql+psycopg://postgres:hunter2@127.0.0.1:1/gate", images)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: database postgresql+psycopg://postgres:***@127.0.0.1:1/gate: ")
+    assert "hunter2" not in result.stderr
+    assert broker.llen("lpips") == 0
+
+
+@pytest.mark.parametrize("empty_url", ["sqlite_empty_url", "pg_empty_url"])
+def test_a_new_database_is_migrated_on_first_use(request: pytest.FixtureRequest, empty_url: str,
+                                                 images: Path, broker: redis.Redis) -> None:
+    url = request.getfixturevalue(empty_url)
+    assert current_revision(url) is None
+    result = _submit(url, images, "--json")
+    assert (result.exit_code, result.stdout) == (0, '{"run": 1, "submitted": 3}\n')
+    assert current_revision(url) == head_revision()
+    assert len(_comparisons(url, 1)) == 3
+
+
+def test_the_default_database_is_an_embedded_sqlite_file_created_on_first_use(
+        images: Path, tmp_path: Path, broker: redis.Redis) -> None:
+    data_home = tmp_path / "data"
+    result = _submit(None, images, "--json", XDG_DATA_HOME=str(data_home))
+    assert (result.exit_code, result.stdout) == (0, '{"run": 1, "submitted": 3}\n')
+    url = f"sqlite:///{data_home / 'lpips-gate' / 'lpips-gate.db'}"
+    assert (current_revision(url), len(_comparisons(url, 1))) == (head_revision(), 3)
+
+
+def test_the_producer_commands_never_import_the_engine(pg_url: str, images: Path, broker: redis.Redis) -> None:
+    code = (
+        "import sys\n"
+        "from gate.cli import main\n"
+        "main(sys.argv[1:], standalone_mode=False)\n"
+        "main(['results', '--run', '1', '--json'], standalone_mode=False)\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'worker'}))\n"
+    )
+    env = {**os.environ, "LPIPS_GATE_DATABASE_URL": pg_url, "LPIPS_GATE_IMAGE_ROOT": str(images),
+           "LPIPS_GATE_BROKER_URL": BROKER_URL}
+    done = subprocess.run([sys.executable, "-c", code, "submit", "ref", "new", "--suite", "s", "--json"],
+                          cwd=images, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[0] == '{"run": 1, "submitted": 3}'
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+# --- results and wait --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def finished_run(pg_url: str, images: Path, broker: redis.Redis) -> list[int]:
+    """Run 1: a.png done by worker w1 (first attempt), b/c.png failed for good, d.jpg still queued."""
+    assert _submit(pg_url, images).exit_code == 0
+    ids = [c.id for c in _comparisons(pg_url, 1)]
+    engine = make_engine(pg_url)
+    with session_scope(engine) as session:
+        repo.claim_comparisons(session, ids=ids[:1], worker="w1", max_attempts=3)
+        repo.record_result(session, comparison_id=ids[0], distance=0.125, net="alex",
+                           weights_version="alex-v0.1", precision="fp32", layers=[])
+        repo.record_error(session, comparison_id=ids[1], reason="decode: truncated PNG", final=True)
+    engine.dispose()
+    return ids
+
+
+def _finish(url: str, comparison_id: int, distance: float) -> None:
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        repo.record_result(session, comparison_id=comparison_id, distance=distance, net="vgg",
+                           weights_version="vgg-v0.1", precision="fp32", layers=[])
+    engine.dispose()
+
+
+def test_results_json_lists_every_comparison_with_its_producer(pg_url: str, images: Path,
+                                                               finished_run: list[int]) -> None:
+    result = _cli(["results", "--run", "1", "--json"], db=pg_url, root=images)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert json.loads(result.stdout) == [
+        {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "distance": 0.125, "net": "alex",
+         "version": "alex-v0.1", "attempts": 1, "error": None},
+        {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "distance": None, "net": None,
+         "version": None, "attempts": 0, "error": "decode: truncated PNG"},
+        {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "queued", "distance": None, "net": None,
+         "version": None, "attempts": 0, "error": None},
+    ]
+
+
+def test_results_as_text(pg_url: str, images: Path, finished_run: list[int]) -> None:
+    result = _cli(["results", "--run", "1"], db=pg_url, root=images)
+    assert (result.exit_code, result.stdout) == (0, (
+        "done      0.1250  ref/a.png -> new/a.png\n"
+        "error          -  ref/b/c.png -> new/b/c.png  (decode: truncated PNG)\n"
+        "queued         -  ref/d.jpg -> new/d.jpg\n"
+    ))
+
+
+def test_wait_prints_the_run_once_every_comparison_is_finished(pg_url: str, images: Path,
+                                                               finished_run: list[int]) -> None:
+    _finish(pg_url, finished_run[2], 0.5)
+    result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
+    assert (result.exit_code, result.stderr) == (0, "")  # stderr is not a terminal: no progress bar
+    assert json.loads(result.stdout) == {
+        "run": 1, "suite": "smoke", "verdict": None, "pairs": [
+            {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "distance": 0.125, "error": None},
+            {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "distance": None,
+             "error": "decode: truncated PNG"},
+            {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "done", "distance": 0.5, "error": None},
+        ],
+    }
+
+
+def test_wait_polls_until_a_worker_finishes_the_last_comparison(pg_url: str, images: Path,
+                                                                 finished_run: list[int]) -> None:
+    worker = threading.Timer(0.8, _finish, args=(pg_url, finished_run[2], 0.25))
+    started = time.monotonic()
+    worker.start()
+    try:
+        result = _cli(["wait", "1", "--timeout", "20"], db=pg_url, root=images)
+    finally:
+        worker.join()
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "run 1 (suite smoke): verdict pending"
+    assert result.stdout.splitlines()[3] == "done      0.2500  ref/d.jpg -> new/d.jpg"
+    assert 0.8 <= elapsed < 10
+
+
+def test_wait_times_out_with_the_progress_so_far(pg_url: str, images: Path, finished_run: list[int]) -> None:
+    started = time.monotonic()
+    result = _cli(["wait", "1", "--timeout", "0.6", "--json"], db=pg_url, root=images)
+    elapsed = time.monotonic() - started
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2, "", "Error: run 1: timed out after 0.6 s (done 2 of 3)\n",
+    )
+    assert 0.6 <= elapsed < 5
+
+
+@pytest.mark.parametrize("args", [["wait", "7"], ["results", "--run", "7", "--json"]])
+def test_an_unknown_run_is_not_found(pg_url: str, images: Path, finished_run: list[int], args: list[str]) -> None:
+    result = _cli(args, db=pg_url, root=images)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "Error: run 7: not found\n")
+
+
+# --- the embedded mode (no broker): needs the `embedded` executor from the worker ---------------
+
+
+def _write_png(path: Path, seed: int) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_without_a_broker_submit_computes_in_process(sqlite_empty_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    for side in ("ref", "new"):
+        _write_png(root / side / "same.png", seed=1)
+    _write_png(root / "ref/sub/changed.png", seed=2)
+    _write_png(root / "new/sub/changed.png", seed=3)
+    result = _submit(sqlite_empty_url, root, "--json", broker=None, LPIPS_GATE_DEVICE="cpu")
+    assert (result.exit_code, result.stdout) == (0, '{"run": 1, "submitted": 2}\n'), result.stderr
+    same, changed = _comparisons(sqlite_empty_url, 1)
+    assert (same.ref, same.status, same.net, same.attempts) == ("ref/same.png", "done", "alex", 1)
+    assert (changed.ref, changed.status, changed.net) == ("ref/sub/changed.png", "done", "alex")
+    assert same.distance == pytest.approx(0.0, abs=1e-6)
+    assert changed.distance > 0.05
+
+
+def test_without_the_engine_the_embedded_mode_says_what_to_install(sqlite_empty_url: str, images: Path) -> None:
+    code = "import sys\nsys.modules['torch'] = None  # as if torch were not installed\nfrom gate.cli import main\nmain()\n"
+    env = {**os.environ, "LPIPS_GATE_DATABASE_URL": sqlite_empty_url, "LPIPS_GATE_IMAGE_ROOT": str(images)}
+    env.pop("LPIPS_GATE_BROKER_URL", None)
+    done = subprocess.run([sys.executable, "-c", code, "submit", "ref", "new", "--suite", "s"],
+                          cwd=images, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", "Error: the embedded mode needs the engine: pip install 'lpips-gate[worker]'\n",
+    )
+    assert _cli(["results", "--run", "1"], db=sqlite_empty_url, root=images).stderr == "Error: run 1: not found\n"
