@@ -357,7 +357,12 @@ def test_without_a_broker_submit_computes_in_process(sqlite_empty_url: str, tmp_
 
 
 def test_without_the_engine_the_embedded_mode_says_what_to_install(sqlite_empty_url: str, images: Path) -> None:
-    code = "import sys\nsys.modules['torch'] = None  # as if torch were not installed\nfrom gate.cli import main\nmain()\n"
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if torch were not installed\n"
+        "from gate.cli import main\n"
+        "main()\n"
+    )
     env = {**os.environ, "LPIPS_GATE_DATABASE_URL": sqlite_empty_url, "LPIPS_GATE_IMAGE_ROOT": str(images)}
     env.pop("LPIPS_GATE_BROKER_URL", None)
     done = subprocess.run([sys.executable, "-c", code, "submit", "ref", "new", "--suite", "s"],
