@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 SPARSE = 1e-6
+KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")
 
 
 def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
@@ -12,18 +13,23 @@ def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
     and the count of NaN/Inf values; moments are over finite values only."""
     flat = x.detach().float().flatten(1)
     finite = torch.isfinite(flat)
-    clean = torch.where(finite, flat, torch.zeros_like(flat))
+    if finite.all():  # the common case: a few fused passes
+        std, mean = torch.std_mean(flat, dim=1, unbiased=False)
+        low, high = torch.aminmax(flat, dim=1)
+        nonfinite = torch.zeros(flat.shape[0], dtype=torch.long)
+    else:
+        mean, std, low, high, nonfinite = _masked_moments(flat, finite)
+    sparsity = (flat.abs() < SPARSE).sum(dim=1) / flat.shape[1]
+    rows = zip(sparsity.tolist(), mean.tolist(), std.tolist(), low.tolist(), high.tolist(), nonfinite.tolist())
+    return [dict(zip(KEYS, row)) for row in rows]
+
+
+def _masked_moments(flat: torch.Tensor, finite: torch.Tensor):
+    zero = torch.zeros_like(flat)
     n = finite.sum(dim=1).clamp(min=1)
-    mean = clean.sum(dim=1) / n
-    var = (torch.where(finite, flat - mean[:, None], torch.zeros_like(flat)) ** 2).sum(dim=1) / n
+    mean = torch.where(finite, flat, zero).sum(dim=1) / n
+    var = (torch.where(finite, flat - mean[:, None], zero) ** 2).sum(dim=1) / n
     big = torch.finfo(flat.dtype).max
-    rows = zip(
-        (flat.abs() < SPARSE).float().mean(dim=1).tolist(),
-        mean.tolist(),
-        var.sqrt().tolist(),
-        torch.where(finite, flat, torch.full_like(flat, big)).amin(dim=1).tolist(),
-        torch.where(finite, flat, torch.full_like(flat, -big)).amax(dim=1).tolist(),
-        (~finite).sum(dim=1).tolist(),
-    )
-    keys = ("sparsity", "mean", "std", "min", "max", "nonfinite")
-    return [dict(zip(keys, row)) for row in rows]
+    low = torch.where(finite, flat, torch.full_like(flat, big)).amin(dim=1)
+    high = torch.where(finite, flat, torch.full_like(flat, -big)).amax(dim=1)
+    return mean, var.sqrt(), low, high, (~finite).sum(dim=1)
