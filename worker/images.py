@@ -119,25 +119,36 @@ def load_pair(
 
 
 def resolve_under(root: StrPath, relative: StrPath) -> Path:
-    """Resolve a task path inside the image root, following symlinks, so nothing outside can be read.
+    """Resolve an existing task path inside the image root, following symlinks, so nothing outside is read.
 
-    The result is absolute and fully resolved; it may not exist (load_image reports that).
+    The result is absolute, exists, and holds no symlink left to follow. Resolution is strict on
+    purpose: Python 3.11's lenient resolve stops following links after a symlink loop, so
+    "loop/../link_out/x" would come back looking inside the root while pointing out of it.
     """
     text = os.fspath(relative)
     if not text:
         raise ImageError(text, "empty path")
-    if "\0" in text:
-        raise ImageError(text, "path contains a NUL byte")
+    _check_file_name(text)
     if Path(text).is_absolute():
         raise ImageError(text, "absolute path; task paths are relative to the image root")
     base = Path(root).resolve()
     try:
-        resolved = (base / text).resolve()
+        resolved = (base / text).resolve(strict=True)
     except RuntimeError:  # pathlib's report of a symlink loop
         raise ImageError(text, "symlink loop") from None
+    except (FileNotFoundError, NotADirectoryError):
+        lenient = Path(os.path.realpath(base / text))  # never raises; only used to word the refusal
+        _refuse_escape(text, lenient, base)  # so the answer says nothing about which outside files exist
+        raise ImageError(text, "file not found") from None
+    except OSError as exc:
+        raise ImageError(text, f"cannot resolve path ({exc.strerror})") from None
+    _refuse_escape(text, resolved, base)
+    return resolved
+
+
+def _refuse_escape(text: str, resolved: Path, base: Path) -> None:
     if not resolved.is_relative_to(base):
         raise ImageError(text, "path escapes the image root")
-    return resolved
 
 
 def content_hash(path: StrPath) -> str:
@@ -153,8 +164,19 @@ def _check_limits(max_pixels: int, min_size: int) -> None:
         raise ValueError(f"min_size must be positive, got {min_size}")
 
 
+def _check_file_name(text: str) -> None:
+    """Refuse what the OS would reject with a bare ValueError: NUL bytes and unencodable characters."""
+    if "\0" in text:
+        raise ImageError(text, "path contains a NUL byte")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        raise ImageError(text, "path has characters no file name can hold") from None
+
+
 def _open_regular_file(path: StrPath) -> BinaryIO:
     """Open for reading after a stat, so FIFOs and devices are refused instead of blocking or streaming."""
+    _check_file_name(os.fspath(path))
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):

@@ -186,6 +186,18 @@ def test_missing_file_and_non_directory_parent(corpus):
     assert str(under_file.value) == f"{corpus['good_ref'] / 'x.png'}: cannot read file (Not a directory)"
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("a\0b.png", "path contains a NUL byte"), ("\ud800.png", "path has characters no file name can hold")],
+)
+def test_impossible_file_names_are_image_errors(name, reason):
+    with pytest.raises(ImageError) as caught:
+        load(name)
+    assert str(caught.value) == f"{name}: {reason}"
+    with pytest.raises(ImageError):
+        content_hash(name)
+
+
 def test_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
@@ -302,7 +314,7 @@ def test_unknown_resize_mode_is_refused_before_reading():
 @pytest.mark.parametrize(
     ("relative", "target"),
     [("good_ref.png", "good_ref.png"), ("sub/nested.png", "sub/nested.png"), ("sub/../good_ref.png", "good_ref.png"),
-     ("./sub//nested.png", "sub/nested.png"), ("alias.png", "good_ref.png"), ("not-there.png", "not-there.png")],
+     ("./sub//nested.png", "sub/nested.png"), ("alias.png", "good_ref.png"), ("sub", "sub")],
 )
 def test_paths_inside_the_root_resolve(corpus, relative, target):
     assert resolve_under(corpus["root"], relative) == corpus["root"].resolve() / target
@@ -320,8 +332,16 @@ def test_symlinked_root_is_resolved_too(corpus, tmp_path):
      ("../outside/secret.png", "path escapes the image root"),
      ("sub/../../outside/secret.png", "path escapes the image root"),
      ("..", "path escapes the image root"),
+     ("../outside/not-there.png", "path escapes the image root"),
      ("loop_a.png", "symlink loop"),
+     ("loop_a.png/../escape.png", "symlink loop"),
+     ("not-there.png", "file not found"),
+     ("not-there/../good_ref.png", "file not found"),
+     ("not-there/../loop_a.png", "file not found"),
+     ("good_ref.png/x.png", "file not found"),
+     ("x" * 300 + ".png", "cannot resolve path (File name too long)"),
      ("a\0b.png", "path contains a NUL byte"),
+     ("\ud800.png", "path has characters no file name can hold"),
      ("", "empty path")],
 )
 def test_paths_leaving_the_root_are_refused(corpus, relative, reason):
