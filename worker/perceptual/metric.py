@@ -84,7 +84,7 @@ class LPIPS(nn.Module):
         self.net, self.version, self.lin = net, version, lin
         self.normalise, self.reduction, self.precision = normalise, reduction, precision
         self.taps = PRESETS[net].taps
-        self.trunk = trunk(net, trunk_state)
+        self.trunk = trunk(net, trunk_state).to(memory_format=torch.channels_last)  # faster convs on oneDNN/cuDNN
         self.heads = Heads(PRESETS[net].channels).load_checked(heads_state or shipped_heads(net, version)) if lin else None
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
@@ -105,7 +105,7 @@ class LPIPS(nn.Module):
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext()
         with torch.inference_mode(), autocast:
-            raw = extract(self.trunk, x, self.taps)
+            raw = extract(self.trunk, x.contiguous(memory_format=torch.channels_last), self.taps)
         with torch.inference_mode():
             raw = [r.float() for r in raw]
             norm = NORMALISERS[self.normalise]
