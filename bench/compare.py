@@ -1,0 +1,171 @@
+"""Throughput and memory of lpips-gate against the bare reference `lpips` model, same process,
+same weights, same generated pairs. Prints a table and writes JSON.
+
+    python bench/compare.py [--quick] [--json bench.json] [--nets alex vgg] [--sizes 64 256 1024]
+
+(a) `compare --pairs` path, decoding included (Engine.compare_files over PNG files)
+(b) one reference against many candidates (the reference-feature cache)
+(c) bf16 on the CPU, with its largest deviation from fp32
+(d) peak memory (RSS, each side measured in a fresh subprocess)"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+warnings.filterwarnings("ignore")  # the reference package's torchvision deprecation notes
+
+import lpips  # noqa: E402
+
+from gate.settings import Settings  # noqa: E402
+from worker import weights  # noqa: E402
+from worker.engine import Engine  # noqa: E402
+
+
+def make_pairs(folder: Path, n: int, size: int, *, one_ref: bool = False, seed: int = 0) -> list[tuple[Path, Path]]:
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(n):
+        ref = folder / f"ref_{size}_{0 if one_ref else i}.png"
+        if not ref.exists():
+            base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(base).save(ref)
+        noisy = np.asarray(Image.open(ref)).astype(np.int16) + rng.integers(-20, 21, (size, size, 3))
+        cand = folder / f"cand_{size}_{seed}_{i}.png"
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(cand)
+        pairs.append((ref, cand))
+    return pairs
+
+
+def load_tensor(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def reference_model(net: str, settings: Settings) -> torch.nn.Module:
+    model = lpips.LPIPS(pnet_rand=True, net=net, verbose=False)
+    state, _ = weights.load(settings.weights_dir, net)
+    for key in list(model.net.state_dict()):
+        _slice, index, rest = key.split(".", 2)
+        model.net.state_dict()[key].copy_(state[f"features.{index}.{rest}"])
+    return model.eval()
+
+
+def rate(fn, pairs: int, repeat: int) -> float:
+    fn()  # warm-up: allocator, oneDNN primitives
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return pairs * repeat / (time.perf_counter() - start)
+
+
+def bare_reference(model, pairs, batch: int) -> list[float]:
+    """The reference model on pre-decoded tensors, `batch` pairs a call: its best case."""
+    refs = [load_tensor(r) for r, _ in pairs]
+    cands = [load_tensor(c) for _, c in pairs]
+    out = []
+
+    def run():
+        out.clear()
+        with torch.no_grad():
+            for i in range(0, len(pairs), batch):
+                d = model(torch.stack(refs[i:i + batch]), torch.stack(cands[i:i + batch]))
+                out.extend(d.flatten().tolist())
+    return run, out
+
+
+def ours(settings, net, pairs, precision="fp32", cache=True):
+    engine = Engine.from_settings(settings, net=net, precision=precision, device="cpu")
+    if not cache:
+        engine.cache = None
+    out = []
+
+    def run():
+        out.clear()
+        if engine.cache is not None:
+            engine.cache = type(engine.cache)(settings.feature_cache_bytes)  # cold cache each repeat
+        out.extend(o.distance for o in engine.compare_files(pairs))
+    return run, out
+
+
+def peak_rss_mb(side: str, net: str, size: int, n: int) -> float:
+    code = f"""
+import sys, resource, tempfile; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+import compare as b
+s = b.Settings(); d = Path(tempfile.mkdtemp()); pairs = b.make_pairs(d, {n}, {size})
+fn, _ = (b.bare_reference(b.reference_model({net!r}, s), pairs, 8) if {side!r} == 'reference'
+         else b.ours(s, {net!r}, pairs))
+fn()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny run that checks the bench works (CI)")
+    parser.add_argument("--nets", nargs="+", default=["alex", "vgg"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 256, 1024])
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    settings = Settings()
+    sizes = [64] if args.quick else args.sizes
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for net in args.nets:
+            reference = reference_model(net, settings)
+            for size in sizes:
+                n = 4 if args.quick else (16 if size <= 256 else 4)
+                repeat = 1 if args.quick else (3 if size <= 256 else 1)
+                pairs = make_pairs(folder, n, size)
+                ref_run, ref_out = bare_reference(reference, pairs, 8)
+                fp32_run, fp32_out = ours(settings, net, pairs)
+                bf16_run, bf16_out = ours(settings, net, pairs, precision="bf16")
+                row = {"net": net, "size": size, "pairs": n,
+                       "reference_pairs_s": rate(ref_run, n, repeat),
+                       "ours_pairs_s": rate(fp32_run, n, repeat),
+                       "bf16_pairs_s": rate(bf16_run, n, repeat)}
+                row["max_abs_diff_vs_reference"] = float(np.max(np.abs(np.array(fp32_out) - ref_out)))
+                row["bf16_max_abs_diff_vs_fp32"] = float(np.max(np.abs(np.array(bf16_out) - fp32_out)))
+                one = make_pairs(folder, 64 if not args.quick else 4, size, one_ref=True, seed=1) if size <= 256 else None
+                if one:
+                    one_ref_run, _ = bare_reference(reference, one, 8)
+                    one_ours_run, _ = ours(settings, net, one)
+                    row["one_ref_reference_pairs_s"] = rate(one_ref_run, len(one), 1)
+                    row["one_ref_ours_pairs_s"] = rate(one_ours_run, len(one), 1)
+                if size == max(sizes) and not args.quick:
+                    row["reference_peak_rss_mb"] = peak_rss_mb("reference", net, size, n)
+                    row["ours_peak_rss_mb"] = peak_rss_mb("ours", net, size, n)
+                rows.append(row)
+                print_row(row)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print(json.dumps(rows))
+
+
+def print_row(row: dict) -> None:
+    ratio = lambda a, b: f"{row[a] / row[b]:.2f}x" if a in row else "-"
+    print(f"{row['net']:5} {row['size']:5}px  reference {row['reference_pairs_s']:7.1f}/s  "
+          f"ours {row['ours_pairs_s']:7.1f}/s ({ratio('ours_pairs_s', 'reference_pairs_s')})  "
+          f"bf16 {row['bf16_pairs_s']:7.1f}/s ({ratio('bf16_pairs_s', 'reference_pairs_s')}, "
+          f"max|d-fp32| {row['bf16_max_abs_diff_vs_fp32']:.4f})  "
+          f"one-ref ({ratio('one_ref_ours_pairs_s', 'one_ref_reference_pairs_s')})  "
+          f"peak MB {row.get('ours_peak_rss_mb', '-')} vs {row.get('reference_peak_rss_mb', '-')}  "
+          f"|d-ref| {row['max_abs_diff_vs_reference']:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
