@@ -93,7 +93,7 @@ def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE)
         _check_size(path, image.size, max_pixels, min_size)
         _decode(path, image)
         pixels = _unit_range(path, image)
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))) * 2 - 1
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous().mul_(2).sub_(1)
 
 
 def load_pair(
@@ -270,22 +270,28 @@ def _unit_range(path: StrPath, image: Image.Image) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1], scaled by what the mode says the sample type is."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
-        return _three_channels(np.asarray(image).astype(np.float32) / 65535)
+        return _three_channels(_scaled(image, 65535))
     if mode == "I":
-        return _three_channels(np.clip(np.asarray(image).astype(np.float32) / 65535, 0, 1))
+        return _three_channels(np.clip(_scaled(image, 65535), 0, 1))
     if mode == "F":
-        return _three_channels(_clamped_float(path, np.asarray(image)))
+        return _three_channels(_clamped_float(path, image))
     if mode in _GRAY_8BIT_MODES:
         straight = image.convert("LA") if mode == "La" else image  # un-premultiply; Pillow has no La -> L
-        return _three_channels(np.asarray(straight.convert("L")).astype(np.float32) / 255)
-    return np.asarray(image.convert("RGB")).astype(np.float32) / 255  # drops alpha; RGBa is un-premultiplied
+        return _three_channels(_scaled(straight.convert("L"), 255))
+    return _scaled(image.convert("RGB"), 255)  # drops alpha; RGBa is un-premultiplied by Pillow
 
 
-def _clamped_float(path: StrPath, samples: np.ndarray) -> np.ndarray:
-    samples = samples.astype(np.float32)
+def _scaled(image: Image.Image, full_scale: int) -> np.ndarray:
+    samples = np.asarray(image).astype(np.float32)
+    samples /= full_scale  # in place: a 64-megapixel image is 768 MB per float copy
+    return samples
+
+
+def _clamped_float(path: StrPath, image: Image.Image) -> np.ndarray:
+    samples = _scaled(image, 1)
     if not np.isfinite(samples).all():
         raise ImageError(path, "float image contains NaN or infinite pixel values")
-    return np.clip(samples, 0, 1)
+    return np.clip(samples, 0, 1, out=samples)
 
 
 def _three_channels(gray: np.ndarray) -> np.ndarray:
