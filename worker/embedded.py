@@ -1,0 +1,45 @@
+"""The embedded executor (entry point `embedded` in `lpips_gate.executors`): computes queued
+comparisons in this process, without a broker, through the worker's own `Processor`, so a row comes
+out exactly as a Celery worker would write it. Transient failures are tried again here, after the
+same delay a worker's re-sent message would wait, until `max_attempts` ends them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from worker.runtime import Models
+from worker.tasks import Keeper, Processor, Store, beat, heartbeat_interval_s, worker_name
+
+
+def run_comparisons(settings, comparison_ids: list[int]) -> None:
+    """Compute the comparisons with these ids (those still queued) and record their outcomes."""
+    ids = _checked(comparison_ids)
+    if not ids:
+        return
+    name = worker_name("embedded:")
+    store = Store(settings.database_url, retry_s=settings.store_retry_s)
+    again: list[int] = []
+    processor = Processor(settings, store=store, models=Models(settings), name=name,
+                          requeue=lambda retry, _delay_s: again.extend(retry))
+    keeper = Keeper(interval_s=heartbeat_interval_s(settings), beat=beat(store, name)).start()
+    try:
+        while ids:
+            window = 4 * settings.max_batch  # claimed a window at a time: progress shows while it runs
+            for start in range(0, len(ids), window):
+                processor.process(ids[start:start + window])
+            ids, again[:] = list(again), []
+            if ids:
+                time.sleep(processor.requeue_delay_s)
+    finally:
+        keeper.stop()
+        store.dispose()
+
+
+def _checked(comparison_ids: Sequence[int]) -> list[int]:
+    if isinstance(comparison_ids, (str, bytes)) or not isinstance(comparison_ids, Sequence):
+        raise ValueError(f"comparison_ids: expected a list of ints, got {type(comparison_ids).__name__}")
+    bad = [i for i in comparison_ids if type(i) is not int or i < 1]
+    if bad:
+        raise ValueError(f"comparison_ids: expected positive ints, got {bad[0]!r}")
+    return list(dict.fromkeys(comparison_ids))

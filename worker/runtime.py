@@ -1,0 +1,280 @@
+"""The engine made robust for a service: transient failures are retried with backoff and jitter,
+CUDA out-of-memory halves the batch, a pair that keeps failing is isolated from its batch, and a
+backbone that cannot load (or yields non-finite distances) is replaced by `settings.fallback_net`.
+
+Bad input (`ImageError`) is never retried: the engine reports it per pair and it is final. Every
+`Measurement` names the backbone, weights version and precision that produced it."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from worker import weights
+from worker.engine import Engine, Outcome
+
+Pair = tuple[Path, Path]
+RELOAD_AFTER_S = 60.0  # a backbone that failed to load is tried again after this long
+COUNTERS = ("retries", "oom_halvings", "fallbacks")
+
+
+@dataclass
+class Counters:
+    """Process-wide event counts; `listener(name, n)` forwards each increment (to metrics)."""
+
+    retries: int = 0
+    oom_halvings: int = 0
+    fallbacks: int = 0
+    listener: Callable[[str, int], None] | None = None
+
+    def add(self, name: str, n: int = 1) -> None:
+        if name not in COUNTERS:
+            raise ValueError(f"unknown counter {name!r}; one of {COUNTERS}")
+        setattr(self, name, getattr(self, name) + n)
+        if self.listener is not None:
+            self.listener(name, n)
+
+
+@dataclass
+class Measurement:
+    """One pair's result, or why it has none: `final` errors are bad input, the others may succeed
+    on a later attempt."""
+
+    ref: str
+    cand: str
+    distance: float | None = None
+    layers: list[dict] = field(default_factory=list)
+    map: torch.Tensor | None = None
+    error: str | None = None
+    final: bool = True
+    net: str | None = None
+    weights_version: str | None = None
+    precision: str | None = None
+    decode_ms: float = 0.0
+    model_ms: float = 0.0
+
+    @property
+    def finite(self) -> bool:
+        return self.distance is not None and math.isfinite(self.distance)
+
+
+def transient_error(pair: Pair, reason: str) -> Measurement:
+    return Measurement(str(pair[0]), str(pair[1]), error=reason, final=False)
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass(frozen=True)
+class Faults:
+    """TEST-ONLY fault injection, read from the `fault_*` settings (see gate/settings.py)."""
+
+    oom_above_batch: int | None = None
+    broken_primary: bool = False
+    poison_suffix: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> "Faults":
+        return cls(settings.fault_oom_above_batch, settings.fault_broken_primary, settings.fault_poison_suffix)
+
+    @property
+    def any(self) -> bool:
+        return self.oom_above_batch is not None or self.broken_primary or self.poison_suffix is not None
+
+    def check_batch(self, cands: Sequence[str]) -> None:
+        if self.oom_above_batch is not None and len(cands) > self.oom_above_batch:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory (injected: a forward pass of {len(cands)} pairs > "
+                f"fault_oom_above_batch={self.oom_above_batch})"
+            )
+        poisoned = [c for c in cands if self.poison_suffix and c.endswith(self.poison_suffix)]
+        if poisoned:
+            raise RuntimeError(f"injected transient fault: {poisoned[0]} ends with {self.poison_suffix!r}")
+
+    def check_load(self, net: str, primary: str) -> None:
+        if self.broken_primary and net == primary:
+            raise weights.WeightsError(f"injected: the weights of {net!r} are unusable (fault_broken_primary)")
+
+
+class FaultyEngine(Engine):
+    """The engine with `Faults` checked before every forward pass (tests only)."""
+
+    faults: Faults = Faults()
+
+    def _batch(self, batch, outcomes, with_map):
+        self.faults.check_batch([outcomes[item.index].cand for item in batch])
+        super()._batch(batch, outcomes, with_map)
+
+
+class Extractor:
+    """One engine, robust: `measure` yields a Measurement per pair, in input order, whatever fails."""
+
+    def __init__(self, engine: Engine, *, tries: int, base_s: float, counters: Counters,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+        if tries < 1:
+            raise ValueError(f"tries must be >= 1, got {tries}")
+        if base_s < 0:
+            raise ValueError(f"base_s must be >= 0, got {base_s}")
+        self.engine, self.tries, self.base_s, self.counters = engine, tries, base_s, counters
+        self._sleep, self._rng = sleep, rng or random.Random()
+
+    @property
+    def net(self) -> str:
+        return self.engine.model.net
+
+    def measure(self, pairs: Sequence[Pair], *, with_map: bool = False) -> Iterator[Measurement]:
+        """OOM halvings last for this call only: the next call starts at the configured batch again."""
+        configured = self.engine.max_batch
+        try:
+            yield from self._measure(list(pairs), with_map)
+        finally:
+            self.engine.max_batch = configured
+
+    def _measure(self, pairs: list[Pair], with_map: bool) -> Iterator[Measurement]:
+        done, tries = 0, 0
+        while done < len(pairs):
+            rest = pairs[done:]
+            try:
+                for outcome in self.engine.compare_files(rest, with_map=with_map):
+                    done, tries = done + 1, 0
+                    yield self._measurement(outcome)
+            except Exception as exc:  # noqa: BLE001  (bad input never gets here: the engine reports it per pair)
+                if is_oom(exc) and self.engine.max_batch > 1:
+                    self._halve()
+                    continue
+                tries += 1
+                if tries < self.tries:
+                    self.counters.add("retries")
+                    self._sleep(self.backoff(tries))
+                    continue
+                window = rest[:4 * self.engine.max_batch]  # the engine's decode window: the failure is in it
+                yield from self._isolate(window, with_map, f"{type(exc).__name__}: {exc}")
+                done, tries = done + len(window), 0
+
+    def _isolate(self, window: list[Pair], with_map: bool, reason: str) -> Iterator[Measurement]:
+        """Bisect a failing window so its good pairs still succeed and only the bad ones are handed back."""
+        if len(window) == 1:
+            yield transient_error(window[0], f"transient failure after {self.tries} tries: {reason}")
+            return
+        half = len(window) // 2
+        yield from self._measure(window[:half], with_map)
+        yield from self._measure(window[half:], with_map)
+
+    def _halve(self) -> None:
+        self.engine.max_batch //= 2
+        self.counters.add("oom_halvings")
+        if self.engine.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def backoff(self, tries: int) -> float:
+        """Exponential in the number of tries so far, jittered to between half and all of it."""
+        return self.base_s * 2 ** (tries - 1) * (0.5 + 0.5 * self._rng.random())
+
+    def _measurement(self, outcome: Outcome) -> Measurement:
+        model = self.engine.model
+        return Measurement(outcome.ref, outcome.cand, outcome.distance, outcome.layers, outcome.map,
+                           outcome.error, True, model.net, self.engine.weights_version, model.precision,
+                           outcome.decode_ms, outcome.model_ms)
+
+
+class Models:
+    """Extractors per (net, version, precision), loaded once per process; `measure` falls back to
+    `settings.fallback_net` when the asked backbone cannot load or gives a non-finite distance."""
+
+    def __init__(self, settings, *, counters: Counters | None = None, device: str | None = None,
+                 precision: str | None = None, clock: Callable[[], float] = time.monotonic):
+        self.settings, self.counters = settings, counters or Counters()
+        self.device, self.precision = device, precision  # None: settings' device, the run's precision
+        self.faults = Faults.from_settings(settings)
+        self._loaded: dict[tuple[str, str, str], Extractor] = {}
+        self._failed: dict[tuple[str, str, str], tuple[float, Exception]] = {}
+        self._clock = clock
+
+    def preload(self) -> Extractor:
+        """The primary backbone, or the fallback where the primary cannot load."""
+        return self.primary_or_fallback(self.settings.net, self.settings.version, self.settings.precision)[0]
+
+    def get(self, net: str, version: str, precision: str) -> Extractor:
+        """A loaded extractor, or the (remembered, for a while) reason it cannot load."""
+        key = (net, version, self.precision or precision)
+        if key in self._loaded:
+            return self._loaded[key]
+        failed = self._failed.get(key)
+        if failed and self._clock() - failed[0] < RELOAD_AFTER_S:
+            raise failed[1]
+        try:
+            self._loaded[key] = self._load(*key)
+        except (weights.WeightsError, ValueError, OSError) as exc:
+            self._failed[key] = (self._clock(), exc)
+            raise
+        return self._loaded[key]
+
+    def _load(self, net: str, version: str, precision: str) -> Extractor:
+        self.faults.check_load(net, self.settings.net)
+        options = dict(net=net, version=version, precision=precision, device=self.device)
+        if self.faults.any:
+            engine = FaultyEngine.from_settings(self.settings, **options)
+            engine.faults = self.faults
+        else:
+            engine = Engine.from_settings(self.settings, **options)
+        return Extractor(engine, tries=self.settings.retry_tries, base_s=self.settings.retry_base_s,
+                         counters=self.counters)
+
+    def primary_or_fallback(self, net: str, version: str, precision: str) -> tuple[Extractor, Extractor | None]:
+        """(the extractor to use, the fallback for non-finite results or None)."""
+        fallback_net = self.settings.fallback_net
+        try:
+            primary = self.get(net, version, precision)
+        except (weights.WeightsError, ValueError, OSError) as exc:
+            if fallback_net is None or fallback_net == net:
+                raise
+            try:
+                return self.get(fallback_net, version, precision), None
+            except (weights.WeightsError, ValueError, OSError) as second:
+                raise weights.WeightsError(f"{net}: {exc}; fallback {fallback_net}: {second}") from second
+        return primary, (None if fallback_net in (None, net) else _Lazy(self, fallback_net, version, precision))
+
+    def measure(self, pairs: Sequence[Pair], *, net: str, version: str, precision: str,
+                with_map: bool = False) -> Iterator[Measurement]:
+        """A Measurement per pair in input order; without any usable backbone every pair gets a
+        non-final error (the weights may be provisioned before the next attempt)."""
+        try:
+            extractor, fallback = self.primary_or_fallback(net, version, precision)
+        except (weights.WeightsError, ValueError, OSError) as exc:
+            yield from (transient_error(pair, f"no backbone could be loaded: {exc}") for pair in pairs)
+            return
+        if extractor.net != net:
+            self.counters.add("fallbacks", len(pairs))
+        for pair, measurement in zip(pairs, extractor.measure(pairs, with_map=with_map)):
+            if measurement.error is None and not measurement.finite and fallback is not None:
+                measurement = fallback.redo(pair, measurement, with_map) or measurement
+            yield measurement
+
+
+@dataclass
+class _Lazy:
+    """The fallback backbone, loaded only when a non-finite distance asks for it."""
+
+    models: Models
+    net: str
+    version: str
+    precision: str
+
+    def redo(self, pair: Pair, measurement: Measurement, with_map: bool) -> Measurement | None:
+        """The fallback's finite result for `pair`, or None (keep the primary's)."""
+        try:
+            extractor = self.models.get(self.net, self.version, self.precision)
+        except (weights.WeightsError, ValueError, OSError):
+            return None
+        again = next(iter(extractor.measure([pair], with_map=with_map)))
+        if again.error is not None or not again.finite:
+            return None
+        self.models.counters.add("fallbacks")
+        return again
