@@ -75,5 +75,11 @@ main.add_command(submit)
 main.add_command(wait)
 main.add_command(results)
 
+from gate.commands.gate import alerts, check, gate  # noqa: E402
+
+main.add_command(check)
+main.add_command(alerts)
+main.add_command(gate)
+
 if __name__ == "__main__":
     sys.exit(main())

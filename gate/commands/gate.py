@@ -1,0 +1,284 @@
+"""`lpips-gate check | alerts | gate`: the judging side of the gate.
+
+`check` is the CI step: submit two folders, wait for the comparisons, judge the run and exit 0 on
+pass, 1 on fail, 2 on error. `gate` is the daemon that judges every other run and keeps the webhook
+informed; `alerts` lists what it raised. The store, SQLAlchemy and the rules are imported when a
+command runs, so other commands do not pay for them."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gate.commands.service import (
+    _broker_dispatch,
+    _check_options,
+    _create_run,
+    _embedded_dispatch,
+    _failure,
+    _pair,
+    _poll_until_finished,
+    _run_size,
+    _store,
+    _summary_text,
+)
+from gate.settings import Settings
+
+EXIT_CODES = {"pass": 0, "fail": 1, "error": 2}
+DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_INTERVAL_S = 10.0
+REPORT_IMAGE_PX = 704  # twice the report's display width: sharp on high-density screens
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("ref_dir", type=click.Path(path_type=Path))
+@click.argument("cand_dir", type=click.Path(path_type=Path))
+@click.option("--suite", required=True, help="Suite name: its runs share alerts and the drift baseline.")
+@click.option("--threshold", type=float, default=None, help="Distance above which a pair fails (overrides policies).")
+@click.option(
+    "--policies",
+    "policies_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Policy file (.toml or .yaml): thresholds, feature limits, drift.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the judged run as JSON.")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write a self-contained HTML report (images, heatmaps, per-layer bars).",
+)
+@click.option(
+    "--junit",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write JUnit XML, one test case per pair.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the comparisons before giving up (exit 2).",
+)
+@click.pass_obj
+def check(
+    settings: Settings,
+    ref_dir: Path,
+    cand_dir: Path,
+    suite: str,
+    threshold: float | None,
+    policies_file: Path | None,
+    as_json: bool,
+    report: Path | None,
+    junit: Path | None,
+    timeout: float,
+) -> None:
+    """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error).
+
+    Submits like `submit` (with a broker, workers compute; without, this process does), waits like
+    `wait`, then applies the policies: verdict, alerts, webhook."""
+    from gate.logs import configure
+    from gate.store import session_scope
+    from gate.verdict import EvaluationError, evaluate_run
+
+    _check_options(suite, threshold)
+    policies = _load_policies(policies_file)
+    _require_max_distance(policies, suite=suite, net=settings.net, threshold=threshold)
+    configure(settings)
+    with _store(settings) as engine:
+        run_id = _submit(settings, engine, ref_dir, cand_dir, suite=suite, threshold=threshold, maps=report is not None)
+        _poll_until_finished(engine, run_id, _run_size(engine, run_id), timeout)
+        with session_scope(engine) as session:
+            try:
+                summary = evaluate_run(session, run_id=run_id, policies=policies, settings=settings)
+            except EvaluationError as exc:
+                raise _failure(str(exc)) from exc
+            report_run = _report_run(session, summary, settings.image_root) if report or junit else None
+    _write_artefacts(report_run, report=report, junit=junit)
+    click.echo(json.dumps(summary) if as_json else _summary_text(summary))
+    if summary["verdict"] == "error":
+        failed = sum(pair["status"] == "error" for pair in summary["pairs"])
+        click.echo(f"run {run_id}: {failed} comparison(s) could not be scored", err=True)
+    click.get_current_context().exit(EXIT_CODES[summary["verdict"]])
+
+
+def _load_policies(path: Path | None) -> Any:
+    from gate.policy import PolicyError, PolicySet, load_policies
+
+    if path is None:
+        return PolicySet()
+    try:
+        return load_policies(path)
+    except PolicyError as exc:
+        raise _failure(f"--policies: {exc}") from exc
+
+
+def _require_max_distance(policies: Any, *, suite: str, net: str, threshold: float | None) -> None:
+    """Refuse before computing anything when no threshold could judge the suite's pairs."""
+    from gate.policy import policy_for
+
+    if threshold is not None:
+        return
+    suite_policies = policies.suites.get(suite)
+    versioned = suite_policies.nets.values() if suite_policies else ()
+    if policy_for(policies, suite=suite, net=net, weights_version="").max_distance is None and not any(
+        policy.max_distance is not None for policy in versioned
+    ):
+        raise _failure(f"--threshold: none given and the policies set no max_distance for suite {suite!r}")
+
+
+def _submit(
+    settings: Settings, engine: Any, ref_dir: Path, cand_dir: Path, *, suite: str, threshold: float | None, maps: bool
+) -> int:
+    pairs = _pair(ref_dir, cand_dir, settings.image_root)
+    dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
+    run_id, ids = _create_run(
+        engine,
+        suite=suite,
+        pairs=pairs,
+        threshold=threshold,
+        net=settings.net,
+        version=settings.version,
+        precision=settings.precision,
+        options={"maps": maps},
+    )
+    dispatch(engine, run_id, ids)
+    return run_id
+
+
+def _report_run(session: Any, summary: dict[str, Any], image_root: Path) -> dict[str, Any]:
+    """The judged run with what the report shows: images, heatmaps and per-layer distances."""
+    from gate.store import repository as repo
+
+    run = repo.get_run(session, run_id=summary["run"])
+    comparisons = {(c.ref, c.cand): c for c in repo.list_comparisons(session, run_id=run.id)}
+    layers: dict[int, list[dict[str, Any]]] = {}
+    for row in repo.layer_metrics(session, run_id=run.id):
+        layers.setdefault(row.comparison_id, []).append({"name": row.name, "distance": row.distance})
+    pairs = []
+    for pair in summary["pairs"]:
+        comparison = comparisons[(pair["ref"], pair["cand"])]
+        pairs.append(
+            {
+                **pair,
+                "ref_png": _report_png(image_root / pair["ref"]),
+                "cand_png": _report_png(image_root / pair["cand"]),
+                "heatmap_png": comparison.heatmap_png,
+                "layers": layers.get(comparison.id, []),
+            }
+        )
+    return {**summary, "threshold": run.threshold, "pairs": pairs}
+
+
+def _report_png(path: Path) -> bytes | None:
+    """A PNG thumbnail of an input image, or None when it cannot be shown (then the report says so).
+    Pillow comes with the engine; without it only PNG inputs are embedded, as they are."""
+    try:
+        from PIL import Image
+    except ImportError:
+        data = path.read_bytes() if path.is_file() else b""
+        return data if data.startswith(b"\x89PNG\r\n\x1a\n") else None
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((REPORT_IMAGE_PX, REPORT_IMAGE_PX))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "PNG")
+    except (OSError, ValueError):
+        return None
+    return buffer.getvalue()
+
+
+def _write_artefacts(report_run: dict[str, Any] | None, *, report: Path | None, junit: Path | None) -> None:
+    from gate.junit import render_junit
+    from gate.report import render_html
+
+    for path, render in ((report, render_html), (junit, render_junit)):
+        if path is None:
+            continue
+        try:
+            path.write_text(render(report_run), encoding="utf-8")
+        except OSError as exc:
+            raise _failure(f"{path}: cannot write: {exc.strerror}") from exc
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--suite", default=None, help="Only this suite's alerts.")
+@click.option("--open", "open_only", is_flag=True, help="Only alerts still open.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, oldest first.")
+@click.pass_obj
+def alerts(settings: Settings, suite: str | None, open_only: bool, as_json: bool) -> None:
+    """List the alerts the gate raised, oldest first."""
+    from gate.store import repository as repo
+    from gate.store import session_scope
+
+    with _store(settings) as engine, session_scope(engine) as session:
+        rows = [alert_row(alert) for alert in repo.list_alerts(session, suite_name=suite, open_only=open_only)]
+    click.echo(json.dumps(rows) if as_json else "\n".join(_alert_line(row) for row in rows))
+
+
+def alert_row(alert: Any) -> dict[str, Any]:
+    return {
+        "rule": alert.rule,
+        "suite": alert.suite.name,
+        "state": alert.state,
+        "labels": alert.labels,
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "opened_at": _iso(alert.opened_at),
+        "resolved_at": _iso(alert.resolved_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _alert_line(row: dict[str, Any]) -> str:
+    where = " ".join(f"{key}={value}" for key, value in sorted(row["labels"].items()) if key != "suite")
+    value = "-" if row["value"] is None else f"{row['value']:.4g}"
+    limit = "-" if row["threshold"] is None else f"{row['threshold']:.4g}"
+    return f"{row['state']:<8} {row['rule']:<9} {row['suite']}  {value} vs {limit}  {where}  since {row['opened_at']}"
+
+
+# --- gate (the daemon) -------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--policies",
+    "policies_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Policy file (.toml or .yaml): thresholds, feature limits, drift, alert cooldown.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_INTERVAL_S,
+    show_default=True,
+    help="Seconds between passes.",
+)
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.pass_obj
+def gate(settings: Settings, policies_file: Path | None, interval: float, once: bool) -> None:
+    """Judge every finished run and send alerts, until SIGTERM."""
+    from gate.daemon import Daemon
+    from gate.logs import configure
+
+    policies = _load_policies(policies_file)
+    configure(settings)
+    with _store(settings) as engine:
+        Daemon(engine, policies, settings).serve(interval=interval, once=once)

@@ -1,0 +1,125 @@
+"""Judging a finished run: store rows -> RunSummary -> verdict, conditions and the alert lifecycle.
+
+Evaluation is idempotent: the verdict is computed from the rows every time, but only the first
+evaluation records it and applies its conditions to the alerts (the daemon and `check` may race
+for the same run). Drift is judged per (net, weights_version) on the suite's most recent distances
+up to this run, against a trailing baseline just before them or a pinned run's distances."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from gate import alerts
+from gate.drift import DriftResult, detect
+from gate.policy import DriftPolicy, Policy, PolicySet, policy_for, with_overrides
+from gate.rules import LayerResult, Lookup, PairResult, RunSummary, RunVerdict, evaluate, verdicts
+from gate.settings import Settings
+from gate.store import repository as repo
+from gate.store.models import STAT_KEYS, Comparison, LayerMetric, Run
+
+
+class EvaluationError(ValueError):
+    """The run cannot be judged as configured (no threshold, a pinned baseline that is not there)."""
+
+
+def evaluate_run(session: Session, *, run_id: int, policies: PolicySet, settings: Settings) -> dict[str, Any]:
+    """Judge run `run_id`; the first evaluation records the verdict and applies the alerts.
+    Returns {"run", "suite", "verdict", "pairs": [{"ref", "cand", "status", "distance", "error"}]}."""
+    run = repo.get_run(session, run_id=run_id)
+    lookup = policy_lookup(policies, suite=run.suite.name, threshold=run.threshold)
+    pairs = pair_results(session, run_id=run_id)
+    try:
+        judged = verdicts(pairs, lookup)
+    except ValueError as exc:
+        raise EvaluationError(f"run {run_id}: {exc}") from exc
+    if repo.record_verdict(session, run_id=run_id, verdict=judged.verdict):
+        summary = RunSummary(run.suite.name, pairs, drift=drift_by_net(session, run=run, pairs=pairs, lookup=lookup))
+        changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=evaluate(summary, lookup))
+        alerts.send_due(session, settings=settings, cooldown=alerts.cooldown_from(policies), alerts=changes.touched)
+    return summary_dict(run, judged)
+
+
+def policy_lookup(policies: PolicySet, *, suite: str, threshold: float | None) -> Lookup:
+    """The policy per (net, weights_version); a threshold given with the run overrides max_distance."""
+
+    def lookup(net: str, weights_version: str) -> Policy:
+        policy = policy_for(policies, suite=suite, net=net, weights_version=weights_version)
+        return with_overrides(policy, max_distance=threshold)
+
+    return lookup
+
+
+def pair_results(session: Session, *, run_id: int) -> tuple[PairResult, ...]:
+    """The run's comparisons with their layers; NULL statistics are the non-finite ones."""
+    layers: dict[int, list[LayerResult]] = defaultdict(list)
+    for row in repo.layer_metrics(session, run_id=run_id):
+        layers[row.comparison_id].append(_layer_result(row))
+    return tuple(_pair_result(c, layers[c.id]) for c in repo.list_comparisons(session, run_id=run_id))
+
+
+def _pair_result(comparison: Comparison, layers: list[LayerResult]) -> PairResult:
+    return PairResult(
+        ref=comparison.ref,
+        cand=comparison.cand,
+        status=comparison.status,
+        distance=comparison.distance,
+        error=comparison.error,
+        net=comparison.net,
+        weights_version=comparison.weights_version,
+        layers=tuple(layers),
+    )
+
+
+def _layer_result(row: LayerMetric) -> LayerResult:
+    return LayerResult(
+        index=row.layer_index,
+        name=row.name,
+        distance=row.distance,
+        ref_stats={key: getattr(row, f"ref_{key}") for key in STAT_KEYS},
+        cand_stats={key: getattr(row, f"cand_{key}") for key in STAT_KEYS},
+    )
+
+
+def drift_by_net(
+    session: Session, *, run: Run, pairs: tuple[PairResult, ...], lookup: Lookup
+) -> dict[tuple[str, str], DriftResult]:
+    """One drift check per (net, weights_version) that scored a pair of this run."""
+    scored = sorted({(pair.net, pair.weights_version) for pair in pairs if pair.scored})
+    return {
+        (net, version): _drift(session, run=run, net=net, version=version, policy=lookup(net, version).drift)
+        for net, version in scored
+    }
+
+
+def _drift(session: Session, *, run: Run, net: str, version: str, policy: DriftPolicy) -> DriftResult:
+    """Newest first: the first `window` distances are judged, the next `baseline_size` are the
+    trailing baseline, unless the policy pins a run as the baseline."""
+    query = {"suite_name": run.suite.name, "net": net, "weights_version": version, "up_to_run_id": run.id}
+    if policy.baseline == "pinned":
+        baseline = _pinned_distances(session, run_id=policy.pinned_run, net=net, version=version)
+        recent = repo.recent_distances(session, **query, limit=policy.window, exclude_run_id=policy.pinned_run)
+    else:
+        newest = repo.recent_distances(session, **query, limit=policy.window + policy.baseline_size)
+        recent, baseline = newest[: policy.window], newest[policy.window :]
+    return detect(baseline[::-1], recent[::-1], policy)
+
+
+def _pinned_distances(session: Session, *, run_id: int, net: str, version: str) -> list[float]:
+    if session.get(Run, run_id) is None:
+        raise EvaluationError(f"policy drift.pinned_run: run {run_id}: no such run")
+    return [
+        c.distance
+        for c in repo.list_comparisons(session, run_id=run_id)
+        if c.status == "done" and c.distance is not None and (c.net, c.weights_version) == (net, version)
+    ]
+
+
+def summary_dict(run: Run, judged: RunVerdict) -> dict[str, Any]:
+    pairs = [
+        {"ref": pair.ref, "cand": pair.cand, "status": status, "distance": pair.distance, "error": pair.error}
+        for pair, status in judged.pairs
+    ]
+    return {"run": run.id, "suite": run.suite.name, "verdict": judged.verdict, "pairs": pairs}
