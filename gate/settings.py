@@ -54,3 +54,4 @@ class Settings(BaseSettings):
     fault_oom_above_batch: int | None = None  # a forward pass of more pairs than this raises CUDA OOM
     fault_broken_primary: bool = False  # loading the primary backbone (`net`) fails as if its weights were bad
     fault_poison_suffix: str | None = None  # a pair whose cand ends with this fails transiently, every time
+    fault_nonfinite_primary: bool = False  # the primary backbone's distances come out NaN

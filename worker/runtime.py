@@ -76,17 +76,21 @@ def is_oom(exc: BaseException) -> bool:
 class Faults:
     """TEST-ONLY fault injection, read from the `fault_*` settings (see gate/settings.py)."""
 
+    primary: str = "alex"  # settings.net
     oom_above_batch: int | None = None
     broken_primary: bool = False
     poison_suffix: str | None = None
+    nonfinite_primary: bool = False
 
     @classmethod
     def from_settings(cls, settings) -> "Faults":
-        return cls(settings.fault_oom_above_batch, settings.fault_broken_primary, settings.fault_poison_suffix)
+        return cls(settings.net, settings.fault_oom_above_batch, settings.fault_broken_primary,
+                   settings.fault_poison_suffix, settings.fault_nonfinite_primary)
 
     @property
     def any(self) -> bool:
-        return self.oom_above_batch is not None or self.broken_primary or self.poison_suffix is not None
+        return (self.oom_above_batch is not None or self.broken_primary or self.poison_suffix is not None
+                or self.nonfinite_primary)
 
     def check_batch(self, cands: Sequence[str]) -> None:
         if self.oom_above_batch is not None and len(cands) > self.oom_above_batch:
@@ -98,19 +102,22 @@ class Faults:
         if poisoned:
             raise RuntimeError(f"injected transient fault: {poisoned[0]} ends with {self.poison_suffix!r}")
 
-    def check_load(self, net: str, primary: str) -> None:
-        if self.broken_primary and net == primary:
+    def check_load(self, net: str) -> None:
+        if self.broken_primary and net == self.primary:
             raise weights.WeightsError(f"injected: the weights of {net!r} are unusable (fault_broken_primary)")
 
 
 class FaultyEngine(Engine):
-    """The engine with `Faults` checked before every forward pass (tests only)."""
+    """The engine with `Faults` applied to every forward pass (tests only)."""
 
     faults: Faults = Faults()
 
     def _batch(self, batch, outcomes, with_map):
         self.faults.check_batch([outcomes[item.index].cand for item in batch])
         super()._batch(batch, outcomes, with_map)
+        if self.faults.nonfinite_primary and self.model.net == self.faults.primary:
+            for item in batch:
+                outcomes[item.index].distance = math.nan
 
 
 class Extractor:
@@ -217,7 +224,7 @@ class Models:
         return self._loaded[key]
 
     def _load(self, net: str, version: str, precision: str) -> Extractor:
-        self.faults.check_load(net, self.settings.net)
+        self.faults.check_load(net)
         options = dict(net=net, version=version, precision=precision, device=self.device)
         if self.faults.any:
             engine = FaultyEngine.from_settings(self.settings, **options)
