@@ -1,0 +1,221 @@
+"""Alert sinks: the Alertmanager v2 webhook (a real HTTP server on loopback records each POST), the
+log lines, and `lpips-gate alerts`, on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import structlog
+from click.testing import CliRunner
+
+from gate.cli import main
+from gate.daemon import Daemon
+from gate.logs import configure
+from gate.store import repository as repo
+from gate.webhook import rfc3339
+from tests.integration.test_gate import DISTANCE_LABELS, SUITE, finished_run, judge, policies, settings_for
+
+
+@pytest.fixture(autouse=True)
+def _default_logging():
+    yield
+    structlog.reset_defaults()
+
+
+class Receiver:
+    """Records every POST body (parsed JSON) and answers with `status`, which a test may change."""
+
+    def __init__(self) -> None:
+        self.bodies: list = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.bodies.append((self.path, self.headers["Content-Type"], json.loads(body)))
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/api/v2/alerts"
+
+    def take(self) -> list:
+        """The bodies received since the last call."""
+        taken, self.bodies[:] = list(self.bodies), []
+        return taken
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+def _distance_alert(session_factory):
+    with session_factory() as session:
+        [alert] = repo.list_alerts(session)
+        return alert
+
+
+def _firing_body(alert, run_id: int, value: str, failed: str, worst: str) -> dict:
+    return {
+        "labels": {"alertname": "LpipsGateDistance", **DISTANCE_LABELS},
+        "annotations": {
+            "summary": f"distance: {value} against threshold 0.1",
+            "worst_pair": worst,
+            "failed": failed,
+            "value": value,
+            "threshold": "0.1",
+            "run": str(run_id),
+        },
+        "startsAt": rfc3339(alert.opened_at),
+    }
+
+
+def test_opened_repeated_and_resolved_alerts_reach_the_webhook(session_factory, engine, db_url, receiver) -> None:
+    settings = settings_for(db_url, webhook_url=receiver.url)
+    with session_factory.begin() as session:
+        failing, again = finished_run(session, [0.3]), finished_run(session, [0.05, 0.4])
+
+    judge(session_factory, failing, policies(), settings)
+    alert = _distance_alert(session_factory)
+    firing = _firing_body(alert, failing, "0.3", "1 of 1", "p0.png -> c0.png")
+    assert receiver.take() == [("/api/v2/alerts", "application/json", [firing])]
+    assert alert.last_notified_at is not None
+
+    judge(session_factory, again, policies(), settings)  # still firing, inside the cooldown: not sent again
+    assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 0}
+    assert receiver.take() == []
+
+    with session_factory.begin() as session:
+        passing = finished_run(session, [0.05])
+    judge(session_factory, passing, policies(), settings)
+    resolved = _distance_alert(session_factory)
+    body = _firing_body(resolved, again, "0.4", "1 of 2", "p1.png -> c1.png")
+    assert receiver.take() == [
+        ("/api/v2/alerts", "application/json", [{**body, "endsAt": rfc3339(resolved.resolved_at)}])
+    ]
+    assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 0}  # nothing owed
+    assert receiver.take() == []
+
+
+def test_the_daemon_resends_open_alerts_every_cooldown(session_factory, engine, db_url, receiver) -> None:
+    settings = settings_for(db_url, webhook_url=receiver.url)
+    with session_factory.begin() as session:
+        failing = finished_run(session, [0.3])
+    daemon = Daemon(engine, policies(alert_cooldown_s=0), settings)
+    assert daemon.tick() == {"evaluated": 1, "sent": 1}  # sent when opened, and again as due (cooldown 0)
+    assert daemon.tick() == {"evaluated": 0, "sent": 1}
+    expected = _firing_body(_distance_alert(session_factory), failing, "0.3", "1 of 1", "p0.png -> c0.png")
+    assert receiver.take() == [("/api/v2/alerts", "application/json", [expected])] * 3
+    assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 0}  # the default: an hour
+
+
+def test_a_failing_webhook_is_logged_and_retried_on_the_next_tick(
+    session_factory, engine, db_url, receiver, capsys
+) -> None:
+    settings = settings_for(db_url, webhook_url=receiver.url, log_json=True)
+    configure(settings)
+    with session_factory.begin() as session:
+        failing = finished_run(session, [0.3])
+    receiver.status = 503
+    assert judge(session_factory, failing, policies(), settings)["verdict"] == "fail"  # the gate carries on
+    assert len(receiver.take()) == 1
+    assert _distance_alert(session_factory).last_notified_at is None
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("alert opened", "warning"),
+        ("webhook delivery failed, retried next tick", "error"),
+    ]
+    assert lines[1]["error"] == f"webhook {receiver.url}: HTTP 503 Service Unavailable: "
+    assert lines[1]["alerts"] == 1
+
+    receiver.status = 200
+    assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 1}
+    [(_, _, body)] = receiver.take()
+    assert body == [_firing_body(_distance_alert(session_factory), failing, "0.3", "1 of 1", "p0.png -> c0.png")]
+    assert _distance_alert(session_factory).last_notified_at is not None
+
+
+def test_an_unreachable_webhook_does_not_stop_the_daemon(session_factory, engine, db_url, capsys) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/api/v2/alerts"
+    settings = settings_for(db_url, webhook_url=url, log_json=True)
+    configure(settings)
+    with session_factory.begin() as session:
+        finished_run(session, [0.3])
+    daemon = Daemon(engine, policies(), settings)
+    assert daemon.tick() == {"evaluated": 1, "sent": 0}
+    assert daemon.tick() == {"evaluated": 0, "sent": 0}
+    failures = [
+        json.loads(line)["error"]
+        for line in capsys.readouterr().err.splitlines()
+        if json.loads(line)["event"].startswith("webhook delivery failed")
+    ]
+    assert failures == [f"webhook {url}: [Errno 111] Connection refused"] * 3  # at judging, then each tick
+
+
+# --- lpips-gate alerts -------------------------------------------------------------------------
+
+
+def _alerts_cli(db_url: str, *args: str):
+    return CliRunner().invoke(main, ["alerts", *args], env={"LPIPS_GATE_DATABASE_URL": db_url})
+
+
+def test_alerts_lists_open_and_resolved_alerts_as_json(session_factory, db_url) -> None:
+    settings = settings_for(db_url)
+    with session_factory.begin() as session:
+        failing = finished_run(session, [0.3])
+        other = finished_run(session, [0.5], suite="other")
+        passing = finished_run(session, [0.01])
+    other_policies = policies()
+    other_policies.suites["other"] = other_policies.suites[SUITE]
+    for run_id in (failing, other, passing):
+        judge(session_factory, run_id, other_policies, settings)
+    with session_factory() as session:
+        resolved, still_open = repo.list_alerts(session)
+
+    everything = _alerts_cli(db_url, "--json")
+    assert (everything.exit_code, everything.stderr) == (0, "")
+    assert json.loads(everything.stdout) == [
+        {
+            "rule": "distance",
+            "suite": SUITE,
+            "state": "resolved",
+            "labels": DISTANCE_LABELS,
+            "value": 0.3,
+            "threshold": 0.1,
+            "opened_at": resolved.opened_at.isoformat(),
+            "resolved_at": resolved.resolved_at.isoformat(),
+        },
+        {
+            "rule": "distance",
+            "suite": "other",
+            "state": "open",
+            "labels": {**DISTANCE_LABELS, "suite": "other"},
+            "value": 0.5,
+            "threshold": 0.1,
+            "opened_at": still_open.opened_at.isoformat(),
+            "resolved_at": None,
+        },
+    ]
+    assert [row["suite"] for row in json.loads(_alerts_cli(db_url, "--open", "--json").stdout)] == ["other"]
+    assert [row["state"] for row in json.loads(_alerts_cli(db_url, "--suite", SUITE, "--json").stdout)] == ["resolved"]
+    assert json.loads(_alerts_cli(db_url, "--suite", SUITE, "--open", "--json").stdout) == []
+    text = _alerts_cli(db_url, "--open")
+    assert text.stdout == (
+        f"open     distance  other  0.5 vs 0.1  net=alex weights_version=w1  since {still_open.opened_at.isoformat()}\n"
+    )
