@@ -12,7 +12,7 @@ from PIL import Image
 
 from gate.cli import main
 from gate.settings import Settings
-from corpus import make_corpus
+from tests.corpus import make_corpus
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lpips-examples"
 

@@ -121,6 +121,9 @@ class LPIPS(nn.Module):
 
     def compare(self, f0: Features, f1: Features, *, size: tuple[int, int] | None = None) -> Result:
         """Distances from precomputed features; `size` (H, W) also returns the spatial map."""
+        if size is None and self.reduction == "mean":
+            layers = self._mean_layers(f0, f1)
+            return Result(layers.sum(dim=1), layers, f0.stats, f1.stats)
         maps = self.layer_maps(f0, f1)
         reduce = REDUCTIONS[self.reduction]
         with torch.inference_mode():
@@ -129,6 +132,14 @@ class LPIPS(nn.Module):
             if size is not None:
                 spatial = sum(F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
         return Result(layers.sum(dim=1), layers, f0.stats, f1.stats, spatial)
+
+    def _mean_layers(self, f0: Features, f1: Features) -> torch.Tensor:
+        """The spatial mean commutes with the 1x1 heads: average first, then weight (N,C), not (N,C,H,W)."""
+        with torch.inference_mode():
+            means = [((a - b) ** 2).mean(dim=(2, 3)) for a, b in zip(f0.layers, f1.layers)]
+            if self.heads is None:
+                return torch.stack([m.sum(dim=1) for m in means], dim=1)
+            return torch.stack([m @ self.heads[i].model[1].weight.flatten() for i, m in enumerate(means)], dim=1)
 
     def run(self, in0: torch.Tensor, in1: torch.Tensor, *, with_map: bool = False) -> Result:
         """Both images of every pair in one batched forward pass."""

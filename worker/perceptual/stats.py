@@ -12,13 +12,12 @@ def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
     """For each image of a (N,C,H,W) batch: sparsity (fraction |x| < 1e-6), mean, std, min, max,
     and the count of NaN/Inf values; moments are over finite values only."""
     flat = x.detach().float().flatten(1)
-    finite = torch.isfinite(flat)
-    if finite.all():  # the common case: a few fused passes
-        std, mean = torch.std_mean(flat, dim=1, unbiased=False)
+    std, mean = torch.std_mean(flat, dim=1, unbiased=False)
+    if torch.isfinite(std).all():  # NaN/Inf anywhere in a row would make its std non-finite
         low, high = torch.aminmax(flat, dim=1)
         nonfinite = torch.zeros(flat.shape[0], dtype=torch.long)
     else:
-        mean, std, low, high, nonfinite = _masked_moments(flat, finite)
+        mean, std, low, high, nonfinite = _masked_moments(flat, torch.isfinite(flat))
     sparsity = (flat.abs() < SPARSE).sum(dim=1) / flat.shape[1]
     rows = zip(sparsity.tolist(), mean.tolist(), std.tolist(), low.tolist(), high.tolist(), nonfinite.tolist())
     return [dict(zip(KEYS, row)) for row in rows]
