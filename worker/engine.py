@@ -121,14 +121,14 @@ class Engine:
         """References not in the cache and all candidates go through the network in one forward pass."""
         start = time.perf_counter()
         keys = dict.fromkeys(b.ref_key for b in batch)
-        found = {k: self.cache.get(k) if self.cache else None for k in keys}
+        found = {k: self.cache.get(k) if self.cache is not None else None for k in keys}
         first = {b.ref_key: b.ref for b in reversed(batch)}
         missing = [k for k in keys if found[k] is None]
         images = torch.stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device)
         both = self.model.features(images)
         for row, key in enumerate(missing):
             found[key] = both.take(torch.tensor([row]))
-            if self.cache:
+            if self.cache is not None:
                 self.cache.put(key, found[key])
         cands = both.take(slice(len(missing), len(missing) + len(batch)))
         size = tuple(batch[0].ref.shape[-2:]) if with_map else None

@@ -1,0 +1,56 @@
+"""The engine: input order kept across size groups, one forward pass per batch, the reference
+cache running the backbone once per distinct reference, results equal to the bare metric."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gate.settings import Settings
+from worker.engine import Engine
+from worker.images import load_image
+
+
+def write(path, seed, size):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def engine():
+    return Engine.from_settings(Settings(max_batch=8), net="alex", device="cpu")
+
+
+def count_images(engine):
+    seen = []
+    engine.model.trunk.features[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    return seen
+
+
+def test_one_reference_runs_the_backbone_once(engine, tmp_path):
+    ref = write(tmp_path / "ref.png", 0, (64, 64))
+    pairs = [(ref, write(tmp_path / f"c{i}.png", i + 1, (64, 64))) for i in range(20)]
+    seen = count_images(engine)
+    outcomes = list(engine.compare_files(pairs))
+    assert seen == [1 + 8, 8, 4]  # ref + 8 candidates in one pass, then candidates only
+    assert (engine.cache.hits, engine.cache.misses, len(engine.cache)) == (2, 1, 1)
+    x = load_image(ref, max_pixels=10**6)[None]
+    for (_, cand), outcome in zip(pairs, outcomes):
+        expected = engine.model(x, load_image(cand, max_pixels=10**6)[None]).item()
+        assert outcome.distance == pytest.approx(expected, abs=1e-6)
+        assert outcome.error is None and len(outcome.layers) == 5
+
+
+def test_sizes_are_grouped_but_order_is_kept(engine, tmp_path):
+    sizes = [(64, 64), (48, 80), (64, 64), (48, 80), (40, 40)]
+    pairs = [(write(tmp_path / f"r{i}.png", i, s), write(tmp_path / f"c{i}.png", 100 + i, s))
+             for i, s in enumerate(sizes)]
+    pairs.insert(2, (tmp_path / "missing.png", pairs[0][1]))
+    seen = count_images(engine)
+    outcomes = list(engine.compare_files(pairs))
+    assert [o.cand for o in outcomes] == [str(c) for _, c in pairs]
+    assert outcomes[2].error == f"{tmp_path / 'missing.png'}: file not found"
+    assert sorted(seen) == [2, 4, 4]  # one forward pass per size: 64x64 (2 pairs), 48x80 (2), 40x40 (1)
+    alone = [list(engine.compare_files([p]))[0].distance for p in pairs if p[0].exists()]
+    assert [o.distance for o in outcomes if o.error is None] == pytest.approx(alone, abs=1e-6)
