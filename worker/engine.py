@@ -35,7 +35,8 @@ class _Decoded:
     index: int
     ref: torch.Tensor
     cand: torch.Tensor
-    ref_key: str
+    ref_key: str  # reference content and size: the feature-cache key
+    pair_key: str  # both sides' content: identical pairs are computed once
     decode_ms: float
 
 
@@ -86,7 +87,8 @@ class Engine:
         start = time.perf_counter()
         a, b = images.load_pair(ref, cand, max_pixels=self.max_pixels, min_size=self.min_size, resize=self.resize)
         key = f"{images.content_hash(ref)}:{tuple(a.shape)}"
-        return _Decoded(index, a, b, key, (time.perf_counter() - start) * 1e3)
+        pair_key = f"{key}:{images.content_hash(cand)}:{tuple(b.shape)}"
+        return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3)
 
     def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False) -> Iterator[Outcome]:
         """Outcomes in input order; a bad pair gets its error and the rest go on. Decoding of the
@@ -95,6 +97,7 @@ class Engine:
         chunks = [list(range(i, min(i + window, len(pairs)))) for i in range(0, len(pairs), window)]
         submit = lambda chunk: [self._pool.submit(self._decode, i, *map(Path, pairs[i])) for i in chunk]
         pending = submit(chunks[0]) if chunks else []
+        computed: dict[str, Outcome] = {}
         for n, chunk in enumerate(chunks):
             futures, pending = pending, submit(chunks[n + 1]) if n + 1 < len(chunks) else []
             outcomes = {i: Outcome(str(pairs[i][0]), str(pairs[i][1])) for i in chunk}
@@ -106,16 +109,25 @@ class Engine:
                     outcomes[i].error = str(exc)
             for item in decoded:
                 outcomes[item.index].decode_ms = item.decode_ms
-            self._run(decoded, outcomes, with_map)
+            self._run(decoded, outcomes, computed, with_map)
             yield from (outcomes[i] for i in chunk)
 
-    def _run(self, decoded: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool) -> None:
-        by_shape: dict[tuple, list[_Decoded]] = {}
+    def _run(self, decoded: list[_Decoded], outcomes: dict[int, Outcome], computed: dict[str, Outcome],
+             with_map: bool) -> None:
+        """Pairs of one size share batches; a pair whose two files were already compared is copied."""
+        fresh, repeats = [], []
         for item in decoded:
+            (repeats if item.pair_key in computed else fresh).append(item)
+            computed.setdefault(item.pair_key, outcomes[item.index])
+        by_shape: dict[tuple, list[_Decoded]] = {}
+        for item in fresh:
             by_shape.setdefault(tuple(item.ref.shape), []).append(item)
         for group in by_shape.values():
             for start in range(0, len(group), self.max_batch):
                 self._batch(group[start:start + self.max_batch], outcomes, with_map)
+        for item in repeats:
+            first, outcome = computed[item.pair_key], outcomes[item.index]
+            outcome.distance, outcome.layers, outcome.map = first.distance, first.layers, first.map
 
     def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool) -> None:
         """References not in the cache and all candidates go through the network in one forward pass."""

@@ -54,3 +54,15 @@ def test_sizes_are_grouped_but_order_is_kept(engine, tmp_path):
     assert sorted(seen) == [2, 4, 4]  # one forward pass per size: 64x64 (2 pairs), 48x80 (2), 40x40 (1)
     alone = [list(engine.compare_files([p]))[0].distance for p in pairs if p[0].exists()]
     assert [o.distance for o in outcomes if o.error is None] == pytest.approx(alone, abs=1e-6)
+
+
+def test_identical_pairs_are_computed_once(engine, tmp_path):
+    ref = write(tmp_path / "ref.png", 0, (64, 64))
+    cand = write(tmp_path / "cand.png", 1, (64, 64))
+    twin = tmp_path / "twin.png"
+    twin.write_bytes(cand.read_bytes())
+    seen = count_images(engine)
+    outcomes = list(engine.compare_files([(ref, cand), (ref, twin), (ref, cand)]))
+    assert seen == [2]  # the reference and one candidate: the other two pairs have the same bytes
+    assert outcomes[0].distance == outcomes[1].distance == outcomes[2].distance > 0
+    assert [o.cand for o in outcomes] == [str(cand), str(twin), str(cand)]
