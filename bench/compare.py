@@ -69,10 +69,11 @@ def rate(fn, pairs: int, repeat: int) -> float:
     return pairs * repeat / (time.perf_counter() - start)
 
 
-def bare_reference(model, pairs, batch: int) -> list[float]:
-    """The reference model on pre-decoded tensors, `batch` pairs a call: its best case."""
-    refs = [load_tensor(r) for r, _ in pairs]
-    cands = [load_tensor(c) for _, c in pairs]
+def bare_reference(model, pairs, batch: int, device: str = "cpu") -> list[float]:
+    """The reference model on pre-decoded tensors already on the device, `batch` pairs a call: its best case."""
+    model = model.to(device)
+    refs = [load_tensor(r).to(device) for r, _ in pairs]
+    cands = [load_tensor(c).to(device) for _, c in pairs]
     out = []
 
     def run():
@@ -84,10 +85,8 @@ def bare_reference(model, pairs, batch: int) -> list[float]:
     return run, out
 
 
-def ours(settings, net, pairs, precision="fp32", cache=True):
-    engine = Engine.from_settings(settings, net=net, precision=precision, device="cpu")
-    if not cache:
-        engine.cache = None
+def ours(settings, net, pairs, precision="fp32", device="cpu"):
+    engine = Engine.from_settings(settings, net=net, precision=precision, device=device)
     out = []
 
     def run():
@@ -119,6 +118,8 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=["alex", "vgg"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 256, 1024])
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precisions", nargs="+", default=["bf16"], help="lower precisions to measure")
     args = parser.parse_args()
     settings = Settings()
     sizes = [64] if args.quick else args.sizes
@@ -131,22 +132,23 @@ def main() -> None:
                 n = 4 if args.quick else (16 if size <= 256 else 4)
                 repeat = 1 if args.quick else (3 if size <= 256 else 1)
                 pairs = make_pairs(folder, n, size)
-                ref_run, ref_out = bare_reference(reference, pairs, 8)
-                fp32_run, fp32_out = ours(settings, net, pairs)
-                bf16_run, bf16_out = ours(settings, net, pairs, precision="bf16")
-                row = {"net": net, "size": size, "pairs": n,
+                ref_run, ref_out = bare_reference(reference, pairs, 8, args.device)
+                fp32_run, fp32_out = ours(settings, net, pairs, device=args.device)
+                row = {"net": net, "size": size, "pairs": n, "device": args.device,
                        "reference_pairs_s": rate(ref_run, n, repeat),
-                       "ours_pairs_s": rate(fp32_run, n, repeat),
-                       "bf16_pairs_s": rate(bf16_run, n, repeat)}
+                       "ours_pairs_s": rate(fp32_run, n, repeat)}
                 row["max_abs_diff_vs_reference"] = float(np.max(np.abs(np.array(fp32_out) - ref_out)))
-                row["bf16_max_abs_diff_vs_fp32"] = float(np.max(np.abs(np.array(bf16_out) - fp32_out)))
+                for precision in args.precisions:
+                    low_run, low_out = ours(settings, net, pairs, precision=precision, device=args.device)
+                    row[f"{precision}_pairs_s"] = rate(low_run, n, repeat)
+                    row[f"{precision}_max_abs_diff_vs_fp32"] = float(np.max(np.abs(np.array(low_out) - fp32_out)))
                 one = make_pairs(folder, 64 if not args.quick else 4, size, one_ref=True, seed=1) if size <= 256 else None
                 if one:
-                    one_ref_run, _ = bare_reference(reference, one, 8)
-                    one_ours_run, _ = ours(settings, net, one)
+                    one_ref_run, _ = bare_reference(reference, one, 8, args.device)
+                    one_ours_run, _ = ours(settings, net, one, device=args.device)
                     row["one_ref_reference_pairs_s"] = rate(one_ref_run, len(one), 1)
                     row["one_ref_ours_pairs_s"] = rate(one_ours_run, len(one), 1)
-                if size == max(sizes) and not args.quick:
+                if size == max(sizes) and not args.quick and args.device == "cpu":
                     row["reference_peak_rss_mb"] = peak_rss_mb("reference", net, size, n)
                     row["ours_peak_rss_mb"] = peak_rss_mb("ours", net, size, n)
                 rows.append(row)
@@ -158,10 +160,11 @@ def main() -> None:
 
 def print_row(row: dict) -> None:
     ratio = lambda a, b: f"{row[a] / row[b]:.2f}x" if a in row else "-"
+    low = "".join(f"{p} {row[p + '_pairs_s']:7.1f}/s ({ratio(p + '_pairs_s', 'reference_pairs_s')}, "
+                  f"max|d-fp32| {row[p + '_max_abs_diff_vs_fp32']:.4f})  "
+                  for p in ("bf16", "fp16") if p + "_pairs_s" in row)
     print(f"{row['net']:5} {row['size']:5}px  reference {row['reference_pairs_s']:7.1f}/s  "
-          f"ours {row['ours_pairs_s']:7.1f}/s ({ratio('ours_pairs_s', 'reference_pairs_s')})  "
-          f"bf16 {row['bf16_pairs_s']:7.1f}/s ({ratio('bf16_pairs_s', 'reference_pairs_s')}, "
-          f"max|d-fp32| {row['bf16_max_abs_diff_vs_fp32']:.4f})  "
+          f"ours {row['ours_pairs_s']:7.1f}/s ({ratio('ours_pairs_s', 'reference_pairs_s')})  {low}"
           f"one-ref ({ratio('one_ref_ours_pairs_s', 'one_ref_reference_pairs_s')})  "
           f"peak MB {row.get('ours_peak_rss_mb', '-')} vs {row.get('reference_peak_rss_mb', '-')}  "
           f"|d-ref| {row['max_abs_diff_vs_reference']:.1e}", flush=True)

@@ -1,0 +1,23 @@
+"""The benchmark runs in CI in its short mode: it must work and agree with the reference, not be fast."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_benchmark_reports_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--quick", "--nets", "alex",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())
+    assert (row["net"], row["size"], row["pairs"], row["device"]) == ("alex", 64, 4, "cpu")
+    for key in ("reference_pairs_s", "ours_pairs_s", "bf16_pairs_s", "one_ref_reference_pairs_s",
+                "one_ref_ours_pairs_s"):
+        assert row[key] > 0, key
+    assert row["max_abs_diff_vs_reference"] <= 1e-5
+    assert row["bf16_max_abs_diff_vs_fp32"] <= 0.01
+    assert done.stdout.splitlines()[0].startswith("alex     64px  reference")
