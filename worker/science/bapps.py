@@ -153,7 +153,7 @@ def _load_item(paths: tuple[Path, ...], max_pixels: int, min_size: int) -> tuple
         raise DataError(str(exc)) from None
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
-        sizes = ", ".join(f"{p.name} {t.shape[-1]}x{t.shape[-2]}" for p, t in zip(paths, tensors))
+        sizes = ", ".join(f"{p.parent.name}/{p.name} {t.shape[-1]}x{t.shape[-2]}" for p, t in zip(paths, tensors))
         raise DataError(f"{paths[0].parent.parent}: item {paths[0].stem!r} has images of different sizes ({sizes})")
     return tensors, read_judgement(paths[-1])
 
