@@ -103,7 +103,7 @@ def check(
                 summary = evaluate_run(session, run_id=run_id, policies=policies, settings=settings)
             except EvaluationError as exc:
                 raise _failure(str(exc)) from exc
-            report_run = _report_run(session, summary, settings.image_root) if report or junit else None
+            report_run = _report_run(session, summary, policies, settings.image_root) if report or junit else None
     _write_artefacts(report_run, report=report, junit=junit)
     click.echo(json.dumps(summary) if as_json else _summary_text(summary))
     if summary["verdict"] == "error":
@@ -156,12 +156,13 @@ def _submit(
     return run_id
 
 
-def _report_run(session: Any, summary: dict[str, Any], image_root: Path) -> dict[str, Any]:
+def _report_run(session: Any, summary: dict[str, Any], policies: Any, image_root: Path) -> dict[str, Any]:
     """The judged run with what the report shows: images, heatmaps and per-layer distances."""
     from gate.store import repository as repo
 
     run = repo.get_run(session, run_id=summary["run"])
     comparisons = {(c.ref, c.cand): c for c in repo.list_comparisons(session, run_id=run.id)}
+    threshold = _shown_threshold(run, comparisons.values(), policies)
     layers: dict[int, list[dict[str, Any]]] = {}
     for row in repo.layer_metrics(session, run_id=run.id):
         layers.setdefault(row.comparison_id, []).append({"name": row.name, "distance": row.distance})
@@ -177,7 +178,18 @@ def _report_run(session: Any, summary: dict[str, Any], image_root: Path) -> dict
                 "layers": layers.get(comparison.id, []),
             }
         )
-    return {**summary, "threshold": run.threshold, "pairs": pairs}
+    return {**summary, "threshold": threshold, "pairs": pairs}
+
+
+def _shown_threshold(run: Any, comparisons: Any, policies: Any) -> float | None:
+    """The run's threshold, else the policy's for the backbone that scored its first pair."""
+    from gate.verdict import policy_lookup
+
+    scored = [c for c in comparisons if c.net is not None and c.weights_version is not None]
+    if run.threshold is not None or not scored:
+        return run.threshold
+    lookup = policy_lookup(policies, suite=run.suite.name, threshold=None)
+    return lookup(scored[0].net, scored[0].weights_version).max_distance
 
 
 def _report_png(path: Path) -> bytes | None:

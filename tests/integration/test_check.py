@@ -132,8 +132,11 @@ def test_black_and_flat_candidates_open_sparsity_and_variance_alerts(sqlite_url:
     _save(images / "flat", "b.png", np.full((SIZE, SIZE, 3), 128, np.uint8))
     policy = tmp_path / "gate.yaml"
     policy.write_text("suite:\n  smoke:\n    max_distance: 2.0\n    max_sparsity: 0.925\n    min_std: 0.3\n")
-    result = _check(sqlite_url, images, "flat", "--policies", str(policy), "--json")
+    junit = tmp_path / "run.xml"
+    result = _check(sqlite_url, images, "flat", "--policies", str(policy), "--json", "--junit", str(junit))
     assert (result.exit_code, json.loads(result.stdout)["verdict"]) == (0, "pass")
+    properties = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().find("testsuite/properties")}
+    assert properties == {"run": "1", "verdict": "pass", "threshold": "2.0"}  # the policy's, no --threshold
     alerts = [
         (rule, state, labels["layer"], labels["side"], notes["image"])
         for rule, state, labels, notes, _ in _alerts(sqlite_url)
@@ -298,3 +301,15 @@ def test_check_through_a_celery_worker(pg_url: str, images: Path, broker: str) -
     assert result.exit_code == 1, result.output
     assert _pairs(result) == [("ref/a.png", "new/a.png", "pass", None), ("ref/b.png", "new/b.png", "fail", None)]
     assert [(rule, state) for rule, state, *_ in _alerts(pg_url)] == [("distance", "open")]
+
+
+def test_a_pair_that_cannot_be_scored_makes_the_run_an_error(sqlite_url: str, images: Path) -> None:
+    (images / "new" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = _check(sqlite_url, images, "new", "--threshold", "0.1", "--json")
+    assert result.exit_code == 2
+    summary = json.loads(result.stdout)
+    assert (summary["verdict"], [pair["status"] for pair in summary["pairs"]]) == ("error", ["pass", "error"])
+    assert (
+        summary["pairs"][1]["error"] == f"{images / 'new' / 'b.png'}: truncated or corrupt image (Truncated File Read)"
+    )
+    assert result.stderr.splitlines()[-1] == "run 1: 1 comparison(s) could not be scored"
