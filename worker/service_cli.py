@@ -58,6 +58,7 @@ def worker(settings, concurrency, pool, device, precision):
     from gate.logs import configure, get_logger
 
     configure(settings)
+    _celery_logs_like_ours(settings)
     if settings.metrics_port is not None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lpips-gate-metrics-")
         from worker import metrics  # after the variable: prometheus_client reads it when metrics are created
@@ -68,11 +69,39 @@ def worker(settings, concurrency, pool, device, precision):
     app = create_app(settings, precision=precision, threads=threads)
     get_logger("lpips_gate.worker").info("worker starting", pool=pool, processes=processes, gpus=gpus,
                                          threads=threads, metrics_port=settings.metrics_port)
+    banner = ["--quiet"] if settings.log_json else []  # JSON logs: no ASCII-art banner among the lines
     app.worker_main([
-        "worker", f"--pool={pool}", f"--concurrency={processes}", f"--queues={QUEUE}",
+        *banner, "worker", f"--pool={pool}", f"--concurrency={processes}", f"--queues={QUEUE}",
         f"--hostname=lpips-{os.getpid()}@%h", f"--loglevel={settings.log_level.upper()}",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])
+
+
+def _celery_logs_like_ours(settings) -> None:
+    """Celery's own lines (stdlib logging) rendered as ours are: one JSON object a line, redacted."""
+    import logging
+    import sys
+
+    import structlog
+    from celery import signals
+
+    from gate.logs import redact
+
+    renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer()
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True), redact],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+
+    def setup(loglevel=None, **_signal) -> None:
+        handler = logging.StreamHandler(sys.__stderr__)
+        handler.setFormatter(formatter)
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(loglevel or settings.log_level.upper())
+
+    signals.setup_logging.connect(setup, weak=False)  # Celery then leaves logging to us
 
 
 @click.command()

@@ -179,11 +179,13 @@ class Processor:
     def _record(self, comparison: Comparison, m: Measurement, maps: bool, retry: list[int]) -> None:
         if m.error is None:
             png = _heatmap(m) if maps else None
-            self.store.run(lambda session: repo.record_result(
+            recorded = self.store.run(lambda session: repo.record_result(
                 session, comparison_id=comparison.id, distance=m.distance, net=m.net,
                 weights_version=m.weights_version, precision=m.precision, layers=m.layers,
                 decode_ms=m.decode_ms, model_ms=m.model_ms, heatmap_png=png), what="record_result")
             outcome = "done"
+            log.info("comparison done", comparison_id=comparison.id, recorded=recorded, net=m.net,
+                     distance=m.distance, ms=round(m.decode_ms + m.model_ms, 1))
         else:
             self.store.run(lambda session: repo.record_error(
                 session, comparison_id=comparison.id, reason=m.error, final=m.final), what="record_error")

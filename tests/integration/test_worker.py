@@ -1,0 +1,306 @@
+"""Real `lpips-gate worker` processes against real PostgreSQL and Redis: every comparison is stored
+once with the engine's distance, whatever happens to the worker, the broker or the database.
+
+Redis is always a private server (tests/integration/services.py): a worker consuming the shared
+server's queue could take other engineers' messages. PostgreSQL is the shared server (a fresh
+database per test) except where it is restarted, which only a private cluster may be."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from gate.queue import TASK_COMPARE, QUEUE, enqueue, make_celery
+from gate.settings import Settings
+from gate.store import make_engine, session_scope
+from gate.store import repository as repo
+from gate.store.migrate import upgrade
+from gate.store.models import Comparison, LayerMetric, Worker
+from tests.integration.services import (
+    PrivatePostgres,
+    PrivateRedis,
+    copy_weights,
+    free_port,
+    private_folder,
+    remove,
+    write_pairs,
+)
+from worker.engine import Engine
+
+POISON = ".poison.png"
+ALEX_LAYERS = 5
+DEADLINE_S = 150  # per wait; a worker start is most of it on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    return copy_weights(tmp_path_factory.mktemp("worker"))
+
+
+@pytest.fixture
+def services():
+    """Private servers, started on demand and removed afterwards."""
+    folder = private_folder()
+    started: list = []
+
+    def start(kind):
+        server = kind(folder).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+    remove(folder)
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """`start(env)` runs `lpips-gate worker` in its own process group; all are killed afterwards."""
+    running: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], name: str) -> WorkerProcess:
+        process = WorkerProcess(env, tmp_path / f"{name}.log")
+        running.append(process)
+        return process
+
+    yield start
+    for process in running:
+        process.kill()
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.popen = subprocess.Popen(["lpips-gate", "worker", "--concurrency", "1"], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group: the parent and its pool process die at once."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
+    def events(self, name: str) -> list[dict]:
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                event = json.loads(line)
+                if event.get("event") == name:
+                    events.append(event)
+        return events
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def _env(settings: dict) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LPIPS_GATE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({f"LPIPS_GATE_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
+    return env
+
+
+def _base(url: str, broker: str, weights_dir: Path, root: Path, **extra) -> dict:
+    return {**dict(database_url=url, broker_url=broker, weights_dir=weights_dir, image_root=root, device="cpu",
+                   heartbeat_file=root / "heartbeat", orphan_after=4, max_batch=4, retry_tries=2, retry_base_s=0.05,
+                   max_attempts=3, log_level="INFO"), **extra}
+
+
+def _wait(condition: Callable[[], bool], what: str, *procs: WorkerProcess) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > DEADLINE_S:
+            logs = "\n".join(p.tail() for p in procs)
+            raise AssertionError(f"timed out after {DEADLINE_S}s waiting for {what}\n{logs}")
+        for proc in procs:
+            assert proc.popen.poll() is None, f"worker exited with {proc.popen.returncode}\n{proc.tail()}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+class Store:
+    """The test's own view of the database."""
+
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+
+    def run(self, pairs, *, net: str = "alex") -> tuple[int, list[int]]:
+        with session_scope(self.engine) as session:
+            run = repo.create_run(session, suite_name="worker", pairs=pairs, net=net, version="0.1",
+                                  precision="fp32", options={"maps": False})
+            return run.id, [c.id for c in repo.list_comparisons(session, run_id=run.id)]
+
+    def progress(self, run_id: int) -> dict[str, int]:
+        with session_scope(self.engine) as session:
+            return repo.run_progress(session, run_id=run_id)
+
+    def rows(self, run_id: int) -> list[Comparison]:
+        with session_scope(self.engine) as session:
+            return repo.list_comparisons(session, run_id=run_id)
+
+    def running(self, run_id: int) -> list[int]:
+        return [c.id for c in self.rows(run_id) if c.status == "running"]
+
+    def layer_rows(self, run_id: int) -> int:
+        with session_scope(self.engine) as session:
+            ids = select(Comparison.id).where(Comparison.run_id == run_id)
+            return session.scalar(select(func.count()).select_from(LayerMetric)
+                                  .where(LayerMetric.comparison_id.in_(ids)))
+
+    def workers(self) -> set[str]:
+        with session_scope(self.engine) as session:
+            return set(session.scalars(select(Worker.name)))
+
+    def finished(self, run_id: int) -> bool:
+        progress = self.progress(run_id)
+        return progress["queued"] == progress["running"] == 0
+
+
+def _engine_distances(weights_dir: Path, root: Path, pairs) -> list[float]:
+    engine = Engine.from_settings(Settings(weights_dir=weights_dir, device="cpu", max_batch=16), net="alex")
+    return [o.distance for o in engine.compare_files([(root / r, root / c) for r, c in pairs])]
+
+
+def _recorded_once(*procs: WorkerProcess) -> Counter:
+    """How often each comparison was written as done, over every worker's log."""
+    return Counter(e["comparison_id"] for p in procs for e in p.events("comparison done") if e["recorded"])
+
+
+def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_dir, tmp_path, services, workers):
+    redis = services(PrivateRedis)
+    root = tmp_path / "images"
+    root.mkdir()
+    good = write_pairs(root, 55, size=128)
+    poison = write_pairs(root, 1, size=128, prefix="q", poison=(0,), poison_suffix=POISON)
+    escapes = [("../outside.png", good[0][1]), ("/etc/hostname", good[0][1])]
+    settings = _base(pg_url, redis.url, weights_dir, root, fault_poison_suffix=POISON)
+    store = Store(pg_url)
+    run_id, ids = store.run(good + poison + escapes)
+    app = make_celery(Settings(broker_url=redis.url))
+    for malformed in ({"kwargs": {"ids": ids[:1]}}, {"kwargs": {"comparison_ids": "1"}}, {"args": [ids[0]]}):
+        app.send_task(TASK_COMPARE, queue=QUEUE, **malformed)
+    assert enqueue(app, ids, per_message=4) == 15
+
+    first = workers(_env(settings), "first")
+    _wait(lambda: (p := store.progress(run_id))["done"] >= 12 and p["running"] >= 1, "12 done and 1 running", first)
+    killed_at = time.monotonic()
+    first.kill()
+    orphans, at_kill = store.running(run_id), store.progress(run_id)
+    names_before = store.workers()
+
+    second = workers(_env(settings), "second")
+    started = _wait(lambda: store.workers() - names_before, "the new worker's heartbeat", second)
+    _wait(lambda: store.finished(run_id), "every comparison to finish", second)
+    recovery_s = time.monotonic() - killed_at
+    health = subprocess.run(["lpips-gate", "health", "--check", "live", "--check", "ready", "--json"],
+                            env=_env(settings), capture_output=True, text=True, timeout=60)
+    print(f"\nSIGKILL with {at_kill['done']} done, {len(orphans)} running, {at_kill['queued']} queued of "
+          f"{len(ids)}; new worker up after {started:.1f}s; every comparison finished {recovery_s:.1f}s after the kill")
+
+    rows = {r.id: r for r in store.rows(run_id)}
+    done = [r for r in rows.values() if r.status == "done"]
+    assert len(rows) == len(ids) == 58 and len(done) == 55
+    assert store.layer_rows(run_id) == ALEX_LAYERS * 55
+    assert _recorded_once(first, second) == Counter({r.id: 1 for r in done})
+    assert [r.distance for r in done] == pytest.approx(_engine_distances(weights_dir, root, good), abs=1e-5)
+    assert {r.id: r.attempts for r in done} == {r.id: 2 if r.id in orphans else 1 for r in done}
+    assert orphans and recovery_s < 120
+    errors = {r.cand if r.ref == poison[0][0] else r.ref: (r.attempts, r.error) for r in rows.values()
+              if r.status == "error"}
+    assert errors == {
+        poison[0][1]: (3, f"gave up after 3 attempts: transient failure after 2 tries: RuntimeError: injected "
+                          f"transient fault: {root / poison[0][1]} ends with {POISON!r}"),
+        "../outside.png": (1, "../outside.png: path escapes the image root"),
+        "/etc/hostname": (1, "/etc/hostname: absolute path; task paths are relative to the image root"),
+    }
+    rejected = [e["error"] for p in (first, second) for e in p.events("malformed message rejected")]
+    assert sorted(rejected) == [
+        "comparison_ids: expected a non-empty list of ints, got '1'",
+        "kwargs must be exactly {'comparison_ids': [...]}, got keys ['ids']",
+        "positional arguments are not part of the contract, got 1",
+    ]
+    assert (health.returncode, json.loads(health.stdout)["healthy"]) == (0, True), health.stdout + health.stderr
+
+
+def test_oom_and_a_broken_primary_in_a_worker(pg_url, weights_dir, tmp_path, services, workers):
+    redis = services(PrivateRedis)
+    root = tmp_path / "images"
+    root.mkdir()
+    pairs = write_pairs(root, 16)
+    port = free_port()
+    settings = _base(pg_url, redis.url, weights_dir, root, net="vgg", fallback_net="alex", max_batch=8,
+                     fault_broken_primary=1, fault_oom_above_batch=2, metrics_port=port)
+    store = Store(pg_url)
+    run_id, ids = store.run(pairs, net="vgg")
+    enqueue(make_celery(Settings(broker_url=redis.url)), ids, per_message=8)
+    worker = workers(_env(settings), "faults")
+    _wait(lambda: store.finished(run_id), "every comparison to finish", worker)
+
+    rows = store.rows(run_id)
+    alex_version = Engine.from_settings(Settings(weights_dir=weights_dir), net="alex").weights_version
+    assert {(r.status, r.net, r.weights_version, r.precision) for r in rows} == {("done", "alex", alex_version,
+                                                                                   "fp32")}
+    assert [r.distance for r in rows] == pytest.approx(_engine_distances(weights_dir, root, pairs), abs=1e-5)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert {name: samples[(name, ())] for name in ("lpips_gate_oom_halvings_total", "lpips_gate_fallbacks_total",
+                                                   "lpips_gate_retries_total", "lpips_gate_queue_depth")} == {
+        "lpips_gate_oom_halvings_total": 4.0,  # two messages of 8: 8 -> 4 -> 2 in each
+        "lpips_gate_fallbacks_total": 16.0,
+        "lpips_gate_retries_total": 0.0,
+        "lpips_gate_queue_depth": 0.0,
+    }
+    assert samples[("lpips_gate_pairs_total", (("net", "alex"), ("outcome", "done")))] == 16.0
+    assert samples[("lpips_gate_pair_seconds_count", ())] == 16.0
+    assert [e["net"] for e in worker.events("worker process ready")] == ["alex"]
+
+
+def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, services, workers):
+    redis, postgres = services(PrivateRedis), services(PrivatePostgres)
+    upgrade(postgres.url)
+    root = tmp_path / "images"
+    root.mkdir()
+    pairs = write_pairs(root, 48, size=128)
+    settings = _base(postgres.url, redis.url, weights_dir, root)
+    store = Store(postgres.url)
+    run_id, ids = store.run(pairs)
+    enqueue(make_celery(Settings(broker_url=redis.url)), ids, per_message=4)
+    worker = workers(_env(settings), "restarts")
+    _wait(lambda: store.progress(run_id)["done"] >= 10, "10 done", worker)
+
+    redis_at, before = time.monotonic(), store.progress(run_id)["done"]
+    redis.restart()  # every queued message is gone
+    redis_gap = _wait(lambda: store.progress(run_id)["done"] > before, "progress after the Redis restart", worker)
+    _wait(lambda: store.progress(run_id)["done"] >= 30, "30 done", worker)
+
+    before = store.progress(run_id)["done"]
+    store.engine.dispose()
+    postgres.restart()
+    postgres_gap = _wait(lambda: store.progress(run_id)["done"] > before, "progress after the PostgreSQL restart",
+                         worker)
+    _wait(lambda: store.finished(run_id), "every comparison to finish", worker)
+    print(f"\nRedis restart: progress again after {redis_gap:.1f}s; PostgreSQL restart: after {postgres_gap:.1f}s; "
+          f"all {len(ids)} done {time.monotonic() - redis_at:.1f}s after the Redis restart")
+
+    rows = store.rows(run_id)
+    assert [r.status for r in rows] == ["done"] * 48
+    assert store.layer_rows(run_id) == ALEX_LAYERS * 48
+    assert _recorded_once(worker) == Counter({r.id: 1 for r in rows})
+    assert sum(e["total"] for e in worker.events("re-sent comparisons")) > 0  # the lost messages, by the sweeper
+    assert [r.distance for r in rows] == pytest.approx(_engine_distances(weights_dir, root, pairs), abs=1e-5)
+    store.engine.dispose()
