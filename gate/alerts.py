@@ -87,10 +87,11 @@ def cooldown_from(policies: PolicySet) -> Cooldown:
     """Each alert waits the cooldown of the policy that judged it (its suite, net and weights)."""
 
     def cooldown(alert: Alert) -> float:
-        labels = alert.labels
-        policy = policy_for(
-            policies, suite=alert.suite.name, net=labels["net"], weights_version=labels["weights_version"]
-        )
+        labels, suite = alert.labels, alert.suite.name
+        if "net" not in labels:  # not raised by a rule: the suite's own policy
+            suite_policies = policies.suites.get(suite)
+            return (suite_policies.base if suite_policies else policies.defaults).alert_cooldown_s
+        policy = policy_for(policies, suite=suite, net=labels["net"], weights_version=labels["weights_version"])
         return policy.alert_cooldown_s
 
     return cooldown
@@ -116,7 +117,7 @@ def send_due(session: Session, *, settings: Settings, cooldown: Cooldown, alerts
         return 0
     try:
         send(settings.webhook_url, to_alertmanager(outgoing(alert) for alert in due), timeout=WEBHOOK_TIMEOUT_S)
-    except WebhookError as exc:
+    except (WebhookError, ValueError) as exc:  # unreachable, refused, or a malformed webhook url
         log.error("webhook delivery failed, retried next tick", error=str(exc), alerts=len(due))
         return 0
     repo.mark_notified(session, alert_ids=[alert.id for alert in due])

@@ -92,6 +92,7 @@ def check(
     from gate.verdict import EvaluationError, evaluate_run
 
     _check_options(suite, threshold)
+    _check_writable(report=report, junit=junit)
     policies = _load_policies(policies_file)
     _require_max_distance(policies, suite=suite, net=settings.net, threshold=threshold)
     configure(settings)
@@ -110,6 +111,13 @@ def check(
         failed = sum(pair["status"] == "error" for pair in summary["pairs"])
         click.echo(f"run {run_id}: {failed} comparison(s) could not be scored", err=True)
     click.get_current_context().exit(EXIT_CODES[summary["verdict"]])
+
+
+def _check_writable(**outputs: Path | None) -> None:
+    """Refuse before computing anything when a report could not be written afterwards."""
+    for option, path in outputs.items():
+        if path is not None and not path.absolute().parent.is_dir():
+            raise _failure(f"--{option}: {path}: its folder does not exist")
 
 
 def _load_policies(path: Path | None) -> Any:

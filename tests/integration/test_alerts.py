@@ -219,3 +219,13 @@ def test_alerts_lists_open_and_resolved_alerts_as_json(session_factory, db_url) 
     assert text.stdout == (
         f"open     distance  other  0.5 vs 0.1  net=alex weights_version=w1  since {still_open.opened_at.isoformat()}\n"
     )
+
+
+def test_a_malformed_webhook_url_is_logged_not_raised(session_factory, engine, db_url, capsys) -> None:
+    settings = settings_for(db_url, webhook_url="ftp://alerts.example/api/v2/alerts", log_json=True)
+    configure(settings)
+    with session_factory.begin() as session:
+        finished_run(session, [0.3])
+    assert Daemon(engine, policies(), settings).tick() == {"evaluated": 1, "sent": 0}
+    errors = {json.loads(line).get("error") for line in capsys.readouterr().err.splitlines()} - {None}
+    assert errors == {"webhook url: expected http:// or https://, got 'ftp://alerts.example/api/v2/alerts'"}

@@ -313,3 +313,10 @@ def test_a_pair_that_cannot_be_scored_makes_the_run_an_error(sqlite_url: str, im
         summary["pairs"][1]["error"] == f"{images / 'new' / 'b.png'}: truncated or corrupt image (Truncated File Read)"
     )
     assert result.stderr.splitlines()[-1] == "run 1: 1 comparison(s) could not be scored"
+
+
+def test_a_report_that_could_not_be_written_is_refused_up_front(sqlite_empty_url: str, images: Path) -> None:
+    report = images / "missing" / "run.html"
+    result = _check(sqlite_empty_url, images, "new", "--threshold", "0.1", "--report", str(report))
+    assert (result.exit_code, result.stderr) == (2, f"Error: --report: {report}: its folder does not exist\n")
+    assert not Path(sqlite_empty_url.removeprefix("sqlite:///")).exists()  # nothing stored

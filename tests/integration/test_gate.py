@@ -21,8 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gate.cli import main
 from gate.daemon import Daemon
+from gate.logs import configure
 from gate.policy import DriftPolicy, Policy, PolicySet, SuitePolicies
 from gate.settings import Settings
+from gate.store import make_engine
 from gate.store import repository as repo
 from gate.store.models import Run
 from gate.verdict import EvaluationError, drift_by_net, evaluate_run, pair_results, policy_lookup
@@ -441,3 +443,15 @@ def test_the_daemon_stops_cleanly_on_sigterm(session_factory, db_url, tmp_path) 
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def test_a_database_outage_is_logged_and_the_tick_retried(capsys) -> None:
+    missing = make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/lpips_gate_test_never_created")
+    try:
+        configure(settings_for("sqlite://", log_json=True))
+        assert Daemon(missing, policies(), settings_for("sqlite://")).tick() == {"evaluated": 0, "sent": 0}
+    finally:
+        missing.dispose()
+    [line] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert (line["event"], line["level"]) == ("database unavailable, retried next tick", "error")
+    assert 'database "lpips_gate_test_never_created" does not exist' in line["error"]
