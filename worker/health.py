@@ -78,15 +78,15 @@ def _broker(settings) -> str:
         return f"ok ({connection.as_uri()})"
 
 
-def model(settings) -> Check:
+def model(settings, *, fixtures: Path = FIXTURES) -> Check:
     if settings.allow_random_weights:
         return Check("model", False, "random weights are allowed (LPIPS_GATE_ALLOW_RANDOM_WEIGHTS): tests only")
     nets = list(dict.fromkeys(n for n in (settings.net, settings.fallback_net) if n))
-    results = [_net_health(settings, net) for net in nets]
+    results = [_net_health(settings, net, fixtures) for net in nets]
     return Check("model", all(ok for ok, _ in results), "; ".join(detail for _, detail in results))
 
 
-def _net_health(settings, net: str) -> tuple[bool, str]:
+def _net_health(settings, net: str, fixtures: Path) -> tuple[bool, str]:
     from worker import weights
 
     row = next(r for r in weights.status(Path(settings.weights_dir)) if r["net"] == net)
@@ -97,7 +97,7 @@ def _net_health(settings, net: str) -> tuple[bool, str]:
     if net not in FIXTURE_DISTANCES:
         return True, f"{net}: weights verified ({row['sha256'][:12]}); no golden pair for {net}"
     try:
-        distance, expected, source = golden_distance(settings, net)
+        distance, expected, source = golden_distance(settings, net, fixtures)
     except Exception as exc:  # noqa: BLE001  (a model that cannot run is unhealthy, whatever the reason)
         return False, f"{net}: golden pair failed: {type(exc).__name__}: {exc}"
     ok = abs(distance - expected) <= TOLERANCE
@@ -105,13 +105,13 @@ def _net_health(settings, net: str) -> tuple[bool, str]:
     return ok, f"{net}: golden {source} {distance:.6f} vs {expected:.6f} {verdict}"
 
 
-def golden_distance(settings, net: str) -> tuple[float, float, str]:
+def golden_distance(settings, net: str, fixtures: Path = FIXTURES) -> tuple[float, float, str]:
     """(measured, expected, which pair) on the shipped fixture pair, or the generated one without it."""
     from worker.engine import Engine
 
     engine = Engine.from_settings(settings, net=net, version="0.1", precision="fp32")
-    if all((FIXTURES / name).is_file() for name in FIXTURE_PAIR):
-        pair = tuple(FIXTURES / name for name in FIXTURE_PAIR)
+    if all((fixtures / name).is_file() for name in FIXTURE_PAIR):
+        pair = tuple(fixtures / name for name in FIXTURE_PAIR)
         return _distance(engine, pair), FIXTURE_DISTANCES[net], "ex_ref/ex_p0"
     with tempfile.TemporaryDirectory() as folder:
         return _distance(engine, generated_pair(Path(folder))), GENERATED_DISTANCES[net], "generated"

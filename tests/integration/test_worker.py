@@ -21,7 +21,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from gate.queue import TASK_COMPARE, QUEUE, enqueue, make_celery
+from click.testing import CliRunner
+
+from gate.cli import UsageFailure, main
+from gate.queue import QUEUE, TASK_COMPARE, enqueue, make_celery
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
@@ -37,6 +40,7 @@ from tests.integration.services import (
     write_pairs,
 )
 from worker.engine import Engine
+from worker.service_cli import plan
 
 POISON = ".poison.png"
 ALEX_LAYERS = 5
@@ -70,8 +74,8 @@ def workers(tmp_path):
     """`start(env)` runs `lpips-gate worker` in its own process group; all are killed afterwards."""
     running: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], name: str) -> WorkerProcess:
-        process = WorkerProcess(env, tmp_path / f"{name}.log")
+    def start(env: dict[str, str], name: str, *args: str) -> WorkerProcess:
+        process = WorkerProcess(env, tmp_path / f"{name}.log", args or ("--concurrency", "1"))
         running.append(process)
         return process
 
@@ -81,10 +85,10 @@ def workers(tmp_path):
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...]):
         self.log_path = log_path
         with open(log_path, "wb") as log:
-            self.popen = subprocess.Popen(["lpips-gate", "worker", "--concurrency", "1"], env=env, stdout=log,
+            self.popen = subprocess.Popen(["lpips-gate", "worker", *args], env=env, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
@@ -235,7 +239,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     assert (health.returncode, json.loads(health.stdout)["healthy"]) == (0, True), health.stdout + health.stderr
 
 
-def test_oom_and_a_broken_primary_in_a_worker(pg_url, weights_dir, tmp_path, services, workers):
+def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path, services, workers):
     redis = services(PrivateRedis)
     root = tmp_path / "images"
     root.mkdir()
@@ -246,7 +250,7 @@ def test_oom_and_a_broken_primary_in_a_worker(pg_url, weights_dir, tmp_path, ser
     store = Store(pg_url)
     run_id, ids = store.run(pairs, net="vgg")
     enqueue(make_celery(Settings(broker_url=redis.url)), ids, per_message=8)
-    worker = workers(_env(settings), "faults")
+    worker = workers(_env(settings), "faults", "--pool", "solo")  # the one-process pool, too
     _wait(lambda: store.finished(run_id), "every comparison to finish", worker)
 
     rows = store.rows(run_id)
@@ -304,3 +308,22 @@ def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, servic
     assert sum(e["total"] for e in worker.events("re-sent comparisons")) > 0  # the lost messages, by the sweeper
     assert [r.distance for r in rows] == pytest.approx(_engine_distances(weights_dir, root, pairs), abs=1e-5)
     store.engine.dispose()
+
+
+@pytest.mark.parametrize(("pool", "concurrency", "gpus", "cpus", "expected"), [
+    ("prefork", None, 0, 16, (1, 16)),  # CPU: one process, every thread
+    ("prefork", None, 2, 16, (2, 8)),  # one process per GPU
+    ("prefork", 4, 0, 16, (4, 4)),
+    ("solo", None, 1, 2, (1, 2)),
+])
+def test_worker_plan_defaults(pool, concurrency, gpus, cpus, expected):
+    assert plan(pool=pool, concurrency=concurrency, gpus=gpus, cpus=cpus) == expected
+
+
+def test_worker_refuses_bad_arguments_with_exit_2():
+    with pytest.raises(UsageFailure, match=r"^--pool solo runs one task at a time: --concurrency must be 1, got 2$"):
+        plan(pool="solo", concurrency=2, gpus=0, cpus=2)
+    env = {"LPIPS_GATE_BROKER_URL": None}
+    no_broker = CliRunner().invoke(main, ["worker"], env=env)
+    assert (no_broker.exit_code, no_broker.stderr) == (2, "Error: no broker configured (LPIPS_GATE_BROKER_URL); "
+                                                          "without one, `lpips-gate submit` computes in-process\n")
