@@ -23,7 +23,6 @@ from gate.commands.service import (
     _failure,
     _pair,
     _poll_until_finished,
-    _run_size,
     _store,
     _summary_text,
 )
@@ -88,29 +87,43 @@ def check(
     Submits like `submit` (with a broker, workers compute; without, this process does), waits like
     `wait`, then applies the policies: verdict, alerts, webhook."""
     from gate.logs import configure
-    from gate.store import session_scope
-    from gate.verdict import EvaluationError, evaluate_run
 
     _check_options(suite, threshold)
     _check_writable(report=report, junit=junit)
     policies = _load_policies(policies_file)
     _require_max_distance(policies, suite=suite, net=settings.net, threshold=threshold)
+    pairs = _pair(ref_dir, cand_dir, settings.image_root)
+    dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
     configure(settings)
     with _store(settings) as engine:
-        run_id = _submit(settings, engine, ref_dir, cand_dir, suite=suite, threshold=threshold, maps=report is not None)
-        _poll_until_finished(engine, run_id, _run_size(engine, run_id), timeout)
-        with session_scope(engine) as session:
-            try:
-                summary = evaluate_run(session, run_id=run_id, policies=policies, settings=settings)
-            except EvaluationError as exc:
-                raise _failure(str(exc)) from exc
-            report_run = _report_run(session, summary, policies, settings.image_root) if report or junit else None
+        run = {"net": settings.net, "version": settings.version, "precision": settings.precision}
+        run_id, ids = _create_run(
+            engine, suite=suite, pairs=pairs, threshold=threshold, options={"maps": report is not None}, **run
+        )
+        dispatch(engine, run_id, ids)
+        _poll_until_finished(engine, run_id, len(ids), timeout)
+        summary, report_run = _judge(engine, run_id, policies, settings, for_report=bool(report or junit))
     _write_artefacts(report_run, report=report, junit=junit)
     click.echo(json.dumps(summary) if as_json else _summary_text(summary))
     if summary["verdict"] == "error":
         failed = sum(pair["status"] == "error" for pair in summary["pairs"])
         click.echo(f"run {run_id}: {failed} comparison(s) could not be scored", err=True)
     click.get_current_context().exit(EXIT_CODES[summary["verdict"]])
+
+
+def _judge(
+    engine: Any, run_id: int, policies: Any, settings: Settings, *, for_report: bool
+) -> tuple[dict, dict | None]:
+    """The judged run, and what the report and JUnit show of it when asked for."""
+    from gate.store import session_scope
+    from gate.verdict import EvaluationError, evaluate_run
+
+    with session_scope(engine) as session:
+        try:
+            summary = evaluate_run(session, run_id=run_id, policies=policies, settings=settings)
+        except EvaluationError as exc:
+            raise _failure(str(exc)) from exc
+        return summary, _report_run(session, summary, policies, settings.image_root) if for_report else None
 
 
 def _check_writable(**outputs: Path | None) -> None:
@@ -143,25 +156,6 @@ def _require_max_distance(policies: Any, *, suite: str, net: str, threshold: flo
         policy.max_distance is not None for policy in versioned
     ):
         raise _failure(f"--threshold: none given and the policies set no max_distance for suite {suite!r}")
-
-
-def _submit(
-    settings: Settings, engine: Any, ref_dir: Path, cand_dir: Path, *, suite: str, threshold: float | None, maps: bool
-) -> int:
-    pairs = _pair(ref_dir, cand_dir, settings.image_root)
-    dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
-    run_id, ids = _create_run(
-        engine,
-        suite=suite,
-        pairs=pairs,
-        threshold=threshold,
-        net=settings.net,
-        version=settings.version,
-        precision=settings.precision,
-        options={"maps": maps},
-    )
-    dispatch(engine, run_id, ids)
-    return run_id
 
 
 def _report_run(session: Any, summary: dict[str, Any], policies: Any, image_root: Path) -> dict[str, Any]:

@@ -247,13 +247,14 @@ def test_a_bad_policy_file_is_named(sqlite_url: str, images: Path, tmp_path: Pat
     )
 
 
-def test_unmatched_folders_are_refused(sqlite_url: str, images: Path) -> None:
+def test_unmatched_folders_are_refused(sqlite_empty_url: str, images: Path) -> None:
     (images / "ok" / "b.png").unlink()
-    result = _check(sqlite_url, images, "ok", "--threshold", "0.1")
+    result = _check(sqlite_empty_url, images, "ok", "--threshold", "0.1")
     assert (result.exit_code, result.stderr) == (
         2,
         f"Error: unmatched files: 1 in {images / 'ref'} without a candidate in {images / 'ok'}: b.png\n",
     )
+    assert not Path(sqlite_empty_url.removeprefix("sqlite:///")).exists()  # nothing stored
 
 
 # --- through the broker ------------------------------------------------------------------------
