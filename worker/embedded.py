@@ -20,14 +20,15 @@ def run_comparisons(settings, comparison_ids: list[int]) -> None:
     name = worker_name("embedded:")
     store = Store(settings.database_url, retry_s=settings.store_retry_s)
     again: list[int] = []
-    processor = Processor(settings, store=store, models=Models(settings), name=name,
-                          requeue=lambda retry, _delay_s: again.extend(retry))
+    processor = Processor(
+        settings, store=store, models=Models(settings), name=name, requeue=lambda retry, _delay_s: again.extend(retry)
+    )
     keeper = Keeper(interval_s=heartbeat_interval_s(settings), beat=beat(store, name)).start()
     try:
         while ids:
             window = 4 * settings.max_batch  # claimed a window at a time: progress shows while it runs
             for start in range(0, len(ids), window):
-                processor.process(ids[start:start + window])
+                processor.process(ids[start : start + window])
             ids, again[:] = list(again), []
             if ids:
                 time.sleep(processor.requeue_delay_s)
@@ -38,7 +39,7 @@ def run_comparisons(settings, comparison_ids: list[int]) -> None:
 
 def _checked(comparison_ids: Sequence[int]) -> list[int]:
     if isinstance(comparison_ids, (str, bytes)) or not isinstance(comparison_ids, Sequence):
-        raise ValueError(f"comparison_ids: expected a list of ints, got {type(comparison_ids).__name__}")
+        raise TypeError(f"comparison_ids: expected a list of ints, got {type(comparison_ids).__name__}")
     bad = [i for i in comparison_ids if type(i) is not int or i < 1]
     if bad:
         raise ValueError(f"comparison_ids: expected positive ints, got {bad[0]!r}")

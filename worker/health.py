@@ -145,5 +145,7 @@ def report(settings, checks: tuple[str, ...] = CHECKS) -> dict:
         raise ValueError(f"unknown checks {sorted(unknown)}; choose from {CHECKS}")
     probes = {"live": live, "ready": ready, "model": model}
     results = [probes[name](settings) for name in checks]
-    return {"healthy": all(c.ok for c in results),
-            "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in results}}
+    return {
+        "healthy": all(c.ok for c in results),
+        "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in results},
+    }

@@ -18,10 +18,16 @@ from gate.queue import QUEUE
 KOMBU_PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport keeps priority p > 0 in "<queue>\x06\x16<p>"
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
-PAIRS = Counter("lpips_gate_pairs", "Comparisons finished by workers, by outcome (done, error, retry) and backbone",
-                ["outcome", "net"])
-PAIR_SECONDS = Histogram("lpips_gate_pair_seconds", "Decode plus model time of one computed pair",
-                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+PAIRS = Counter(
+    "lpips_gate_pairs",
+    "Comparisons finished by workers, by outcome (done, error, retry) and backbone",
+    ["outcome", "net"],
+)
+PAIR_SECONDS = Histogram(
+    "lpips_gate_pair_seconds",
+    "Decode plus model time of one computed pair",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 EVENTS = {
     "retries": Counter("lpips_gate_retries", "Forward passes tried again after a transient error"),
     "oom_halvings": Counter("lpips_gate_oom_halvings", "Batches halved after running out of memory"),

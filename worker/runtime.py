@@ -83,14 +83,23 @@ class Faults:
     nonfinite_primary: bool = False
 
     @classmethod
-    def from_settings(cls, settings) -> "Faults":
-        return cls(settings.net, settings.fault_oom_above_batch, settings.fault_broken_primary,
-                   settings.fault_poison_suffix, settings.fault_nonfinite_primary)
+    def from_settings(cls, settings) -> Faults:
+        return cls(
+            settings.net,
+            settings.fault_oom_above_batch,
+            settings.fault_broken_primary,
+            settings.fault_poison_suffix,
+            settings.fault_nonfinite_primary,
+        )
 
     @property
     def any(self) -> bool:
-        return (self.oom_above_batch is not None or self.broken_primary or self.poison_suffix is not None
-                or self.nonfinite_primary)
+        return (
+            self.oom_above_batch is not None
+            or self.broken_primary
+            or self.poison_suffix is not None
+            or self.nonfinite_primary
+        )
 
     def check_batch(self, cands: Sequence[str]) -> None:
         if self.oom_above_batch is not None and len(cands) > self.oom_above_batch:
@@ -123,8 +132,16 @@ class FaultyEngine(Engine):
 class Extractor:
     """One engine, robust: `measure` yields a Measurement per pair, in input order, whatever fails."""
 
-    def __init__(self, engine: Engine, *, tries: int, base_s: float, counters: Counters,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        tries: int,
+        base_s: float,
+        counters: Counters,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ):
         if tries < 1:
             raise ValueError(f"tries must be >= 1, got {tries}")
         if base_s < 0:
@@ -161,7 +178,7 @@ class Extractor:
                     self.counters.add("retries")
                     self._sleep(self.backoff(tries))
                     continue
-                window = rest[:4 * self.engine.max_batch]  # the engine's decode window: the failure is in it
+                window = rest[: 4 * self.engine.max_batch]  # the engine's decode window: the failure is in it
                 yield from self._isolate(window, with_map, f"{type(exc).__name__}: {exc}")
                 done, tries = done + len(window), 0
 
@@ -186,17 +203,35 @@ class Extractor:
 
     def _measurement(self, outcome: Outcome) -> Measurement:
         model = self.engine.model
-        return Measurement(outcome.ref, outcome.cand, outcome.distance, outcome.layers, outcome.map,
-                           outcome.error, True, model.net, self.engine.weights_version, model.precision,
-                           outcome.decode_ms, outcome.model_ms)
+        return Measurement(
+            outcome.ref,
+            outcome.cand,
+            outcome.distance,
+            outcome.layers,
+            outcome.map,
+            outcome.error,
+            True,
+            model.net,
+            self.engine.weights_version,
+            model.precision,
+            outcome.decode_ms,
+            outcome.model_ms,
+        )
 
 
 class Models:
     """Extractors per (net, version, precision), loaded once per process; `measure` falls back to
     `settings.fallback_net` when the asked backbone cannot load or gives a non-finite distance."""
 
-    def __init__(self, settings, *, counters: Counters | None = None, device: str | None = None,
-                 precision: str | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        settings,
+        *,
+        counters: Counters | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.settings, self.counters = settings, counters or Counters()
         self.device, self.precision = device, precision  # None: settings' device, the run's precision
         self.faults = Faults.from_settings(settings)
@@ -225,14 +260,15 @@ class Models:
 
     def _load(self, net: str, version: str, precision: str) -> Extractor:
         self.faults.check_load(net)
-        options = dict(net=net, version=version, precision=precision, device=self.device)
+        options = {"net": net, "version": version, "precision": precision, "device": self.device}
         if self.faults.any:
             engine = FaultyEngine.from_settings(self.settings, **options)
             engine.faults = self.faults
         else:
             engine = Engine.from_settings(self.settings, **options)
-        return Extractor(engine, tries=self.settings.retry_tries, base_s=self.settings.retry_base_s,
-                         counters=self.counters)
+        return Extractor(
+            engine, tries=self.settings.retry_tries, base_s=self.settings.retry_base_s, counters=self.counters
+        )
 
     def primary_or_fallback(self, net: str, version: str, precision: str) -> tuple[Extractor, Extractor | None]:
         """(the extractor to use, the fallback for non-finite results or None)."""
@@ -248,8 +284,9 @@ class Models:
                 raise weights.WeightsError(f"{net}: {exc}; fallback {fallback_net}: {second}") from second
         return primary, (None if fallback_net in (None, net) else _Lazy(self, fallback_net, version, precision))
 
-    def measure(self, pairs: Sequence[Pair], *, net: str, version: str, precision: str,
-                with_map: bool = False) -> Iterator[Measurement]:
+    def measure(
+        self, pairs: Sequence[Pair], *, net: str, version: str, precision: str, with_map: bool = False
+    ) -> Iterator[Measurement]:
         """A Measurement per pair in input order; without any usable backbone every pair gets a
         non-final error (the weights may be provisioned before the next attempt)."""
         try:

@@ -34,20 +34,38 @@ def gpu_count(device: str) -> int:
 
 
 @click.command()
-@click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="Pool processes (default: one per GPU; on the CPU one, using every thread).")
-@click.option("--pool", type=click.Choice(POOLS), default="prefork", show_default=True,
-              help="prefork: tasks run in child processes (time limits, crash isolation); solo: in this one.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="Default: LPIPS_GATE_DEVICE (auto: the GPUs if there are any).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-              help="Compute every run at this precision (default: each run's own); rows record the one used.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pool processes (default: one per GPU; on the CPU one, using every thread).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    default="prefork",
+    show_default=True,
+    help="prefork: tasks run in child processes (time limits, crash isolation); solo: in this one.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="Default: LPIPS_GATE_DEVICE (auto: the GPUs if there are any).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default=None,
+    help="Compute every run at this precision (default: each run's own); rows record the one used.",
+)
 @click.pass_obj
 def worker(settings, concurrency, pool, device, precision):
     """Consume comparisons from the broker (LPIPS_GATE_BROKER_URL) until stopped."""
     if not settings.broker_url:
-        raise UsageFailure("no broker configured (LPIPS_GATE_BROKER_URL); without one, `lpips-gate submit` "
-                           "computes in-process")
+        raise UsageFailure(
+            "no broker configured (LPIPS_GATE_BROKER_URL); without one, `lpips-gate submit` computes in-process"
+        )
     if device:
         settings = settings.model_copy(update={"device": device})
     gpus = gpu_count(settings.device)
@@ -67,14 +85,29 @@ def worker(settings, concurrency, pool, device, precision):
     from worker.tasks import create_app  # torch: only once the arguments are known to be good
 
     app = create_app(settings, precision=precision, threads=threads)
-    get_logger("lpips_gate.worker").info("worker starting", pool=pool, processes=processes, gpus=gpus,
-                                         threads=threads, metrics_port=settings.metrics_port)
+    get_logger("lpips_gate.worker").info(
+        "worker starting",
+        pool=pool,
+        processes=processes,
+        gpus=gpus,
+        threads=threads,
+        metrics_port=settings.metrics_port,
+    )
     banner = ["--quiet"] if settings.log_json else []  # JSON logs: no ASCII-art banner among the lines
-    app.worker_main([
-        *banner, "worker", f"--pool={pool}", f"--concurrency={processes}", f"--queues={QUEUE}",
-        f"--hostname=lpips-{os.getpid()}@%h", f"--loglevel={settings.log_level.upper()}",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ])
+    app.worker_main(
+        [
+            *banner,
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={processes}",
+            f"--queues={QUEUE}",
+            f"--hostname=lpips-{os.getpid()}@%h",
+            f"--loglevel={settings.log_level.upper()}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
 
 
 def _celery_logs_like_ours(settings) -> None:
@@ -89,8 +122,12 @@ def _celery_logs_like_ours(settings) -> None:
 
     renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer()
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
-                           structlog.processors.TimeStamper(fmt="iso", utc=True), redact],
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+        ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
 
@@ -106,8 +143,13 @@ def _celery_logs_like_ours(settings) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: healthy, and each check's ok and detail.")
-@click.option("--check", "checks", type=click.Choice(["live", "ready", "model"]), multiple=True,
-              help="Only these checks (default: all). `live` alone needs neither torch nor the network.")
+@click.option(
+    "--check",
+    "checks",
+    type=click.Choice(["live", "ready", "model"]),
+    multiple=True,
+    help="Only these checks (default: all). `live` alone needs neither torch nor the network.",
+)
 @click.pass_context
 def health(ctx, as_json, checks):
     """Is this worker host live, ready and computing correct distances? Exit 0 if so, 2 if not."""

@@ -155,8 +155,13 @@ class Processor:
     def _claim(self, session: Session, ids: Sequence[int]) -> list[Comparison]:
         """The queued (or orphaned) ones, plus any this process claimed in a transaction whose
         outcome it never learnt (the connection dropped at commit)."""
-        claimed = repo.claim_comparisons(session, ids=ids, worker=self.name, max_attempts=self.settings.max_attempts,
-                                         orphan_after=timedelta(seconds=self.settings.orphan_after))
+        claimed = repo.claim_comparisons(
+            session,
+            ids=ids,
+            worker=self.name,
+            max_attempts=self.settings.max_attempts,
+            orphan_after=timedelta(seconds=self.settings.orphan_after),
+        )
         taken = {c.id for c in claimed}
         return claimed + [c for c in running_under(session, worker=self.name, ids=ids) if c.id not in taken]
 
@@ -166,29 +171,51 @@ class Processor:
         todo, pairs = [], []
         for comparison in comparisons:
             try:
-                pairs.append((resolve_under(self.settings.image_root, comparison.ref),
-                              resolve_under(self.settings.image_root, comparison.cand)))
+                pairs.append(
+                    (
+                        resolve_under(self.settings.image_root, comparison.ref),
+                        resolve_under(self.settings.image_root, comparison.cand),
+                    )
+                )
                 todo.append(comparison)
             except ImageError as exc:
                 self._record(comparison, Measurement(comparison.ref, comparison.cand, error=str(exc)), False, retry)
-        measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision,
-                                       with_map=maps)
+        measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision, with_map=maps)
         for comparison, measurement in zip(todo, measured):
             self._record(comparison, measurement, maps, retry)
 
     def _record(self, comparison: Comparison, m: Measurement, maps: bool, retry: list[int]) -> None:
         if m.error is None:
             png = _heatmap(m) if maps else None
-            recorded = self.store.run(lambda session: repo.record_result(
-                session, comparison_id=comparison.id, distance=m.distance, net=m.net,
-                weights_version=m.weights_version, precision=m.precision, layers=m.layers,
-                decode_ms=m.decode_ms, model_ms=m.model_ms, heatmap_png=png), what="record_result")
+            recorded = self.store.run(
+                lambda session: repo.record_result(
+                    session,
+                    comparison_id=comparison.id,
+                    distance=m.distance,
+                    net=m.net,
+                    weights_version=m.weights_version,
+                    precision=m.precision,
+                    layers=m.layers,
+                    decode_ms=m.decode_ms,
+                    model_ms=m.model_ms,
+                    heatmap_png=png,
+                ),
+                what="record_result",
+            )
             outcome = "done"
-            log.info("comparison done", comparison_id=comparison.id, recorded=recorded, net=m.net,
-                     distance=m.distance, ms=round(m.decode_ms + m.model_ms, 1))
+            log.info(
+                "comparison done",
+                comparison_id=comparison.id,
+                recorded=recorded,
+                net=m.net,
+                distance=m.distance,
+                ms=round(m.decode_ms + m.model_ms, 1),
+            )
         else:
-            self.store.run(lambda session: repo.record_error(
-                session, comparison_id=comparison.id, reason=m.error, final=m.final), what="record_error")
+            self.store.run(
+                lambda session: repo.record_error(session, comparison_id=comparison.id, reason=m.error, final=m.final),
+                what="record_error",
+            )
             outcome = "error" if m.final else "retry"
             if not m.final:
                 retry.append(comparison.id)
@@ -202,8 +229,11 @@ class Processor:
         with self.lock:
             held, self.held = sorted(self.held), set()
         try:
-            self.store.run(lambda session: [repo.record_error(session, comparison_id=i, reason=reason, final=False)
-                                            for i in held], what="release", retry=False)
+            self.store.run(
+                lambda session: [repo.record_error(session, comparison_id=i, reason=reason, final=False) for i in held],
+                what="release",
+                retry=False,
+            )
             retry.extend(held)
         except STORE_ERRORS as exc:
             log.error("could not hand comparisons back; the keeper will", ids=held, error=str(exc.orig).strip())
@@ -213,11 +243,13 @@ class Processor:
         store was unreachable. Queued again; the caller re-sends them."""
         reason = f"handed back by {self.name}: its task ended while the store was unreachable"
         with self.lock:
+
             def release(session: Session) -> list[int]:
                 rows = [c.id for c in running_under(session, worker=self.name) if c.id not in self.held]
                 for comparison_id in rows:
                     repo.record_error(session, comparison_id=comparison_id, reason=reason, final=False)
                 return rows
+
             return self.store.run(release, what="release_leftovers", retry=False)
 
 
@@ -231,13 +263,19 @@ class Keeper:
     """A daemon thread: `beat` every `interval_s`, `sweep` at start and every `sweep_every_s`.
     A failing call is logged and tried again on the next turn; it never stops the thread."""
 
-    def __init__(self, *, interval_s: float, beat: Callable[[], None], sweep: Callable[[], None] | None = None,
-                 sweep_every_s: float | None = None):
+    def __init__(
+        self,
+        *,
+        interval_s: float,
+        beat: Callable[[], None],
+        sweep: Callable[[], None] | None = None,
+        sweep_every_s: float | None = None,
+    ):
         self.interval_s, self.beat, self.sweep, self.sweep_every_s = interval_s, beat, sweep, sweep_every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lpips-keeper", daemon=True)
 
-    def start(self) -> "Keeper":
+    def start(self) -> Keeper:
         self._thread.start()
         return self
 
@@ -273,8 +311,12 @@ def beat(store: Store, name: str, heartbeat_file=None) -> Callable[[], None]:
         if heartbeat_file is not None:  # liveness: this process's loop runs, whatever the store does
             heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
             heartbeat_file.touch()
-        store.run(lambda session: repo.heartbeat(session, worker=name, hostname=socket.gethostname(),
-                                                 pid=os.getpid()), what="heartbeat", retry=False)
+        store.run(
+            lambda session: repo.heartbeat(session, worker=name, hostname=socket.gethostname(), pid=os.getpid()),
+            what="heartbeat",
+            retry=False,
+        )
+
     return once
 
 
@@ -292,12 +334,16 @@ class Sweeper:
         if not self._lock():
             return
         older_than = timedelta(seconds=self.settings.orphan_after)
-        orphans = self.store.run(lambda session: repo.requeue_orphans(session, older_than=older_than),
-                                 what="requeue_orphans", retry=False)
+        orphans = self.store.run(
+            lambda session: repo.requeue_orphans(session, older_than=older_than), what="requeue_orphans", retry=False
+        )
         resend = orphans + self.processor.release_leftovers()
         if self.redis is None or metrics.queue_depth(self.redis) == 0:
-            stale = self.store.run(lambda session: stale_queued(session, older_than=older_than, limit=STALE_BATCH),
-                                   what="stale_queued", retry=False)
+            stale = self.store.run(
+                lambda session: stale_queued(session, older_than=older_than, limit=STALE_BATCH),
+                what="stale_queued",
+                retry=False,
+            )
             resend = sorted(set(resend) | set(stale))
         if resend:
             enqueue(self.app, resend, per_message=self.settings.max_batch)
@@ -313,13 +359,19 @@ class Sweeper:
 def send_later(app: Celery, per_message: int) -> Requeue:
     """Celery requeue: new messages with a countdown. If the broker is down, the sweeper re-sends
     them once it is back (they are queued in the store)."""
+
     def requeue(ids: list[int], delay_s: float) -> None:
         try:
             for start in range(0, len(ids), per_message):
-                app.send_task(TASK_COMPARE, kwargs={"comparison_ids": ids[start:start + per_message]},
-                              queue=QUEUE, countdown=delay_s)
+                app.send_task(
+                    TASK_COMPARE,
+                    kwargs={"comparison_ids": ids[start : start + per_message]},
+                    queue=QUEUE,
+                    countdown=delay_s,
+                )
         except (BrokerError, RedisError, OSError) as exc:
             log.warning("could not re-send; the sweeper will", ids=ids, error=str(exc))
+
     return requeue
 
 
@@ -340,20 +392,29 @@ class WorkerProcess:
             torch.set_num_threads(self.threads)
         device = _pin_device(self.settings.device)
         store = Store(self.settings.database_url, retry_s=self.settings.store_retry_s)
-        models = Models(self.settings, counters=Counters(listener=metrics.count_event), device=device,
-                        precision=self.precision)
-        self.processor = Processor(self.settings, store=store, models=models, name=name,
-                                   requeue=send_later(self.app, self.settings.max_batch))
+        models = Models(
+            self.settings, counters=Counters(listener=metrics.count_event), device=device, precision=self.precision
+        )
+        self.processor = Processor(
+            self.settings, store=store, models=models, name=name, requeue=send_later(self.app, self.settings.max_batch)
+        )
         try:
             loaded = models.preload()
-            log.info("worker process ready", net=loaded.net, weights_version=loaded.engine.weights_version,
-                     device=str(loaded.engine.device), precision=loaded.engine.model.precision)
+            log.info(
+                "worker process ready",
+                net=loaded.net,
+                weights_version=loaded.engine.weights_version,
+                device=str(loaded.engine.device),
+                precision=loaded.engine.model.precision,
+            )
         except Exception as exc:  # noqa: BLE001  (tasks then hand pairs back with the reason; health says so)
             log.error("no backbone could be loaded", error=f"{type(exc).__name__}: {exc}")
-        self.keeper = Keeper(interval_s=heartbeat_interval_s(self.settings),
-                             beat=beat(store, name, self.settings.heartbeat_file),
-                             sweep=Sweeper(self.settings, app=self.app, store=store, processor=self.processor),
-                             sweep_every_s=max(1.0, self.settings.orphan_after / 2)).start()
+        self.keeper = Keeper(
+            interval_s=heartbeat_interval_s(self.settings),
+            beat=beat(store, name, self.settings.heartbeat_file),
+            sweep=Sweeper(self.settings, app=self.app, store=store, processor=self.processor),
+            sweep_every_s=max(1.0, self.settings.orphan_after / 2),
+        ).start()
 
     def stop(self, **_signal: Any) -> None:
         if self.keeper is not None:

@@ -45,12 +45,25 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "PrivateRedis":
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)],
-            stdout=open(self.folder / "redis.log", "ab"), stderr=subprocess.STDOUT,
-        )
+    def start(self) -> PrivateRedis:
+        with open(self.folder / "redis.log", "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.folder),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         _wait(lambda: self._pings(client), f"redis-server on port {self.port}")
         return self
@@ -78,7 +91,7 @@ class PrivatePostgres:
     def __init__(self, folder: Path):
         self.folder, self.port = folder / "postgres", free_port()  # owned by the server's user
         self.data = self.folder / "data"
-        self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
+        self.bin = Path(max(glob.glob("/usr/lib/postgresql/*/bin/initdb"))).parent
         self.user = "postgres" if os.geteuid() == 0 else None
 
     @property
@@ -91,7 +104,7 @@ class PrivatePostgres:
             command = ["runuser", "-u", self.user, "--", *command]
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
 
-    def start(self) -> "PrivatePostgres":
+    def start(self) -> PrivatePostgres:
         if not self.data.exists():
             self.folder.mkdir()
             if self.user:
@@ -99,8 +112,7 @@ class PrivatePostgres:
                 os.chown(self.folder, entry.pw_uid, entry.pw_gid)
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "postgres.log"),
-                  "-w", "start")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "postgres.log"), "-w", "start")
         return self
 
     def stop(self) -> None:
@@ -141,8 +153,16 @@ def copy_weights(folder: Path) -> Path:
     return target
 
 
-def write_pairs(root: Path, count: int, *, size: int = 64, prefix: str = "p", first_seed: int = 0,
-                poison: tuple[int, ...] = (), poison_suffix: str = ".poison.png") -> list[tuple[str, str]]:
+def write_pairs(
+    root: Path,
+    count: int,
+    *,
+    size: int = 64,
+    prefix: str = "p",
+    first_seed: int = 0,
+    poison: tuple[int, ...] = (),
+    poison_suffix: str = ".poison.png",
+) -> list[tuple[str, str]]:
     """`count` (ref, cand) PNG pairs under `root`, as paths relative to it: seeded noise, the candidate
     perturbed by an amount that grows with the index, so every distance differs. Pairs whose index is
     in `poison` get a candidate named with `poison_suffix`."""

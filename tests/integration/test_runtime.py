@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import math
-import os
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -49,8 +48,15 @@ def pairs(image_root) -> list[tuple[str, str]]:
 
 
 def _settings(weights_dir: Path, image_root: Path, **overrides) -> Settings:
-    base = dict(weights_dir=weights_dir, image_root=image_root, max_batch=4, retry_tries=2, retry_base_s=0.0,
-                device="cpu", heartbeat_file=image_root / "heartbeat")
+    base = {
+        "weights_dir": weights_dir,
+        "image_root": image_root,
+        "max_batch": 4,
+        "retry_tries": 2,
+        "retry_base_s": 0.0,
+        "device": "cpu",
+        "heartbeat_file": image_root / "heartbeat",
+    }
     return Settings(**{**base, **overrides})
 
 
@@ -62,8 +68,10 @@ def _paths(image_root: Path, pairs) -> list[tuple[Path, Path]]:
 def expected(weights_dir, image_root, pairs) -> dict[str, list[float]]:
     """Distances from the plain engine, per backbone."""
     plain = _settings(weights_dir, image_root, max_batch=16)
-    return {net: [o.distance for o in Engine.from_settings(plain, net=net).compare_files(_paths(image_root, pairs))]
-            for net in ("alex", "vgg")}
+    return {
+        net: [o.distance for o in Engine.from_settings(plain, net=net).compare_files(_paths(image_root, pairs))]
+        for net in ("alex", "vgg")
+    }
 
 
 def _measure(settings: Settings, paths, *, net: str = "alex") -> tuple[list, Counters]:
@@ -91,9 +99,11 @@ def test_oom_halves_the_batch_until_it_fits_and_only_for_that_call(weights_dir, 
 def test_oom_at_batch_one_is_a_transient_failure(weights_dir, image_root, pairs):
     settings = _settings(weights_dir, image_root, max_batch=2, fault_oom_above_batch=0)
     measured, counters = _measure(settings, _paths(image_root, pairs[:1]))
-    assert [(m.error, m.final) for m in measured] == [(
-        "transient failure after 2 tries: OutOfMemoryError: CUDA out of memory (injected: a forward pass of 1 "
-        "pairs > fault_oom_above_batch=0)", False)]
+    reason = (
+        "transient failure after 2 tries: OutOfMemoryError: CUDA out of memory (injected: a forward pass "
+        "of 1 pairs > fault_oom_above_batch=0)"
+    )
+    assert [(m.error, m.final) for m in measured] == [(reason, False)]
     assert (counters.oom_halvings, counters.retries) == (1, 1)
 
 
@@ -101,9 +111,11 @@ def test_a_poisoned_pair_is_isolated_and_handed_back(weights_dir, image_root, pa
     settings = _settings(weights_dir, image_root, fault_poison_suffix=POISON)
     measured, counters = _measure(settings, _paths(image_root, pairs))
     poisoned = measured.pop(5)
-    assert (poisoned.error, poisoned.final, poisoned.distance) == (
-        f"transient failure after 2 tries: RuntimeError: injected transient fault: {image_root / pairs[5][1]} "
-        f"ends with {POISON!r}", False, None)
+    reason = (
+        f"transient failure after 2 tries: RuntimeError: injected transient fault: "
+        f"{image_root / pairs[5][1]} ends with {POISON!r}"
+    )
+    assert (poisoned.error, poisoned.final, poisoned.distance) == (reason, False, None)
     assert [m.distance for m in measured] == pytest.approx(expected["alex"][:5] + expected["alex"][6:], abs=1e-6)
     # one retry each: all 8 pairs, then the half [4:8], the quarter [4:6], the pair itself
     assert counters.retries == 4
@@ -111,8 +123,10 @@ def test_a_poisoned_pair_is_isolated_and_handed_back(weights_dir, image_root, pa
 
 def test_bad_input_is_final_and_never_retried(weights_dir, image_root, pairs):
     (image_root / "not_an_image.png").write_bytes(b"hello")
-    paths = [(image_root / pairs[0][0], image_root / "missing.png"),
-             (image_root / "not_an_image.png", image_root / pairs[0][1])]
+    paths = [
+        (image_root / pairs[0][0], image_root / "missing.png"),
+        (image_root / "not_an_image.png", image_root / pairs[0][1]),
+    ]
     measured, counters = _measure(_settings(weights_dir, image_root), paths)
     assert [(m.error, m.final) for m in measured] == [
         (f"{image_root / 'missing.png'}: file not found", True),
@@ -153,8 +167,8 @@ def test_backoff_doubles_per_try_with_jitter(weights_dir, image_root):
     engine = Engine.from_settings(_settings(weights_dir, image_root))
     extractor = Extractor(engine, tries=5, base_s=0.5, counters=Counters(), rng=random.Random(7))
     delays = [extractor.backoff(n) for n in (1, 2, 3, 4)]
-    assert all(0.5 * 2 ** i / 2 <= d <= 0.5 * 2 ** i for i, d in enumerate(delays)), delays
-    assert len(set(round(d / 2 ** i, 9) for i, d in enumerate(delays))) == 4  # jittered: no two alike
+    assert all(0.5 * 2**i / 2 <= d <= 0.5 * 2**i for i, d in enumerate(delays)), delays
+    assert len({round(d / 2**i, 9) for i, d in enumerate(delays)}) == 4  # jittered: no two alike
 
 
 def test_counters_forward_increments_and_refuse_unknown_names():
@@ -170,18 +184,24 @@ def test_counters_forward_increments_and_refuse_unknown_names():
 # --- the message contract -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "kwargs", "message"), [
-    ((7,), {"comparison_ids": [1]}, "positional arguments are not part of the contract, got 1"),
-    ((), {"ids": [1]}, "kwargs must be exactly {'comparison_ids': [...]}, got keys ['ids']"),
-    ((), {"comparison_ids": [1], "x": 1}, "kwargs must be exactly {'comparison_ids': [...]}, got keys "
-                                          "['comparison_ids', 'x']"),
-    ((), {"comparison_ids": "1,2"}, "comparison_ids: expected a non-empty list of ints, got '1,2'"),
-    ((), {"comparison_ids": []}, "comparison_ids: expected a non-empty list of ints, got []"),
-    ((), {"comparison_ids": [1, True]}, "comparison_ids: expected positive ints, got True"),
-    ((), {"comparison_ids": [1, 0]}, "comparison_ids: expected positive ints, got 0"),
-    ((), {"comparison_ids": [1.0]}, "comparison_ids: expected positive ints, got 1.0"),
-    ((), {"comparison_ids": list(range(1, 1002))}, "comparison_ids: at most 1000 per message, got 1001"),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((7,), {"comparison_ids": [1]}, "positional arguments are not part of the contract, got 1"),
+        ((), {"ids": [1]}, "kwargs must be exactly {'comparison_ids': [...]}, got keys ['ids']"),
+        (
+            (),
+            {"comparison_ids": [1], "x": 1},
+            "kwargs must be exactly {'comparison_ids': [...]}, got keys ['comparison_ids', 'x']",
+        ),
+        ((), {"comparison_ids": "1,2"}, "comparison_ids: expected a non-empty list of ints, got '1,2'"),
+        ((), {"comparison_ids": []}, "comparison_ids: expected a non-empty list of ints, got []"),
+        ((), {"comparison_ids": [1, True]}, "comparison_ids: expected positive ints, got True"),
+        ((), {"comparison_ids": [1, 0]}, "comparison_ids: expected positive ints, got 0"),
+        ((), {"comparison_ids": [1.0]}, "comparison_ids: expected positive ints, got 1.0"),
+        ((), {"comparison_ids": list(range(1, 1002))}, "comparison_ids: at most 1000 per message, got 1001"),
+    ],
+)
 def test_malformed_messages_are_refused_with_the_reason(args, kwargs, message):
     with pytest.raises(ValueError) as refused:
         comparison_ids(args, kwargs)
@@ -199,8 +219,15 @@ def _new_run(url: str, pairs, *, maps: bool, net: str = "alex") -> list[int]:
     engine = make_engine(url)
     try:
         with session_scope(engine) as session:
-            run = repo.create_run(session, suite_name="runtime", pairs=pairs, net=net, version="0.1",
-                                  precision="fp32", options={"maps": maps})
+            run = repo.create_run(
+                session,
+                suite_name="runtime",
+                pairs=pairs,
+                net=net,
+                version="0.1",
+                precision="fp32",
+                options={"maps": maps},
+            )
             return [c.id for c in repo.list_comparisons(session, run_id=run.id)]
     finally:
         engine.dispose()
@@ -211,8 +238,9 @@ def _rows(url: str, ids) -> tuple[list[Comparison], int]:
     try:
         with session_scope(engine) as session:
             rows = list(session.scalars(select(Comparison).where(Comparison.id.in_(ids)).order_by(Comparison.id)))
-            layers = session.scalar(select(func.count()).select_from(LayerMetric)
-                                    .where(LayerMetric.comparison_id.in_(ids)))
+            layers = session.scalar(
+                select(func.count()).select_from(LayerMetric).where(LayerMetric.comparison_id.in_(ids))
+            )
             return rows, layers
     finally:
         engine.dispose()
@@ -228,16 +256,19 @@ def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root,
     version = Engine.from_settings(settings).weights_version
     assert [r.distance for r in done] == pytest.approx(expected["alex"][:5] + expected["alex"][6:], abs=1e-6)
     assert {(r.net, r.weights_version, r.precision, r.attempts, r.error) for r in done} == {
-        ("alex", version, "fp32", 1, None)}
+        ("alex", version, "fp32", 1, None)
+    }
     assert layers == ALEX_LAYERS * len(done) == ALEX_LAYERS * 7
     for row in done:
         with Image.open(io.BytesIO(row.heatmap_png)) as heatmap:
             assert (heatmap.size, heatmap.mode) == ((64, 64), "RGB")
     failed = {r.ref + " " + r.cand: (r.status, r.attempts, r.error) for r in rows if r.status != "done"}
+    gave_up = (
+        f"gave up after 3 attempts: transient failure after 2 tries: RuntimeError: injected transient "
+        f"fault: {image_root / pairs[5][1]} ends with {POISON!r}"
+    )
     assert failed == {
-        f"{pairs[5][0]} {pairs[5][1]}": ("error", 3, "gave up after 3 attempts: transient failure after 2 tries: "
-                                         f"RuntimeError: injected transient fault: {image_root / pairs[5][1]} "
-                                         f"ends with {POISON!r}"),
+        f"{pairs[5][0]} {pairs[5][1]}": ("error", 3, gave_up),
         f"../outside.png {pairs[0][1]}": ("error", 1, "../outside.png: path escapes the image root"),
         f"{pairs[0][0]} missing.png": ("error", 1, "missing.png: file not found"),
     }
@@ -297,17 +328,19 @@ def _queued_messages(server: PrivateRedis) -> list[list[int]]:
     return sorted(json.loads(base64.b64decode(m["body"]))[1]["comparison_ids"] for m in messages)
 
 
-def test_sweeper_resends_orphans_and_lost_messages_once_per_period(pg_url, weights_dir, image_root, pairs,
-                                                                   private_redis):
+def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
+    pg_url, weights_dir, image_root, pairs, private_redis
+):
     import redis
 
-    settings = _settings(weights_dir, image_root, database_url=pg_url, broker_url=private_redis.url,
-                         orphan_after=30, max_batch=2)
+    settings = _settings(
+        weights_dir, image_root, database_url=pg_url, broker_url=private_redis.url, orphan_after=30, max_batch=2
+    )
     client = redis.Redis.from_url(private_redis.url)
     client.flushdb()
     orphaned = _new_run(pg_url, pairs[:3], maps=False)
     lost = _new_run(pg_url, pairs[3:5], maps=False)
-    fresh = _new_run(pg_url, pairs[6:8], maps=False)  # just submitted: its messages are surely on their way
+    _new_run(pg_url, pairs[6:8], maps=False)  # just submitted: its messages are on their way, so never re-sent
     engine = make_engine(pg_url)
     long_ago = utcnow() - timedelta(minutes=5)
     with session_scope(engine) as session:
@@ -315,8 +348,11 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(pg_url, weigh
         repo.heartbeat(session, worker="dead-host:1", hostname="dead-host", pid=1)
         session.execute(update(Worker).where(Worker.name == "dead-host:1").values(last_seen=long_ago))
         session.execute(update(Comparison).where(Comparison.id.in_(orphaned + lost)).values(claimed_at=long_ago))
-        session.execute(update(Run).where(Run.id.in_(select(Comparison.run_id).where(Comparison.id.in_(lost))))
-                        .values(created_at=long_ago))
+        session.execute(
+            update(Run)
+            .where(Run.id.in_(select(Comparison.run_id).where(Comparison.id.in_(lost))))
+            .values(created_at=long_ago)
+        )
     engine.dispose()
     store = Store(pg_url, retry_s=0)
     processor = Processor(settings, store=store, models=Models(settings), name=worker_name(), requeue=print)

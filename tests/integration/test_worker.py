@@ -18,10 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
-
-from click.testing import CliRunner
 
 from gate.cli import UsageFailure, main
 from gate.queue import QUEUE, TASK_COMPARE, enqueue, make_celery
@@ -88,8 +87,9 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...]):
         self.log_path = log_path
         with open(log_path, "wb") as log:
-            self.popen = subprocess.Popen(["lpips-gate", "worker", *args], env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                ["lpips-gate", "worker", *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def kill(self) -> None:
         """SIGKILL to the whole process group: the parent and its pool process die at once."""
@@ -118,9 +118,21 @@ def _env(settings: dict) -> dict[str, str]:
 
 
 def _base(url: str, broker: str, weights_dir: Path, root: Path, **extra) -> dict:
-    return {**dict(database_url=url, broker_url=broker, weights_dir=weights_dir, image_root=root, device="cpu",
-                   heartbeat_file=root / "heartbeat", orphan_after=4, max_batch=4, retry_tries=2, retry_base_s=0.05,
-                   max_attempts=3, log_level="INFO"), **extra}
+    base = {
+        "database_url": url,
+        "broker_url": broker,
+        "weights_dir": weights_dir,
+        "image_root": root,
+        "device": "cpu",
+        "heartbeat_file": root / "heartbeat",
+        "orphan_after": 4,
+        "max_batch": 4,
+        "retry_tries": 2,
+        "retry_base_s": 0.05,
+        "max_attempts": 3,
+        "log_level": "INFO",
+    }
+    return {**base, **extra}
 
 
 def _wait(condition: Callable[[], bool], what: str, *procs: WorkerProcess) -> float:
@@ -143,8 +155,15 @@ class Store:
 
     def run(self, pairs, *, net: str = "alex") -> tuple[int, list[int]]:
         with session_scope(self.engine) as session:
-            run = repo.create_run(session, suite_name="worker", pairs=pairs, net=net, version="0.1",
-                                  precision="fp32", options={"maps": False})
+            run = repo.create_run(
+                session,
+                suite_name="worker",
+                pairs=pairs,
+                net=net,
+                version="0.1",
+                precision="fp32",
+                options={"maps": False},
+            )
             return run.id, [c.id for c in repo.list_comparisons(session, run_id=run.id)]
 
     def progress(self, run_id: int) -> dict[str, int]:
@@ -161,8 +180,9 @@ class Store:
     def layer_rows(self, run_id: int) -> int:
         with session_scope(self.engine) as session:
             ids = select(Comparison.id).where(Comparison.run_id == run_id)
-            return session.scalar(select(func.count()).select_from(LayerMetric)
-                                  .where(LayerMetric.comparison_id.in_(ids)))
+            return session.scalar(
+                select(func.count()).select_from(LayerMetric).where(LayerMetric.comparison_id.in_(ids))
+            )
 
     def workers(self) -> set[str]:
         with session_scope(self.engine) as session:
@@ -209,10 +229,18 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     started = _wait(lambda: store.workers() - names_before, "the new worker's heartbeat", second)
     _wait(lambda: store.finished(run_id), "every comparison to finish", second)
     recovery_s = time.monotonic() - killed_at
-    health = subprocess.run(["lpips-gate", "health", "--check", "live", "--check", "ready", "--json"],
-                            env=_env(settings), capture_output=True, text=True, timeout=60)
-    print(f"\nSIGKILL with {at_kill['done']} done, {len(orphans)} running, {at_kill['queued']} queued of "
-          f"{len(ids)}; new worker up after {started:.1f}s; every comparison finished {recovery_s:.1f}s after the kill")
+    health = subprocess.run(
+        ["lpips-gate", "health", "--check", "live", "--check", "ready", "--json"],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    print(
+        f"\nSIGKILL with {at_kill['done']} done, {len(orphans)} running, {at_kill['queued']} queued of "
+        f"{len(ids)}; new worker up after {started:.1f}s; every comparison finished {recovery_s:.1f}s after the kill"
+    )
 
     rows = {r.id: r for r in store.rows(run_id)}
     done = [r for r in rows.values() if r.status == "done"]
@@ -222,11 +250,15 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     assert [r.distance for r in done] == pytest.approx(_engine_distances(weights_dir, root, good), abs=1e-5)
     assert {r.id: r.attempts for r in done} == {r.id: 2 if r.id in orphans else 1 for r in done}
     assert orphans and recovery_s < 120
-    errors = {r.cand if r.ref == poison[0][0] else r.ref: (r.attempts, r.error) for r in rows.values()
-              if r.status == "error"}
+    errors = {
+        r.cand if r.ref == poison[0][0] else r.ref: (r.attempts, r.error) for r in rows.values() if r.status == "error"
+    }
+    gave_up = (
+        f"gave up after 3 attempts: transient failure after 2 tries: RuntimeError: injected transient "
+        f"fault: {root / poison[0][1]} ends with {POISON!r}"
+    )
     assert errors == {
-        poison[0][1]: (3, f"gave up after 3 attempts: transient failure after 2 tries: RuntimeError: injected "
-                          f"transient fault: {root / poison[0][1]} ends with {POISON!r}"),
+        poison[0][1]: (3, gave_up),
         "../outside.png": (1, "../outside.png: path escapes the image root"),
         "/etc/hostname": (1, "/etc/hostname: absolute path; task paths are relative to the image root"),
     }
@@ -245,8 +277,18 @@ def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path
     root.mkdir()
     pairs = write_pairs(root, 16)
     port = free_port()
-    settings = _base(pg_url, redis.url, weights_dir, root, net="vgg", fallback_net="alex", max_batch=8,
-                     fault_broken_primary=1, fault_oom_above_batch=2, metrics_port=port)
+    settings = _base(
+        pg_url,
+        redis.url,
+        weights_dir,
+        root,
+        net="vgg",
+        fallback_net="alex",
+        max_batch=8,
+        fault_broken_primary=1,
+        fault_oom_above_batch=2,
+        metrics_port=port,
+    )
     store = Store(pg_url)
     run_id, ids = store.run(pairs, net="vgg")
     enqueue(make_celery(Settings(broker_url=redis.url)), ids, per_message=8)
@@ -255,15 +297,24 @@ def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path
 
     rows = store.rows(run_id)
     alex_version = Engine.from_settings(Settings(weights_dir=weights_dir), net="alex").weights_version
-    assert {(r.status, r.net, r.weights_version, r.precision) for r in rows} == {("done", "alex", alex_version,
-                                                                                   "fp32")}
+    assert {(r.status, r.net, r.weights_version, r.precision) for r in rows} == {("done", "alex", alex_version, "fp32")}
     assert [r.distance for r in rows] == pytest.approx(_engine_distances(weights_dir, root, pairs), abs=1e-5)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
-    assert {name: samples[(name, ())] for name in ("lpips_gate_oom_halvings_total", "lpips_gate_fallbacks_total",
-                                                   "lpips_gate_retries_total", "lpips_gate_queue_depth")} == {
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert {
+        name: samples[(name, ())]
+        for name in (
+            "lpips_gate_oom_halvings_total",
+            "lpips_gate_fallbacks_total",
+            "lpips_gate_retries_total",
+            "lpips_gate_queue_depth",
+        )
+    } == {
         "lpips_gate_oom_halvings_total": 4.0,  # two messages of 8: 8 -> 4 -> 2 in each
         "lpips_gate_fallbacks_total": 16.0,
         "lpips_gate_retries_total": 0.0,
@@ -295,11 +346,14 @@ def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, servic
     before = store.progress(run_id)["done"]
     store.engine.dispose()
     postgres.restart()
-    postgres_gap = _wait(lambda: store.progress(run_id)["done"] > before, "progress after the PostgreSQL restart",
-                         worker)
+    postgres_gap = _wait(
+        lambda: store.progress(run_id)["done"] > before, "progress after the PostgreSQL restart", worker
+    )
     _wait(lambda: store.finished(run_id), "every comparison to finish", worker)
-    print(f"\nRedis restart: progress again after {redis_gap:.1f}s; PostgreSQL restart: after {postgres_gap:.1f}s; "
-          f"all {len(ids)} done {time.monotonic() - redis_at:.1f}s after the Redis restart")
+    print(
+        f"\nRedis restart: progress again after {redis_gap:.1f}s; PostgreSQL restart: after {postgres_gap:.1f}s; "
+        f"all {len(ids)} done {time.monotonic() - redis_at:.1f}s after the Redis restart"
+    )
 
     rows = store.rows(run_id)
     assert [r.status for r in rows] == ["done"] * 48
@@ -310,12 +364,15 @@ def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, servic
     store.engine.dispose()
 
 
-@pytest.mark.parametrize(("pool", "concurrency", "gpus", "cpus", "expected"), [
-    ("prefork", None, 0, 16, (1, 16)),  # CPU: one process, every thread
-    ("prefork", None, 2, 16, (2, 8)),  # one process per GPU
-    ("prefork", 4, 0, 16, (4, 4)),
-    ("solo", None, 1, 2, (1, 2)),
-])
+@pytest.mark.parametrize(
+    ("pool", "concurrency", "gpus", "cpus", "expected"),
+    [
+        ("prefork", None, 0, 16, (1, 16)),  # CPU: one process, every thread
+        ("prefork", None, 2, 16, (2, 8)),  # one process per GPU
+        ("prefork", 4, 0, 16, (4, 4)),
+        ("solo", None, 1, 2, (1, 2)),
+    ],
+)
 def test_worker_plan_defaults(pool, concurrency, gpus, cpus, expected):
     assert plan(pool=pool, concurrency=concurrency, gpus=gpus, cpus=cpus) == expected
 
@@ -323,7 +380,8 @@ def test_worker_plan_defaults(pool, concurrency, gpus, cpus, expected):
 def test_worker_refuses_bad_arguments_with_exit_2():
     with pytest.raises(UsageFailure, match=r"^--pool solo runs one task at a time: --concurrency must be 1, got 2$"):
         plan(pool="solo", concurrency=2, gpus=0, cpus=2)
-    env = {"LPIPS_GATE_BROKER_URL": None}
-    no_broker = CliRunner().invoke(main, ["worker"], env=env)
-    assert (no_broker.exit_code, no_broker.stderr) == (2, "Error: no broker configured (LPIPS_GATE_BROKER_URL); "
-                                                          "without one, `lpips-gate submit` computes in-process\n")
+    no_broker = CliRunner().invoke(main, ["worker"], env={"LPIPS_GATE_BROKER_URL": None})
+    message = (
+        "Error: no broker configured (LPIPS_GATE_BROKER_URL); without one, `lpips-gate submit` computes in-process\n"
+    )
+    assert (no_broker.exit_code, no_broker.stderr) == (2, message)
