@@ -164,7 +164,7 @@ def test_evaluation_equals_the_formula_on_direct_distances(two_afc_root, alex):
 
 def test_images_of_different_sizes_in_one_item_are_refused(tmp_path, alex):
     synthetic.write_2afc(tmp_path / "s", n=2, seed=0)
-    synthetic._png(tmp_path / "s" / "p1" / "000001.png", np.zeros((40, 48, 3)))
+    synthetic.write_png(tmp_path / "s" / "p1" / "000001.png", np.zeros((40, 48, 3)))
     with pytest.raises(DataError) as caught:
         evaluate(alex, find_subsets(tmp_path, "2afc"), batch=4, max_pixels=10**7, min_size=31, device=CPU)
     assert str(caught.value) == (f"{tmp_path}/s: item '000001' has images of different sizes "

@@ -63,6 +63,8 @@ def read_folder(folder: Path, *, max_pixels: int, min_size: int) -> list[tuple[s
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not paths:
+        raise DataError(f"{folder}: no images ({images.SUPPORTED})")
     try:
         return [(p.name, images.load_image(p, max_pixels=max_pixels, min_size=min_size)) for p in paths]
     except images.ImageError as exc:

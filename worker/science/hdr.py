@@ -51,7 +51,10 @@ def load_hdr(path: str | os.PathLike[str], *, exposure: float = 0.0, max_pixels:
 
     header = _open(OpenEXR, path, header_only=True).header()
     _check_size(path, header["dataWindow"], max_pixels, min_size)
-    channels = _open(OpenEXR, path, separate_channels=True).parts[0].channels
+    parts = _open(OpenEXR, path, separate_channels=True).parts
+    if not parts:  # the bindings report a failed pixel read on stderr and return no parts
+        raise ImageError(path, "truncated or corrupt EXR (no readable pixel data)")
+    channels = parts[0].channels
     names = ("R", "G", "B") if {"R", "G", "B"} <= channels.keys() else ("Y",) * 3 if "Y" in channels else None
     if names is None:
         raise ImageError(path, f"EXR has no R, G, B or Y channels (found {', '.join(sorted(channels))})")

@@ -68,9 +68,9 @@ def write_2afc(root: Path, *, n: int, seed: int, size: int = 64, kinds: tuple[st
         level0, level1 = rng.integers(1, 5, 2)
         judge = 1.0 if level1 < level0 else 0.0 if level1 > level0 else 0.5
         stem = f"{i:06d}"
-        _png(root / "ref" / f"{stem}.png", ref)
-        _png(root / "p0" / f"{stem}.png", distort(ref, kind0, level0, rng))
-        _png(root / "p1" / f"{stem}.png", distort(ref, kind1, level1, rng))
+        write_png(root / "ref" / f"{stem}.png", ref)
+        write_png(root / "p0" / f"{stem}.png", distort(ref, kind0, level0, rng))
+        write_png(root / "p1" / f"{stem}.png", distort(ref, kind1, level1, rng))
         np.save(root / "judge" / f"{stem}.npy", np.array([judge], dtype=np.float32))
     return root
 
@@ -84,11 +84,12 @@ def write_jnd(root: Path, *, n: int, seed: int, size: int = 64, kinds: tuple[str
         p0 = reference(rng, size)
         kind, level = rng.choice(kinds), i % len(JND_SAME)
         stem = f"{i:06d}"
-        _png(root / "p0" / f"{stem}.png", p0)
-        _png(root / "p1" / f"{stem}.png", distort(p0, kind, level, rng) if level else p0)
+        write_png(root / "p0" / f"{stem}.png", p0)
+        write_png(root / "p1" / f"{stem}.png", distort(p0, kind, level, rng) if level else p0)
         np.save(root / "same" / f"{stem}.npy", np.array([JND_SAME[level]], dtype=np.float32))
     return root
 
 
-def _png(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray) -> None:
+    """An (H, W, 3) image in [0, 1] as 8-bit RGB, rounded to the nearest code."""
     Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
