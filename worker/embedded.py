@@ -8,6 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import structlog
+
+from gate.logs import configure
 from worker.runtime import Models
 from worker.tasks import Keeper, Processor, Store, beat, heartbeat_interval_s, worker_name
 
@@ -17,6 +20,7 @@ def run_comparisons(settings, comparison_ids: list[int]) -> None:
     ids = _checked(comparison_ids)
     if not ids:
         return
+    _logs_to_stderr(settings)
     name = worker_name("embedded:")
     store = Store(settings.database_url, retry_s=settings.store_retry_s)
     again: list[int] = []
@@ -35,6 +39,16 @@ def run_comparisons(settings, comparison_ids: list[int]) -> None:
     finally:
         keeper.stop()
         store.dispose()
+
+
+def _logs_to_stderr(settings) -> None:
+    """A command's stdout is its answer: unconfigured structlog would print there. Unless the caller set
+    logging up, log to stderr, warnings and errors only (one line per pair is a worker's log, not a CLI's)
+    unless LPIPS_GATE_LOG_LEVEL asks for more."""
+    if structlog.is_configured():
+        return
+    explicit = "log_level" in settings.model_fields_set
+    configure(settings if explicit else settings.model_copy(update={"log_level": "WARNING"}))
 
 
 def _checked(comparison_ids: Sequence[int]) -> list[int]:

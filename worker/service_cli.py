@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 
 import click
@@ -78,10 +80,7 @@ def worker(settings, concurrency, pool, device, precision):
     configure(settings)
     _celery_logs_like_ours(settings)
     if settings.metrics_port is not None:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lpips-gate-metrics-")
-        from worker import metrics  # after the variable: prometheus_client reads it when metrics are created
-
-        metrics.serve(settings)
+        _serve_metrics(settings)
     from worker.tasks import create_app  # torch: only once the arguments are known to be good
 
     app = create_app(settings, precision=precision, threads=threads)
@@ -108,6 +107,19 @@ def worker(settings, concurrency, pool, device, precision):
             "--without-heartbeat",
         ]
     )
+
+
+def _serve_metrics(settings) -> None:
+    """The endpoint in this (the parent) process, summing every pool process's counts."""
+    folder = tempfile.mkdtemp(prefix="lpips-gate-metrics-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    from worker import metrics  # after the variable: prometheus_client reads it when metrics are created
+
+    try:
+        metrics.serve(settings)
+    except OSError as exc:
+        raise UsageFailure(f"metrics port {settings.metrics_port}: {exc.strerror}") from exc
 
 
 def _celery_logs_like_ours(settings) -> None:

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 from PIL import Image
 from sqlalchemy import func, select, update
 
@@ -246,7 +247,7 @@ def _rows(url: str, ids) -> tuple[list[Comparison], int]:
         engine.dispose()
 
 
-def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root, pairs, expected):
+def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root, pairs, expected, unconfigured_logging):
     settings = _settings(weights_dir, image_root, database_url=db_url, fault_poison_suffix=POISON, max_attempts=3)
     bad = [("../outside.png", pairs[0][1]), (pairs[0][0], "missing.png")]
     ids = _new_run(db_url, pairs + bad, maps=True)
@@ -278,9 +279,20 @@ def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root,
     assert ([(r.id, r.status, r.finished_at) for r in again], layers_again) == (finished, layers)
 
 
-def test_embedded_without_maps_stores_no_heatmap(pg_url, weights_dir, image_root, pairs, expected):
+@pytest.fixture
+def unconfigured_logging():
+    """structlog as a fresh CLI process has it, and put back that way afterwards."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+def test_embedded_without_maps_stores_no_heatmap_and_keeps_stdout_clean(
+    pg_url, weights_dir, image_root, pairs, expected, unconfigured_logging, capfd
+):
     ids = _new_run(pg_url, pairs[:2], maps=False)
     run_executor("embedded", _settings(weights_dir, image_root, database_url=pg_url), ids)
+    assert capfd.readouterr() == ("", "")  # stdout is the command's answer; info lines are a worker's, not a CLI's
     rows, _ = _rows(pg_url, ids)
     assert [(r.status, r.heatmap_png) for r in rows] == [("done", None)] * 2
     assert [r.distance for r in rows] == pytest.approx(expected["alex"][:2], abs=1e-6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -385,3 +386,18 @@ def test_worker_refuses_bad_arguments_with_exit_2():
         "Error: no broker configured (LPIPS_GATE_BROKER_URL); without one, `lpips-gate submit` computes in-process\n"
     )
     assert (no_broker.exit_code, no_broker.stderr) == (2, message)
+
+
+def test_a_metrics_port_in_use_is_refused_with_exit_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _env({"broker_url": "redis://127.0.0.1:1/0", "metrics_port": port, "device": "cpu"})
+        refused = subprocess.run(
+            ["lpips-gate", "worker"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+    assert (refused.returncode, refused.stderr.splitlines()[-1]) == (
+        2,
+        f"Error: metrics port {port}: Address already in use",
+    )
