@@ -177,3 +177,19 @@ def test_a_bad_image_names_the_file(tmp_path, alex):
     with pytest.raises(DataError) as caught:
         evaluate(alex, find_subsets(tmp_path, "2afc"), batch=4, max_pixels=10**7, min_size=31, device=CPU)
     assert str(caught.value) == f"{tmp_path}/s/ref/000000.png: not an image file (expected PNG, JPEG, WebP, TIFF or BMP)"
+
+
+def test_items_of_different_sizes_are_batched_apart(tmp_path, alex):
+    synthetic.write_2afc(tmp_path / "s", n=4, seed=5)
+    rng = np.random.default_rng(0)
+    for folder in ("ref", "p0", "p1"):
+        synthetic.write_png(tmp_path / "s" / folder / "000001.png", rng.random((40, 48, 3)))
+    [subset] = find_subsets(tmp_path, "2afc")
+    result = evaluate(alex, [subset], batch=4, max_pixels=10**7, min_size=31, device=CPU)
+    scores = []
+    for stem in subset.stems:
+        ref, p0, p1 = (load_image(path, max_pixels=10**7)[None] for path in subset.files[stem][:3])
+        judge = np.array([read_judgement(subset.files[stem][3])])
+        scores.extend(two_afc(alex(ref, p0).numpy(), alex(ref, p1).numpy(), judge))
+    assert result.overall == pytest.approx(np.mean(scores), abs=1e-12)
+    assert result.n == 4

@@ -138,6 +138,7 @@ def test_saved_heads_reload_and_change_distances_as_predicted(settings, data, tr
     assert all(torch.equal(reloaded[k], trained.state[k]) for k in trained.state)
 
     model, weights_version = build_metric(settings, net="alex", version="synthetic")
+    assert model.version == "synthetic" and model.is_lpips
     assert weights_version == f"{info['weights_version']}+heads:{metadata['sha256'][:12]}"
     val = find_subsets(root / "val", "2afc")[0]
     result = evaluate(model, [val], batch=16, max_pixels=10**7, min_size=31, device=CPU)

@@ -88,7 +88,7 @@ def metric_options(command):
         click.option("--version", default=None, help="Heads: 0.1 (default), 0.0 or a trained name."),
         click.option("--device", type=DEVICES, default=None),
         click.option("--batch", type=click.IntRange(min=1), default=None,
-                     help="Items per forward pass (default: settings.max_batch)."),
+                     help="Triplets, pairs or images per forward pass (default: settings.max_batch)."),
     ]):
         command = option(command)
     return command

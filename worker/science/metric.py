@@ -33,11 +33,12 @@ def resolve_heads(weights_dir: Path, net: str, version: str, trunk_version: str)
     return trained_heads(weights_dir, net, version), f"+heads:{metadata['sha256'][:12]}"
 
 
-def build_metric(settings, *, net: str, version: str = "0.1", lin: bool = True) -> tuple[LPIPS, str]:
-    """The LPIPS metric and the weights version to report (trunk id, plus the heads' sha for trained heads).
-    Trained heads were learned on v0.1 inputs, so the metric runs as v0.1 with them."""
+def build_metric(settings, *, net: str, version: str = "0.1", lin: bool = True, **options) -> tuple[LPIPS, str]:
+    """The metric and the weights version to report: the trunk id, plus `+heads:<sha256[:12]>` for trained
+    heads. `options` (precision, normalise, reduction) go to LPIPS. Any version other than 0.0 scales
+    inputs as v0.1 does, which is how trained heads were learned."""
     state, trunk_version = trunk(settings, net)
     heads, suffix = resolve_heads(settings.weights_dir, net, version, trunk_version) if lin else (None, "")
-    model = LPIPS(net, version if version in SHIPPED_VERSIONS else "0.1", trunk_state=state, heads_state=heads,
-                  lin=lin, allow_random=settings.allow_random_weights)
+    model = LPIPS(net, version, trunk_state=state, heads_state=heads, lin=lin,
+                  allow_random=settings.allow_random_weights, **options)
     return model, trunk_version + suffix

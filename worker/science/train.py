@@ -87,7 +87,7 @@ def agreement(weights: list[torch.Tensor], data: TripletMeans) -> float:
     return float(two_afc(d0.numpy(), d1.numpy(), data.judgements.double().numpy()).mean())
 
 
-def train(data: TripletMeans, *, net: str, epochs: int, lr: float = 1e-3, batch: int = 50,
+def train(data: TripletMeans, *, net: str, epochs: int, lr: float = 1e-2, batch: int = 50,
           seed: int = 0, on_epoch: Callable[[int, float], None] = lambda epoch, loss: None) -> Trained:
     """Heads and ranking network learned jointly; only the heads are returned."""
     if epochs < 1 or batch < 1 or lr <= 0:
