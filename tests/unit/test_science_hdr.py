@@ -10,7 +10,13 @@ import torch
 from gate.settings import Settings
 from worker.images import ImageError, load_image
 from worker.science import synthetic
-from worker.science.hdr import load_hdr, srgb_decode, srgb_encode, tonemap, tonemap_policy
+from worker.science.hdr import (
+    load_hdr,
+    srgb_decode,
+    srgb_encode,
+    tonemap,
+    tonemap_policy,
+)
 from worker.science.metric import build_metric
 
 

@@ -160,8 +160,8 @@ def bar_chart(title: str, labels: list[str], series: dict[str, list[float | None
     width, height, pad, bar = 560, 220, 40, 18
     colours = ["#3b6ea5", "#d9822b", "#5a9e4b"]
     group = bar * len(series) + 12
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{html.escape(title)}">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+              f'aria-label="{html.escape(title)}">'),
              f'<text x="{pad}" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
              f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" stroke="#444"/>',
              f'<text x="4" y="{pad - 6}" font-size="10">{top:g}</text>']

@@ -19,8 +19,8 @@ from worker.science import analyze as analysis
 from worker.science import bapps
 from worker.science.evaluate import evaluate
 from worker.science.metric import build_metric
-from worker.science.trained import heads_path, save_trained, trained_metadata
 from worker.science.train import layer_means, train
+from worker.science.trained import heads_path, save_trained, trained_metadata
 from worker.weights import WeightsError
 
 NETS = click.Choice(sorted(PRESETS))

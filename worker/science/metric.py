@@ -9,7 +9,12 @@ import torch
 from worker import weights
 from worker.perceptual import LPIPS
 from worker.perceptual.heads import shipped_heads
-from worker.science.trained import SHIPPED_VERSIONS, TrainedHeadsError, trained_heads, trained_metadata
+from worker.science.trained import (
+    SHIPPED_VERSIONS,
+    TrainedHeadsError,
+    trained_heads,
+    trained_metadata,
+)
 
 
 def trunk(settings, net: str) -> tuple[dict[str, torch.Tensor] | None, str]:
