@@ -16,15 +16,12 @@ from typing import Any
 import click
 
 from gate.commands.service import (
-    _broker_dispatch,
-    _check_options,
-    _create_run,
-    _embedded_dispatch,
-    _failure,
-    _pair,
-    _poll_until_finished,
-    _store,
-    _summary_text,
+    failure,
+    open_store,
+    poll_until_finished,
+    submit_run,
+    summary_text,
+    validate_options,
 )
 from gate.settings import Settings
 
@@ -88,23 +85,20 @@ def check(
     `wait`, then applies the policies: verdict, alerts, webhook."""
     from gate.logs import configure
 
-    _check_options(suite, threshold)
+    validate_options(suite, threshold)
     _check_writable(report=report, junit=junit)
     policies = _load_policies(policies_file)
     _require_max_distance(policies, suite=suite, net=settings.net, threshold=threshold)
-    pairs = _pair(ref_dir, cand_dir, settings.image_root)
-    dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
     configure(settings)
-    with _store(settings) as engine:
-        run = {"net": settings.net, "version": settings.version, "precision": settings.precision}
-        run_id, ids = _create_run(
-            engine, suite=suite, pairs=pairs, threshold=threshold, options={"maps": report is not None}, **run
-        )
-        dispatch(engine, run_id, ids)
-        _poll_until_finished(engine, run_id, len(ids), timeout)
+    run_id, _ids = submit_run(
+        settings, ref_dir, cand_dir, suite=suite, threshold=threshold, net=None, version=None, precision=None,
+        maps=report is not None,
+    )
+    with open_store(settings) as engine:
+        poll_until_finished(engine, run_id, timeout=timeout)
         summary, report_run = _judge(engine, run_id, policies, settings, for_report=bool(report or junit))
     _write_artefacts(report_run, report=report, junit=junit)
-    click.echo(json.dumps(summary) if as_json else _summary_text(summary))
+    click.echo(json.dumps(summary) if as_json else summary_text(summary))
     if summary["verdict"] == "error":
         failed = sum(pair["status"] == "error" for pair in summary["pairs"])
         click.echo(f"run {run_id}: {failed} comparison(s) could not be scored", err=True)
@@ -122,7 +116,7 @@ def _judge(
         try:
             summary = evaluate_run(session, run_id=run_id, policies=policies, settings=settings)
         except EvaluationError as exc:
-            raise _failure(str(exc)) from exc
+            raise failure(str(exc)) from exc
         return summary, _report_run(session, summary, policies, settings.image_root) if for_report else None
 
 
@@ -130,7 +124,7 @@ def _check_writable(**outputs: Path | None) -> None:
     """Refuse before computing anything when a report could not be written afterwards."""
     for option, path in outputs.items():
         if path is not None and not path.absolute().parent.is_dir():
-            raise _failure(f"--{option}: {path}: its folder does not exist")
+            raise failure(f"--{option}: {path}: its folder does not exist")
 
 
 def _load_policies(path: Path | None) -> Any:
@@ -141,7 +135,7 @@ def _load_policies(path: Path | None) -> Any:
     try:
         return load_policies(path)
     except PolicyError as exc:
-        raise _failure(f"--policies: {exc}") from exc
+        raise failure(f"--policies: {exc}") from exc
 
 
 def _require_max_distance(policies: Any, *, suite: str, net: str, threshold: float | None) -> None:
@@ -155,7 +149,7 @@ def _require_max_distance(policies: Any, *, suite: str, net: str, threshold: flo
     if policy_for(policies, suite=suite, net=net, weights_version="").max_distance is None and not any(
         policy.max_distance is not None for policy in versioned
     ):
-        raise _failure(f"--threshold: none given and the policies set no max_distance for suite {suite!r}")
+        raise failure(f"--threshold: none given and the policies set no max_distance for suite {suite!r}")
 
 
 def _report_run(session: Any, summary: dict[str, Any], policies: Any, image_root: Path) -> dict[str, Any]:
@@ -222,7 +216,7 @@ def _write_artefacts(report_run: dict[str, Any] | None, *, report: Path | None, 
         try:
             path.write_text(render(report_run), encoding="utf-8")
         except OSError as exc:
-            raise _failure(f"{path}: cannot write: {exc.strerror}") from exc
+            raise failure(f"{path}: cannot write: {exc.strerror}") from exc
 
 
 # --- alerts ------------------------------------------------------------------------------------
@@ -238,7 +232,7 @@ def alerts(settings: Settings, suite: str | None, open_only: bool, as_json: bool
     from gate.store import repository as repo
     from gate.store import session_scope
 
-    with _store(settings) as engine, session_scope(engine) as session:
+    with open_store(settings) as engine, session_scope(engine) as session:
         rows = [alert_row(alert) for alert in repo.list_alerts(session, suite_name=suite, open_only=open_only)]
     click.echo(json.dumps(rows) if as_json else "\n".join(_alert_line(row) for row in rows))
 
@@ -294,5 +288,5 @@ def gate(settings: Settings, policies_file: Path | None, interval: float, once: 
 
     policies = _load_policies(policies_file)
     configure(settings)
-    with _store(settings) as engine:
+    with open_store(settings) as engine:
         Daemon(engine, policies, settings).serve(interval=interval, once=once)

@@ -27,7 +27,8 @@ POLL_SECONDS = 0.5
 DEFAULT_WAIT_SECONDS = 3600.0
 
 
-def _failure(message: str) -> click.ClickException:
+def failure(message: str) -> click.ClickException:
+    """A usage failure (exit 2, message on stderr, no traceback)."""
     from gate.cli import UsageFailure  # gate.cli imports this module while it loads
 
     return UsageFailure(message)
@@ -55,22 +56,40 @@ def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, thresh
 
     Both folders must lie inside LPIPS_GATE_IMAGE_ROOT. With LPIPS_GATE_BROKER_URL set the pairs are
     queued for the workers; without it they are computed here (needs lpips-gate[worker])."""
-    _check_options(suite, threshold)
+    run_id, ids = submit_run(settings, ref_dir, cand_dir, suite=suite, threshold=threshold, net=net,
+                             version=version, precision=precision, maps=maps)
+    text = f"run {run_id}: {len(ids)} comparisons {dispatched(settings, len(ids))}"
+    _echo(as_json, {"run": run_id, "submitted": len(ids)}, text)
+
+
+def submit_run(settings: Settings, ref_dir: Path, cand_dir: Path, *, suite: str, threshold: float | None,
+               net: str | None, version: str | None, precision: str | None, maps: bool) -> tuple[int, list[int]]:
+    """Store a run comparing the two folders and hand its comparisons to the broker, or compute them
+    here without one; returns the run id and its comparison ids. Unset net, version and precision
+    come from Settings. Everything that can be refused is refused before the run is stored."""
+    validate_options(suite, threshold)
     pairs = _pair(ref_dir, cand_dir, settings.image_root)
     dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
-    with _store(settings) as engine:
+    with open_store(settings) as engine:
         run_id, ids = _create_run(engine, suite=suite, pairs=pairs, threshold=threshold,
                                   net=net or settings.net, version=version or settings.version,
                                   precision=precision or settings.precision, options={"maps": maps})
-        how = dispatch(engine, run_id, ids)
-    _echo(as_json, {"run": run_id, "submitted": len(ids)}, f"run {run_id}: {len(ids)} comparisons {how}")
+        dispatch(engine, run_id, ids)
+    return run_id, ids
 
 
-def _check_options(suite: str, threshold: float | None) -> None:
+def dispatched(settings: Settings, count: int) -> str:
+    """What `submit_run` did with `count` comparisons: the broker gets messages of max_batch ids."""
+    if settings.broker_url:
+        return f"queued in {math.ceil(count / settings.max_batch)} messages"
+    return "computed in-process"
+
+
+def validate_options(suite: str, threshold: float | None) -> None:
     if not suite.strip():
-        raise _failure("--suite: must not be empty")
+        raise failure("--suite: must not be empty")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
-        raise _failure(f"--threshold: must be a finite number >= 0, got {threshold}")
+        raise failure(f"--threshold: must be a finite number >= 0, got {threshold}")
 
 
 def _pair(ref_dir: Path, cand_dir: Path, image_root: Path) -> list[tuple[str, str]]:
@@ -79,7 +98,7 @@ def _pair(ref_dir: Path, cand_dir: Path, image_root: Path) -> list[tuple[str, st
     try:
         return pair_dirs(ref_dir, cand_dir, image_root=image_root)
     except PairingError as exc:
-        raise _failure(str(exc)) from exc
+        raise failure(str(exc)) from exc
 
 
 def _create_run(engine: Any, *, suite: str, **run: Any) -> tuple[int, list[int]]:
@@ -91,7 +110,7 @@ def _create_run(engine: Any, *, suite: str, **run: Any) -> tuple[int, list[int]]
         return created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
 
 
-Dispatch = Callable[[Any, int, list[int]], str]
+Dispatch = Callable[[Any, int, list[int]], None]
 
 
 def _broker_dispatch(settings: Settings) -> Dispatch:
@@ -105,15 +124,14 @@ def _broker_dispatch(settings: Settings) -> Dispatch:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=5)
     except OperationalError as exc:
-        raise _failure(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc
+        raise failure(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc
 
-    def send(engine: Any, run_id: int, ids: list[int]) -> str:
+    def send(engine: Any, run_id: int, ids: list[int]) -> None:
         try:
-            messages = enqueue(app, ids, per_message=settings.max_batch)
+            enqueue(app, ids, per_message=settings.max_batch)
         except OperationalError as exc:
             _give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
-            raise _failure(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
-        return f"queued in {messages} messages"
+            raise failure(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
 
     return send
 
@@ -135,14 +153,13 @@ def _embedded_dispatch(settings: Settings) -> Dispatch:
     try:
         executor = load_executor(EMBEDDED)
     except ExecutorUnavailable as exc:
-        raise _failure(str(exc)) from exc
+        raise failure(str(exc)) from exc
 
-    def compute(_engine: Any, _run_id: int, ids: list[int]) -> str:
+    def compute(_engine: Any, _run_id: int, ids: list[int]) -> None:
         try:
             executor(settings, ids)
         except ExecutorUnavailable as exc:
-            raise _failure(str(exc)) from exc
-        return "computed in-process"
+            raise failure(str(exc)) from exc
 
     return compute
 
@@ -160,12 +177,11 @@ def wait(settings: Settings, run_id: int, timeout: float, as_json: bool) -> None
     """Wait until every comparison of RUN is done or failed, then print the run."""
     from gate.store import session_scope
 
-    with _store(settings) as engine:
-        total = _run_size(engine, run_id)
-        _poll_until_finished(engine, run_id, total, timeout)
+    with open_store(settings) as engine:
+        poll_until_finished(engine, run_id, timeout=timeout)
         with session_scope(engine) as session:
             summary = run_summary(session, run_id)
-    _echo(as_json, summary, _summary_text(summary))
+    _echo(as_json, summary, summary_text(summary))
 
 
 def run_summary(session: Any, run_id: int) -> dict[str, Any]:
@@ -178,19 +194,13 @@ def run_summary(session: Any, run_id: int) -> dict[str, Any]:
     return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "pairs": pairs}
 
 
-def _run_size(engine: Any, run_id: int) -> int:
+def poll_until_finished(engine: Any, run_id: int, *, timeout: float) -> None:
+    """Return once every comparison of the run is done or failed; a usage failure when the run does
+    not exist or `timeout` seconds pass first (naming the progress so far)."""
     from gate.store import repository as repo
     from gate.store import session_scope
 
-    with session_scope(engine) as session:
-        _require_run(session, run_id)
-        return sum(repo.run_progress(session, run_id=run_id).values())
-
-
-def _poll_until_finished(engine: Any, run_id: int, total: int, timeout: float) -> None:
-    from gate.store import repository as repo
-    from gate.store import session_scope
-
+    total = _run_size(engine, run_id)
     deadline = time.monotonic() + timeout
     with _progress_bar(total, f"run {run_id}") as advance_to:
         while True:
@@ -202,8 +212,17 @@ def _poll_until_finished(engine: Any, run_id: int, total: int, timeout: float) -
             if finished == total:
                 return
             if remaining <= 0:
-                raise _failure(f"run {run_id}: timed out after {timeout:g} s (done {finished} of {total})")
+                raise failure(f"run {run_id}: timed out after {timeout:g} s (done {finished} of {total})")
             time.sleep(min(POLL_SECONDS, remaining))
+
+
+def _run_size(engine: Any, run_id: int) -> int:
+    from gate.store import repository as repo
+    from gate.store import session_scope
+
+    with session_scope(engine) as session:
+        _require_run(session, run_id)
+        return sum(repo.run_progress(session, run_id=run_id).values())
 
 
 @contextmanager
@@ -217,7 +236,8 @@ def _progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
         yield lambda finished: bar.update(finished - bar.pos)
 
 
-def _summary_text(summary: dict[str, Any]) -> str:
+def summary_text(summary: dict[str, Any]) -> str:
+    """A run as text: its verdict (or pending), then one line per pair."""
     lines = [f"run {summary['run']} (suite {summary['suite']}): verdict {summary['verdict'] or 'pending'}"]
     lines += [_pair_line(pair) for pair in summary["pairs"]]
     return "\n".join(lines)
@@ -232,7 +252,7 @@ def results(settings: Settings, run_id: int, as_json: bool) -> None:
     from gate.store import repository as repo
     from gate.store import session_scope
 
-    with _store(settings) as engine, session_scope(engine) as session:
+    with open_store(settings) as engine, session_scope(engine) as session:
         _require_run(session, run_id)
         rows = [comparison_result(c) for c in repo.list_comparisons(session, run_id=run_id)]
     _echo(as_json, rows, "\n".join(_pair_line(row) for row in rows))
@@ -255,7 +275,7 @@ def _pair_line(pair: dict[str, Any]) -> str:
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[Any]:
+def open_store(settings: Settings) -> Iterator[Any]:
     """An engine on a database migrated to head (the embedded SQLite file is created on first use);
     an unreachable or unusable database is a usage failure naming it (password hidden)."""
     from alembic.util import CommandError
@@ -267,7 +287,7 @@ def _store(settings: Settings) -> Iterator[Any]:
     try:
         shown = make_url(settings.database_url).render_as_string(hide_password=True)
     except ArgumentError as exc:
-        raise _failure(f"LPIPS_GATE_DATABASE_URL: {exc}") from exc
+        raise failure(f"LPIPS_GATE_DATABASE_URL: {exc}") from exc
     try:
         if migrate.current_revision(settings.database_url) != migrate.head_revision():
             migrate.upgrade(settings.database_url)
@@ -277,16 +297,16 @@ def _store(settings: Settings) -> Iterator[Any]:
         finally:
             engine.dispose()
     except OperationalError as exc:
-        raise _failure(f"database {shown}: {exc.orig}") from exc
+        raise failure(f"database {shown}: {exc.orig}") from exc
     except CommandError as exc:
-        raise _failure(f"database {shown}: cannot migrate to head: {exc}") from exc
+        raise failure(f"database {shown}: cannot migrate to head: {exc}") from exc
 
 
 def _require_run(session: Any, run_id: int) -> None:
     from gate.store.models import Run
 
     if session.get(Run, run_id) is None:
-        raise _failure(f"run {run_id}: not found")
+        raise failure(f"run {run_id}: not found")
 
 
 def _echo(as_json: bool, data: Any, text: str) -> None:

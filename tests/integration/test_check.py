@@ -4,6 +4,7 @@ codes, printed pairs, alert rows, the HTML report in headless Chromium and the J
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import structlog
 from click.testing import CliRunner, Result
 from PIL import Image
 
+import gate.commands.gate
 from gate.cli import main
 from gate.report import IMAGE_WIDTH_PX
 from gate.store import make_engine, session_scope
@@ -221,6 +223,19 @@ def _stored_heatmap(db_url: str) -> Image.Image:
     image = Image.open(io.BytesIO(png))
     assert image.size == (SIZE, SIZE)
     return image
+
+
+def test_check_submits_and_waits_through_the_public_producer_api() -> None:
+    """`check` shares submit's and wait's code through their public functions, not their private helpers."""
+    tree = ast.parse(Path(gate.commands.gate.__file__).read_text(encoding="utf-8"))
+    imported = [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "gate.commands.service"
+        for alias in node.names
+    ]
+    assert {"submit_run", "poll_until_finished", "summary_text"} <= set(imported)
+    assert [name for name in imported if name.startswith("_")] == []
 
 
 # --- refused up front --------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from gate.cli import main
+from gate.commands.service import submit_run
+from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.migrate import current_revision, head_revision
@@ -133,6 +135,20 @@ def test_submit_stores_the_run_options_and_settings_defaults(pg_url: str, images
         ("smoke", None, "squeeze", "0.1", "fp16", {"maps": False}, None),
     ]
     assert broker.llen("lpips") == 2
+
+
+def test_submit_run_stores_and_queues_without_the_cli(pg_url: str, images: Path, broker: redis.Redis) -> None:
+    settings = Settings(database_url=pg_url, image_root=images, broker_url=BROKER_URL, max_batch=2, net="vgg")
+    submitted = submit_run(settings, images / "ref", images / "new", suite="api", threshold=0.3, net=None,
+                           version="0.0", precision=None, maps=True)
+    assert submitted == (1, [1, 2, 3])
+    engine = make_engine(pg_url)
+    with session_scope(engine) as session:
+        run = repo.get_run(session, run_id=1)
+        stored = (run.suite.name, run.threshold, run.net, run.version, run.precision, run.options)
+    engine.dispose()
+    assert stored == ("api", 0.3, "vgg", "0.0", "fp32", {"maps": True})
+    assert [m["kwargs"]["comparison_ids"] for m in _queued(broker)] == [[1, 2], [3]]
 
 
 def test_files_reached_twice_through_a_linked_folder_are_paired_once(pg_url: str, images: Path,
