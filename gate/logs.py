@@ -1,4 +1,6 @@
-"""structlog set up once per process from Settings: JSON lines (or console), ids bound per task."""
+"""structlog set up once per process from Settings: JSON lines (or console) on stderr, ids bound per task.
+
+A command's stdout is its answer, so every command that may log calls `configure` before it does."""
 
 from __future__ import annotations
 
@@ -18,6 +20,20 @@ def redact(_logger, _method, event: dict) -> dict:
     return event
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at write time: a stream captured when logging was configured
+    may be gone by the time a line is written (a test runner's, a redirection that ended)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+STDERR = _CurrentStderr()
+
+
 def configure(settings) -> None:
     level = logging.getLevelName(settings.log_level.upper())
     renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer()
@@ -31,7 +47,7 @@ def configure(settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=STDERR),
         cache_logger_on_first_use=False,
     )
 

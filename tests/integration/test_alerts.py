@@ -9,7 +9,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import structlog
 from click.testing import CliRunner
 
 from gate.cli import main
@@ -18,12 +17,6 @@ from gate.logs import configure
 from gate.store import repository as repo
 from gate.webhook import rfc3339
 from tests.integration.test_gate import DISTANCE_LABELS, SUITE, finished_run, judge, policies, settings_for
-
-
-@pytest.fixture(autouse=True)
-def _default_logging():
-    yield
-    structlog.reset_defaults()
 
 
 class Receiver:

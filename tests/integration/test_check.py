@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-import structlog
 from click.testing import CliRunner, Result
 from PIL import Image
 
@@ -30,12 +29,6 @@ from tests.unit.test_report import _screenshot, _solid_box
 SIZE = 64
 MAGENTA, CYAN = (255, 0, 255), (0, 255, 255)
 BROKER_URL = "redis://127.0.0.1:6379/13"
-
-
-@pytest.fixture(autouse=True)
-def _default_logging():
-    yield
-    structlog.reset_defaults()
 
 
 def _noise(seed: int) -> np.ndarray:

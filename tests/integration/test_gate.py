@@ -15,13 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-import structlog
 from click.testing import CliRunner
 from sqlalchemy.orm import Session, sessionmaker
 
 from gate.cli import main
 from gate.daemon import Daemon
-from gate.logs import configure
+from gate.logs import configure, get_logger
 from gate.policy import DriftPolicy, Policy, PolicySet, SuitePolicies
 from gate.settings import Settings
 from gate.store import make_engine
@@ -32,13 +31,6 @@ from gate.verdict import EvaluationError, drift_by_net, evaluate_run, pair_resul
 SUITE = "render"
 HEALTHY = {"sparsity": 0.5, "mean": 0.5, "std": 1.0, "min": 0.0, "max": 4.0, "nonfinite": 0}
 DISTANCE_LABELS = {"suite": SUITE, "net": "alex", "weights_version": "w1"}
-
-
-@pytest.fixture(autouse=True)
-def _default_logging():
-    """A CLI run points structlog at the runner's stream, closed once it returns."""
-    yield
-    structlog.reset_defaults()
 
 
 def policies(**fields) -> PolicySet:
@@ -410,6 +402,18 @@ def test_gate_once_judges_and_logs_one_line_per_alert(session_factory, db_url, t
         "run": failing,
     }
     assert lines[2]["verdict"] == "fail"
+
+
+def test_logging_after_a_cli_run_writes_to_the_stderr_of_the_moment(session_factory, db_url, capsys) -> None:
+    """The runner's stderr, where `gate` configured logging, is closed once it returns; later lines
+    go to whatever stderr is then (here pytest's), instead of failing on the closed stream."""
+    result = CliRunner().invoke(
+        main, ["gate", "--once"], env={"LPIPS_GATE_DATABASE_URL": db_url, "LPIPS_GATE_LOG_JSON": "true"}
+    )
+    assert [json.loads(line)["event"] for line in result.stderr.splitlines()] == ["gate started", "gate stopped"]
+    get_logger("gate.test").warning("after the run", run=7)
+    [line] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert (line["event"], line["level"], line["run"]) == ("after the run", "warning", 7)
 
 
 def test_gate_refuses_a_bad_policy_file(tmp_path, sqlite_url) -> None:
