@@ -21,6 +21,8 @@ NETS = click.Choice(NET_NAMES)
 
 
 def outcome_json(outcome, engine) -> dict:
+    from worker.hdr import tonemap_policy
+
     if outcome.error is not None:
         return {"ref": outcome.ref, "cand": outcome.cand, "error": outcome.error}
     model = engine.model
@@ -29,6 +31,8 @@ def outcome_json(outcome, engine) -> dict:
             "distance": outcome.distance,
             "layers": [{k: layer[k] for k in ("name", "distance", "ref_stats", "cand_stats")}
                        for layer in outcome.layers]}
+    if any(str(p).lower().endswith(".exr") for p in (outcome.ref, outcome.cand)):
+        data["tonemap"] = tonemap_policy(engine.exposure)
     if not model.is_lpips:
         data["metric"] = (f"non-LPIPS (lin={model.lin}, normalise={model.normalise}, "
                           f"reduction={model.reduction})")
@@ -61,11 +65,13 @@ def read_pairs(csv_path: Path) -> list[tuple[str, str]]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Network precision; normalisation and distances stay fp32.")
+@click.option("--exposure", type=float, default=0.0, show_default=True,
+              help="OpenEXR input: exposure in stops before clamping and the sRGB curve.")
 @click.option("--map", "map_png", type=click.Path(path_type=Path), help="Write the spatial distance map (one pair).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pair.")
 @click.pass_obj
 def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, reduction, resize, device,
-            precision, map_png, as_json):
+            precision, exposure, map_png, as_json):
     """LPIPS distance between REF and CAND, or of every pair in --pairs."""
     from worker import weights as weights_mod
     from worker.engine import Engine
@@ -82,7 +88,8 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
     pairs = [(folder / r, folder / c) for r, c in labels]
     try:
         engine = Engine.from_settings(settings, net=net, version=version, precision=precision, device=device,
-                                      resize=resize, lin=not no_lin, normalise=normalise, reduction=reduction)
+                                      resize=resize, exposure=exposure, lin=not no_lin, normalise=normalise,
+                                      reduction=reduction)
     except (weights_mod.WeightsError, ValueError, FileNotFoundError) as exc:
         raise UsageFailure(str(exc)) from exc
     failed = 0

@@ -14,6 +14,7 @@ import torch
 from worker import images, weights
 from worker.perceptual import LPIPS, Features
 from worker.perceptual.cache import FeatureCache
+from worker.science.trained import resolve_heads
 
 
 @dataclass
@@ -48,27 +49,30 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_model(settings, *, net: str, version: str, precision: str, lin: bool = True,
+def build_model(settings, *, net: str, version: str = "0.1", precision: str = "fp32", lin: bool = True,
                 normalise: str = "l2", reduction: str = "mean") -> tuple[LPIPS, str]:
-    """The metric with provisioned, sha256-checked weights, and the weights version to store."""
+    """The metric with provisioned, sha256-checked weights, and the weights version to store with its
+    results: the trunk's id, plus `+heads:<sha256[:12]>` when `version` names trained heads."""
     if settings.allow_random_weights:
-        state, version_id = None, "random"
+        state, trunk_version = None, "random"
     else:
         state, provisioned = weights.load(settings.weights_dir, net)
-        version_id = provisioned.version
-    model = LPIPS(net, version, trunk_state=state, lin=lin, normalise=normalise, reduction=reduction,
-                  precision=precision, allow_random=settings.allow_random_weights)
-    return model, version_id
+        trunk_version = provisioned.version
+    heads, suffix = resolve_heads(settings.weights_dir, net, version, trunk_version) if lin else (None, "")
+    model = LPIPS(net, version, trunk_state=state, heads_state=heads, lin=lin, normalise=normalise,
+                  reduction=reduction, precision=precision, allow_random=settings.allow_random_weights)
+    return model, trunk_version + suffix
 
 
 class Engine:
     def __init__(self, model: LPIPS, *, weights_version: str, device: torch.device, max_pixels: int,
-                 max_batch: int, cache: FeatureCache | None = None, resize: str = "none", decode_threads: int = 2):
+                 max_batch: int, cache: FeatureCache | None = None, resize: str = "none", exposure: float = 0.0,
+                 decode_threads: int = 2):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model.to(device)
         self.device, self.weights_version = device, weights_version
-        self.max_pixels, self.max_batch, self.resize = max_pixels, max_batch, resize
+        self.max_pixels, self.max_batch, self.resize, self.exposure = max_pixels, max_batch, resize, exposure
         self.cache = cache
         self.min_size = images.MIN_SIZE[model.net]
         self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
@@ -76,16 +80,17 @@ class Engine:
     @classmethod
     def from_settings(cls, settings, *, net: str | None = None, version: str | None = None,
                       precision: str | None = None, device: str | None = None, resize: str = "none",
-                      **options) -> "Engine":
+                      exposure: float = 0.0, **options) -> "Engine":
         model, version_id = build_model(settings, net=net or settings.net, version=version or settings.version,
                                         precision=precision or settings.precision, **options)
         return cls(model, weights_version=version_id, device=resolve_device(device or settings.device),
                    max_pixels=settings.max_pixels, max_batch=settings.max_batch,
-                   cache=FeatureCache(settings.feature_cache_bytes), resize=resize)
+                   cache=FeatureCache(settings.feature_cache_bytes), resize=resize, exposure=exposure)
 
     def _decode(self, index: int, ref: Path, cand: Path) -> _Decoded:
         start = time.perf_counter()
-        a, b = images.load_pair(ref, cand, max_pixels=self.max_pixels, min_size=self.min_size, resize=self.resize)
+        a, b = images.load_pair(ref, cand, max_pixels=self.max_pixels, min_size=self.min_size, resize=self.resize,
+                                exposure=self.exposure)
         key = f"{images.content_hash(ref)}:{tuple(a.shape)}"
         pair_key = f"{key}:{images.content_hash(cand)}:{tuple(b.shape)}"
         return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3)

@@ -32,7 +32,8 @@ RESIZE_MODES: tuple[str, ...] = ("none", "ref", "cand")
 MIN_SIZE: dict[str, int] = {"alex": 31, "vgg": 16, "squeeze": 17}
 SAFE_MIN_SIZE = max(MIN_SIZE.values())  # the default: valid whichever net runs
 
-SUPPORTED = "PNG, JPEG, WebP, TIFF or BMP"
+SUPPORTED = "PNG, JPEG, WebP, TIFF, BMP or OpenEXR"
+EXR_MAGIC = b"v/1\x01"
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _GRAY_8BIT_MODES = frozenset({"1", "L", "LA", "La"})
 
@@ -74,8 +75,11 @@ class SizeMismatchError(ImageError):
         return f"{ref} ({rw}x{rh}) and {cand} ({cw}x{ch}): {self.reason}"
 
 
-def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE) -> torch.Tensor:
+def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE, exposure: float = 0.0) -> torch.Tensor:
     """Decode one image to a float32 (3, H, W) RGB tensor in [-1, 1], or raise `ImageError`.
+
+    OpenEXR (by its magic bytes) is tone-mapped by `worker.hdr` (exposure in stops, clamp, sRGB curve);
+    `exposure` applies to EXR only.
 
     Formats: PNG (8/16-bit), JPEG (CMYK too), WebP, TIFF (8/16-bit, float), BMP; the first frame only.
     Range comes from the decoded mode, never from pixel values: 8-bit / 255, 16-bit (I;16*, I) / 65535,
@@ -89,6 +93,11 @@ def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE)
     """
     _check_limits(max_pixels, min_size)
     with _open_regular_file(path) as fp:
+        if fp.read(4) == EXR_MAGIC:
+            from worker.hdr import load_hdr  # HDR needs the OpenEXR bindings
+
+            return load_hdr(path, exposure=exposure, max_pixels=max_pixels, min_size=min_size)
+        fp.seek(0)
         image = _read_header(path, fp, max_pixels)
         _check_size(path, image.size, max_pixels, min_size)
         _decode(path, image)
@@ -103,12 +112,13 @@ def load_pair(
     max_pixels: int,
     min_size: int = SAFE_MIN_SIZE,
     resize: Resize = "none",
+    exposure: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a (reference, candidate) pair of equal size; `resize` names the side that is resized to the other."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    ref_image = load_image(ref, max_pixels=max_pixels, min_size=min_size)
-    cand_image = load_image(cand, max_pixels=max_pixels, min_size=min_size)
+    ref_image = load_image(ref, max_pixels=max_pixels, min_size=min_size, exposure=exposure)
+    cand_image = load_image(cand, max_pixels=max_pixels, min_size=min_size, exposure=exposure)
     if ref_image.shape == cand_image.shape:
         return ref_image, cand_image
     if resize == "ref":

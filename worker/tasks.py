@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 import threading
@@ -273,7 +274,8 @@ class Keeper:
     ):
         self.interval_s, self.beat, self.sweep, self.sweep_every_s = interval_s, beat, sweep, sweep_every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lpips-keeper", daemon=True)
+        context = contextvars.copy_context()  # the ids bound so far (the worker's name) label its log lines
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), name="lpips-keeper", daemon=True)
 
     def start(self) -> Keeper:
         self._thread.start()

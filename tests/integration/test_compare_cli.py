@@ -71,7 +71,7 @@ def test_non_default_options_are_marked_as_not_lpips(fixtures):
 
 BAD = {
     "truncated_png": "truncated or corrupt image (image file is truncated)",
-    "not_image": "not an image file (expected PNG, JPEG, WebP, TIFF or BMP)",
+    "not_image": "not an image file (expected PNG, JPEG, WebP, TIFF, BMP or OpenEXR)",
     "empty": "empty file",
     "bomb_png": "image is 50000x50000 (2500000000 pixels), more than max_pixels=64000000; "
                 "refusing to decode a possible decompression bomb",

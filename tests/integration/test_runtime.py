@@ -131,7 +131,7 @@ def test_bad_input_is_final_and_never_retried(weights_dir, image_root, pairs):
     measured, counters = _measure(_settings(weights_dir, image_root), paths)
     assert [(m.error, m.final) for m in measured] == [
         (f"{image_root / 'missing.png'}: file not found", True),
-        (f"{image_root / 'not_an_image.png'}: not an image file (expected PNG, JPEG, WebP, TIFF or BMP)", True),
+        (f"{image_root / 'not_an_image.png'}: not an image file (expected PNG, JPEG, WebP, TIFF, BMP or OpenEXR)", True),
     ]
     assert counters.retries == 0
 

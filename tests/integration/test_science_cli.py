@@ -26,7 +26,7 @@ from worker.images import load_image
 from worker.science import synthetic
 from worker.science.bapps import find_subsets, read_judgement
 from worker.science.evaluate import two_afc
-from worker.science.metric import build_metric
+from worker.engine import build_model
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lpips-examples"
 
@@ -93,7 +93,7 @@ def test_eval_2afc_equals_the_formula_on_the_engines_distances(val_2afc, data, e
         assert result["subsets"][subset.name] == pytest.approx(scores.mean(), abs=1e-12)
         all_scores.extend(scores)
     assert result["overall"] == pytest.approx(np.mean(all_scores), abs=1e-12)
-    trunk = build_metric(Settings(weights_dir=weights_dir), net="alex", lin=False)[1]
+    trunk = build_model(Settings(weights_dir=weights_dir), net="alex", lin=False)[1]
     assert {k: result[k] for k in ("n", "counts", "kind", "net", "version", "weights_version")} == {
         "n": 64, "counts": {"blur": 16, "mixed": 48}, "kind": "2afc", "net": "alex", "version": "0.1",
         "weights_version": trunk}
@@ -165,7 +165,7 @@ def test_export_a_trained_version_and_run_it_in_onnxruntime(cli, trained, tmp_pa
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert props["weights_version"] == f"{trained['weights_version']}+heads:{trained['sha256'][:12]}"
     assert props["version"] == "syn" and props["min_size"] == "31"
-    model, _ = build_metric(Settings(weights_dir=weights_dir), net="alex", version="syn")
+    model, _ = build_model(Settings(weights_dir=weights_dir), net="alex", version="syn")
     ref, p0 = (load_image(FIXTURES / f"ex_{n}.png", max_pixels=10**7)[None] for n in ("ref", "p0"))
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {"in0": ref.numpy(), "in1": p0.numpy()})[0]
@@ -196,7 +196,7 @@ def test_analyze_writes_json_and_an_html_report(cli, data, tmp_path):
       "train one with `lpips-gate train-heads`)")),
     (("train-heads", "{data}/2afc/train", "--out", "../x"),
      "heads name '../x' is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
-    (("analyze", "{data}/2afc"), "{data}/2afc: no images (PNG, JPEG, WebP, TIFF or BMP)"),
+    (("analyze", "{data}/2afc"), "{data}/2afc: no images (PNG, JPEG, WebP, TIFF, BMP or OpenEXR)"),
 ])
 def test_bad_input_exits_2_with_a_message(cli, data, weights_dir, args, message):
     done = cli(*(a.format(data=data) for a in args))

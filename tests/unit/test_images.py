@@ -152,7 +152,7 @@ BOMB = "refusing to decode a possible decompression bomb"
 BAD_INPUTS = {
     "truncated_png": "truncated or corrupt image (image file is truncated)",
     "truncated_jpeg": "truncated or corrupt image (image file is truncated (140 bytes not processed))",
-    "not_image": "not an image file (expected PNG, JPEG, WebP, TIFF or BMP)",
+    "not_image": "not an image file (expected PNG, JPEG, WebP, TIFF, BMP or OpenEXR)",
     "empty": "empty file",
     "bomb_png": f"image is 50000x50000 (2500000000 pixels), more than max_pixels=64000000; {BOMB}",
     "bomb_webp": f"image is 16383x16383 (268402689 pixels), more than max_pixels=64000000; {BOMB}",

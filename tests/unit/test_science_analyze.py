@@ -115,7 +115,7 @@ def test_pairs_need_two_images_of_one_size(alex):
 def test_read_folder_errors_name_the_input(tmp_path):
     with pytest.raises(DataError) as caught:
         read_folder(tmp_path, max_pixels=10**7, min_size=31)
-    assert str(caught.value) == f"{tmp_path}: no images (PNG, JPEG, WebP, TIFF or BMP)"
+    assert str(caught.value) == f"{tmp_path}: no images (PNG, JPEG, WebP, TIFF, BMP or OpenEXR)"
     synthetic.write_png(tmp_path / "small.png", np.zeros((20, 20, 3)))
     with pytest.raises(DataError) as caught:
         read_folder(tmp_path, max_pixels=10**7, min_size=31)

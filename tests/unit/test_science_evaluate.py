@@ -176,7 +176,7 @@ def test_a_bad_image_names_the_file(tmp_path, alex):
     (tmp_path / "s" / "ref" / "000000.png").write_bytes(b"not an image")
     with pytest.raises(DataError) as caught:
         evaluate(alex, find_subsets(tmp_path, "2afc"), batch=4, max_pixels=10**7, min_size=31, device=CPU)
-    assert str(caught.value) == f"{tmp_path}/s/ref/000000.png: not an image file (expected PNG, JPEG, WebP, TIFF or BMP)"
+    assert str(caught.value) == f"{tmp_path}/s/ref/000000.png: not an image file (expected PNG, JPEG, WebP, TIFF, BMP or OpenEXR)"
 
 
 def test_items_of_different_sizes_are_batched_apart(tmp_path, alex):

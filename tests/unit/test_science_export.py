@@ -15,14 +15,14 @@ from gate.settings import Settings
 from worker.images import load_image
 from worker.perceptual import LPIPS
 from worker.science.export import MetricGraph, export_onnx
-from worker.science.metric import build_metric
+from worker.engine import build_model
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lpips-examples"
 
 
 @pytest.fixture(scope="module")
 def alex():
-    model, _ = build_metric(Settings(), net="alex", version="0.1")
+    model, _ = build_model(Settings(), net="alex", version="0.1")
     return model
 
 
@@ -74,7 +74,7 @@ def test_a_second_size_and_batch_from_the_same_file(session, alex, fixtures):
 
 
 def test_version_0_0_keeps_unscaled_inputs(tmp_path, fixtures):
-    trunk, _ = build_metric(Settings(), net="alex", version="0.1", lin=False)
+    trunk, _ = build_model(Settings(), net="alex", version="0.1", lin=False)
     model = LPIPS("alex", "0.0", trunk_state=trunk.trunk.state_dict())
     graph = MetricGraph(model)
     ref, cand = fixtures["ref"][None], fixtures["p0"][None]

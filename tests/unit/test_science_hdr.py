@@ -10,14 +10,14 @@ import torch
 from gate.settings import Settings
 from worker.images import ImageError, load_image
 from worker.science import synthetic
-from worker.science.hdr import (
+from worker.hdr import (
     load_hdr,
     srgb_decode,
     srgb_encode,
     tonemap,
     tonemap_policy,
 )
-from worker.science.metric import build_metric
+from worker.engine import build_model
 
 
 def write_exr(path, channels: dict[str, np.ndarray], compression=OpenEXR.ZIP_COMPRESSION):
@@ -89,7 +89,7 @@ def test_exr_and_its_png_twin_are_the_same_tensor(tmp_path):
 
 def test_exr_pair_and_png_pair_give_the_same_distance(tmp_path):
     settings = Settings()
-    model, _ = build_metric(settings, net="alex", version="0.1")
+    model, _ = build_model(settings, net="alex", version="0.1")
     ref, cand = codes(2), codes(2, "noise")
     for name, code in (("ref", ref), ("cand", cand)):
         synthetic.write_png(tmp_path / f"{name}.png", code / 255)
@@ -151,3 +151,22 @@ def test_truncated_exr_is_refused(tmp_path, compression):
     cut = tmp_path / "cut.exr"
     cut.write_bytes(whole[: len(whole) * 3 // 5])
     assert exr_error(cut).startswith("truncated or corrupt EXR (")
+
+
+def test_compare_reads_exr_by_its_magic_bytes_and_states_the_tone_map(tmp_path):
+    from click.testing import CliRunner
+
+    from gate.cli import main
+
+    ref, cand = codes(3), codes(3, "blur")
+    for name, code in (("ref", ref), ("cand", cand)):
+        synthetic.write_png(tmp_path / f"{name}.png", code / 255)
+        rgb_exr(tmp_path / f"{name}.exr", linear_of(code))
+    rows = []
+    for ext in ("exr", "png"):
+        result = CliRunner().invoke(main, ["compare", str(tmp_path / f"ref.{ext}"), str(tmp_path / f"cand.{ext}"),
+                                           "--json"], obj=Settings())
+        assert result.exit_code == 0, result.output
+        rows.append(__import__("json").loads(result.stdout))
+    assert rows[0]["tonemap"] == "exr:srgb-clamp-v1:exposure=+0" and "tonemap" not in rows[1]
+    assert abs(rows[0]["distance"] - rows[1]["distance"]) <= 1e-4

@@ -18,7 +18,7 @@ from worker.perceptual import PRESETS
 from worker.science import analyze as analysis
 from worker.science import bapps
 from worker.science.evaluate import evaluate
-from worker.science.metric import build_metric
+from worker.engine import build_model
 from worker.science.train import layer_means, train
 from worker.science.trained import heads_path, save_trained, trained_metadata
 from worker.weights import WeightsError
@@ -48,7 +48,7 @@ def progress(total: int, label: str) -> Iterator:
 
 
 def _metric(settings, net, version, device, *, lin=True):
-    model, weights_version = build_metric(settings, net=net, version=version, lin=lin)
+    model, weights_version = build_model(settings, net=net, version=version, lin=lin)
     target = resolve_device(device or settings.device)
     return model.to(target), weights_version, target
 

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from worker.perceptual import PRESETS
-from worker.perceptual.heads import Heads
+from worker.perceptual.heads import Heads, shipped_heads
 
 SHIPPED_VERSIONS = ("0.0", "0.1")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -102,3 +102,16 @@ def _existing(weights_dir: Path, net: str, name: str) -> Path:
             f"no heads version {name!r} for net {net!r} in {path.parent} "
             f"(shipped versions: {', '.join(SHIPPED_VERSIONS)}; train one with `lpips-gate train-heads`)")
     return path
+
+
+def resolve_heads(weights_dir: Path, net: str, version: str, trunk_version: str) -> tuple[dict, str]:
+    """Heads for a shipped version or a trained name, and the id that marks results made with them."""
+    if version in SHIPPED_VERSIONS:
+        return shipped_heads(net, version), ""
+    metadata = trained_metadata(weights_dir, net, version)
+    trained_on = metadata["info"].get("weights_version")
+    if trained_on != trunk_version:
+        raise TrainedHeadsError(
+            f"heads {version!r} for {net!r} were trained on trunk weights {trained_on!r}, "
+            f"but the provisioned trunk is {trunk_version!r}")
+    return trained_heads(weights_dir, net, version), f"+heads:{metadata['sha256'][:12]}"
