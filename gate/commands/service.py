@@ -56,6 +56,9 @@ def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, thresh
 
     Both folders must lie inside LPIPS_GATE_IMAGE_ROOT. With LPIPS_GATE_BROKER_URL set the pairs are
     queued for the workers; without it they are computed here (needs lpips-gate[worker])."""
+    from gate.logs import configure
+
+    configure(settings)  # the embedded executor logs; stdout is for the answer
     run_id, ids = submit_run(settings, ref_dir, cand_dir, suite=suite, threshold=threshold, net=net,
                              version=version, precision=precision, maps=maps)
     text = f"run {run_id}: {len(ids)} comparisons {dispatched(settings, len(ids))}"

@@ -357,14 +357,26 @@ def _write_png(path: Path, seed: int) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def test_without_a_broker_submit_computes_in_process(sqlite_empty_url: str, tmp_path: Path) -> None:
+def test_without_a_broker_submit_computes_in_process_and_logs_on_stderr(sqlite_empty_url: str,
+                                                                        tmp_path: Path) -> None:
+    """A fresh process, as a user runs it: the log lines of the in-process computation follow Settings
+    (JSON, INFO) on stderr, and stdout holds only the answer."""
     root = tmp_path / "images"
     for side in ("ref", "new"):
         _write_png(root / side / "same.png", seed=1)
     _write_png(root / "ref/sub/changed.png", seed=2)
     _write_png(root / "new/sub/changed.png", seed=3)
-    result = _submit(sqlite_empty_url, root, "--json", broker=None, LPIPS_GATE_DEVICE="cpu")
-    assert (result.exit_code, result.stdout) == (0, '{"run": 1, "submitted": 2}\n'), result.stderr
+    env = {**os.environ, "LPIPS_GATE_DATABASE_URL": sqlite_empty_url, "LPIPS_GATE_IMAGE_ROOT": str(root),
+           "LPIPS_GATE_DEVICE": "cpu", "LPIPS_GATE_LOG_JSON": "true"}
+    for name in ("LPIPS_GATE_BROKER_URL", "LPIPS_GATE_LOG_LEVEL"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "gate.cli", "submit", "ref", "new", "--suite", "s", "--json"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (0, '{"run": 1, "submitted": 2}\n'), done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(line["event"], line["level"], line["comparison_id"]) for line in lines] == [
+        ("comparison done", "info", 1), ("comparison done", "info", 2),
+    ]
     same, changed = _comparisons(sqlite_empty_url, 1)
     assert (same.ref, same.status, same.net, same.attempts) == ("ref/same.png", "done", "alex", 1)
     assert (changed.ref, changed.status, changed.net) == ("ref/sub/changed.png", "done", "alex")
