@@ -23,14 +23,14 @@ from worker.science.analyze import (
     shift_1px,
 )
 from worker.science.bapps import DataError
-from worker.science.metric import build_metric
+from worker.engine import build_model
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def alex():
-    model, _ = build_metric(Settings(), net="alex", version="0.1")
+    model, _ = build_model(Settings(), net="alex", version="0.1")
     return model
 
 

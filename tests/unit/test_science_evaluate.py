@@ -14,7 +14,7 @@ from worker.images import load_image
 from worker.science import synthetic
 from worker.science.bapps import DataError, find_subsets, fingerprint, read_judgement
 from worker.science.evaluate import average_precision, evaluate, two_afc
-from worker.science.metric import build_metric
+from worker.engine import build_model
 
 CPU = torch.device("cpu")
 
@@ -30,7 +30,7 @@ def two_afc_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alex():
-    model, _ = build_metric(Settings(), net="alex", version="0.1")
+    model, _ = build_model(Settings(), net="alex", version="0.1")
     return model
 
 

@@ -16,7 +16,7 @@ from worker.perceptual import LPIPS, PRESETS
 from worker.science import synthetic
 from worker.science.bapps import find_subsets, fingerprint
 from worker.science.evaluate import evaluate
-from worker.science.metric import build_metric
+from worker.engine import build_model
 from worker.science.train import Dist2Logit, agreement, distances, layer_means, train
 from worker.science.trained import (
     TrainedHeadsError,
@@ -41,7 +41,7 @@ def settings(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def baseline(settings):
-    return build_metric(settings, net="alex", version="0.1", lin=False)
+    return build_model(settings, net="alex", version="0.1", lin=False)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_reduced_means_give_the_metrics_distances(settings, data):
     root, means = data
     torch.manual_seed(0)
     state = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)}
-    trunk, _ = build_metric(settings, net="alex", version="0.1")
+    trunk, _ = build_model(settings, net="alex", version="0.1")
     model = LPIPS("alex", "0.1", trunk_state=trunk.trunk.state_dict(), heads_state=state)
     val = find_subsets(root / "val", "2afc")[0]
     ref, p0 = (torch.stack([load_image(val.files[s][k], max_pixels=10**7) for s in val.stems]) for k in (0, 1))
@@ -127,7 +127,7 @@ def test_train_validates_its_arguments(data):
 
 def test_saved_heads_reload_and_change_distances_as_predicted(settings, data, trained):
     root, means = data
-    info = {"weights_version": build_metric(settings, net="alex", lin=False)[1],
+    info = {"weights_version": build_model(settings, net="alex", lin=False)[1],
             "data_fingerprint": fingerprint(root / "train", find_subsets(root / "train", "2afc"))}
     path = save_trained(settings.weights_dir, "alex", "synthetic", trained.state, info)
     assert path == settings.weights_dir / "heads" / "alex-synthetic.safetensors"
@@ -137,13 +137,13 @@ def test_saved_heads_reload_and_change_distances_as_predicted(settings, data, tr
     reloaded = trained_heads(settings.weights_dir, "alex", "synthetic")
     assert all(torch.equal(reloaded[k], trained.state[k]) for k in trained.state)
 
-    model, weights_version = build_metric(settings, net="alex", version="synthetic")
+    model, weights_version = build_model(settings, net="alex", version="synthetic")
     assert model.version == "synthetic" and model.is_lpips
     assert weights_version == f"{info['weights_version']}+heads:{metadata['sha256'][:12]}"
     val = find_subsets(root / "val", "2afc")[0]
     result = evaluate(model, [val], batch=16, max_pixels=10**7, min_size=31, device=CPU)
     assert result.overall == pytest.approx(agreement(head_vectors(trained.state), means["val"]), abs=1e-12)
-    shipped, _ = build_metric(settings, net="alex", version="0.1")
+    shipped, _ = build_model(settings, net="alex", version="0.1")
     assert evaluate(shipped, [val], batch=16, max_pixels=10**7, min_size=31, device=CPU).overall < result.overall
 
 
@@ -169,8 +169,8 @@ def test_tampered_heads_are_refused(settings, trained):
 def test_heads_for_another_trunk_or_net_are_refused(settings, trained):
     save_trained(settings.weights_dir, "alex", "elsewhere", trained.state, {"weights_version": "0123456789ab"})
     with pytest.raises(TrainedHeadsError) as caught:
-        build_metric(settings, net="alex", version="elsewhere")
-    trunk = build_metric(settings, net="alex", lin=False)[1]
+        build_model(settings, net="alex", version="elsewhere")
+    trunk = build_model(settings, net="alex", lin=False)[1]
     assert str(caught.value) == (f"heads 'elsewhere' for 'alex' were trained on trunk weights '0123456789ab', "
                                  f"but the provisioned trunk is '{trunk}'")
     shutil.copy(heads_path(settings.weights_dir, "alex", "elsewhere"), heads_path(settings.weights_dir, "vgg", "moved"))
