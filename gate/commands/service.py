@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -177,11 +177,16 @@ def _embedded_dispatch(settings: Settings) -> Dispatch:
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.pass_obj
 def wait(settings: Settings, run_id: int, timeout: float, as_json: bool) -> None:
-    """Wait until every comparison of RUN is done or failed, then print the run."""
+    """Wait until every comparison of RUN is done or failed, judge it by its threshold, then print it.
+
+    A run submitted without --threshold stays pending here: the gate daemon judges it by its policies."""
+    from gate.logs import configure
     from gate.store import session_scope
 
+    configure(settings)  # judging may open alerts, which log
     with open_store(settings) as engine:
         poll_until_finished(engine, run_id, timeout=timeout)
+        judge_if_possible(engine, run_id, settings)
         with session_scope(engine) as session:
             summary = run_summary(session, run_id)
     _echo(as_json, summary, summary_text(summary))
@@ -195,6 +200,17 @@ def run_summary(session: Any, run_id: int) -> dict[str, Any]:
     pairs = [{"ref": c.ref, "cand": c.cand, "status": c.status, "distance": c.distance, "error": c.error}
              for c in repo.list_comparisons(session, run_id=run_id)]
     return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "pairs": pairs}
+
+
+def judge_if_possible(engine: Any, run_id: int, settings: Settings) -> None:
+    """Judge a finished run with the default policies and its own threshold, so it has a verdict as
+    soon as it is seen to finish; one that cannot be judged so (no threshold) is left pending."""
+    from gate.policy import PolicySet
+    from gate.store import session_scope
+    from gate.verdict import EvaluationError, evaluate_run
+
+    with suppress(EvaluationError), session_scope(engine) as session:
+        evaluate_run(session, run_id=run_id, policies=PolicySet(), settings=settings)
 
 
 def poll_until_finished(engine: Any, run_id: int, *, timeout: float) -> None:

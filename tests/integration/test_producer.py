@@ -316,6 +316,40 @@ def test_wait_prints_the_run_once_every_comparison_is_finished(pg_url: str, imag
     }
 
 
+def _verdict(url: str, run_id: int) -> str | None:
+    engine = make_engine(url)
+    try:
+        with session_scope(engine) as session:
+            return repo.get_run(session, run_id=run_id).verdict
+    finally:
+        engine.dispose()
+
+
+def test_wait_judges_a_run_by_its_threshold_as_soon_as_it_is_finished(pg_url: str, images: Path,
+                                                                       broker: redis.Redis) -> None:
+    assert _submit(pg_url, images, "--threshold", "0.3").exit_code == 0
+    for comparison, distance in zip(_comparisons(pg_url, 1), (0.125, 0.5, 0.25), strict=True):
+        _finish(pg_url, comparison.id, distance)
+    result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["verdict"], [pair["status"] for pair in summary["pairs"]]) == ("fail", ["done"] * 3)
+    assert _verdict(pg_url, 1) == "fail"
+    [opened] = [json.loads(line) for line in result.stderr.splitlines()]  # logs on stderr, as JSON
+    assert (opened["event"], opened["rule"], opened["value"], opened["threshold"]) == (
+        "alert opened", "distance", 0.5, 0.3,
+    )
+    text = _cli(["wait", "1"], db=pg_url, root=images)  # judged once: the second wait reads the verdict
+    assert (text.stdout.splitlines()[0], text.stderr) == ("run 1 (suite smoke): verdict fail", "")
+
+
+def test_wait_leaves_a_run_without_a_threshold_pending(pg_url: str, images: Path, finished_run: list[int]) -> None:
+    _finish(pg_url, finished_run[2], 0.5)
+    result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
+    assert (result.exit_code, json.loads(result.stdout)["verdict"], result.stderr) == (0, None, "")
+    assert _verdict(pg_url, 1) is None  # the gate daemon judges it by its policies
+
+
 def test_wait_polls_until_a_worker_finishes_the_last_comparison(pg_url: str, images: Path,
                                                                  finished_run: list[int]) -> None:
     worker = threading.Timer(0.8, _finish, args=(pg_url, finished_run[2], 0.25))
