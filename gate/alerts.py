@@ -5,8 +5,10 @@ An alert is identified by its rule and labels (the store's fingerprint). A condi
 again while its alert is open refreshes that alert instead of opening another, and is not sent
 again before the cooldown; one that was checked and no longer fires resolves it. Alertmanager
 treats an active alert it has not heard of for its resolve_timeout as resolved, so open alerts are
-re-sent every cooldown (`send_due`, called by the daemon each tick). Delivery failures are logged
-and the alerts stay owed, so the next tick retries them."""
+re-sent every cooldown (`send_due`, called by the daemon each tick). What is owed is collected inside
+the transaction that changed the alerts and sent after it commits (`owed`, then `deliver`), so no
+transaction waits on the receiver. Delivery failures are logged and the alerts stay owed, so the
+next tick retries them."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.logs import get_logger
@@ -21,6 +24,7 @@ from gate.policy import PolicySet, policy_for
 from gate.rules import Condition
 from gate.settings import Settings
 from gate.store import repository as repo
+from gate.store import session_scope
 from gate.store.models import Alert, utcnow
 from gate.webhook import OutgoingAlert, WebhookError, send, to_alertmanager
 
@@ -105,23 +109,56 @@ def is_due(alert: Alert, *, cooldown_s: float, now: datetime) -> bool:
     return sent is None or now - sent >= timedelta(seconds=cooldown_s)
 
 
-def send_due(session: Session, *, settings: Settings, cooldown: Cooldown, alerts: Sequence[Alert] | None = None) -> int:
-    """Send what is owed among `alerts` (default: every open alert and undelivered resolution);
-    returns how many were delivered. Without a webhook configured nothing is owed to anyone."""
+@dataclass(frozen=True)
+class Notice:
+    """One alert owed to the webhook, as it stood when collected inside a transaction."""
+
+    alert_id: int
+    state: str
+    alert: OutgoingAlert
+
+
+def owed(
+    session: Session, *, settings: Settings, cooldown: Cooldown, alerts: Sequence[Alert] | None = None
+) -> tuple[Notice, ...]:
+    """What the webhook is owed among `alerts` (default: every open alert and undelivered resolution),
+    read inside the caller's transaction and sent by `deliver` after it. Without a webhook configured
+    nothing is owed to anyone."""
     if not settings.webhook_url:
-        return 0
+        return ()
     now = utcnow()
     candidates = repo.alerts_to_notify(session) if alerts is None else alerts
     due = [alert for alert in candidates if is_due(alert, cooldown_s=cooldown(alert), now=now)]
-    if not due:
+    return tuple(Notice(alert.id, alert.state, outgoing(alert)) for alert in due)
+
+
+def deliver(engine: Engine, notices: Sequence[Notice], *, settings: Settings) -> int:
+    """Send the notices with no transaction open (a slow receiver must not hold the store), then record
+    the delivery in a short one; returns how many were delivered. A failure is logged and the alerts
+    stay owed, so the next tick retries them."""
+    if not notices:
         return 0
     try:
-        send(settings.webhook_url, to_alertmanager(outgoing(alert) for alert in due), timeout=WEBHOOK_TIMEOUT_S)
+        payload = to_alertmanager(notice.alert for notice in notices)
+        send(settings.webhook_url, payload, timeout=WEBHOOK_TIMEOUT_S)
     except (WebhookError, ValueError) as exc:  # unreachable, refused, or a malformed webhook url
-        log.error("webhook delivery failed, retried next tick", error=str(exc), alerts=len(due))
+        log.error("webhook delivery failed, retried next tick", error=str(exc), alerts=len(notices))
         return 0
-    repo.mark_notified(session, alert_ids=[alert.id for alert in due])
-    return len(due)
+    with session_scope(engine) as session:
+        repo.mark_notified(session, alert_ids=_unchanged(session, notices))
+    return len(notices)
+
+
+def _unchanged(session: Session, notices: Sequence[Notice]) -> list[int]:
+    """Alerts still in the state that was sent: one resolved meanwhile still owes its resolution."""
+    return [notice.alert_id for notice in notices if session.get_one(Alert, notice.alert_id).state == notice.state]
+
+
+def send_due(engine: Engine, *, settings: Settings, cooldown: Cooldown) -> int:
+    """Deliver every alert owed (the daemon's tick): collected in one short transaction, sent after it."""
+    with session_scope(engine) as session:
+        notices = owed(session, settings=settings, cooldown=cooldown)
+    return deliver(engine, notices, settings=settings)
 
 
 def outgoing(alert: Alert) -> OutgoingAlert:

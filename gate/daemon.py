@@ -22,7 +22,7 @@ from gate.policy import PolicySet
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
-from gate.verdict import EvaluationError, evaluate_run
+from gate.verdict import EvaluationError, judge_run
 
 log = get_logger("gate.daemon")
 
@@ -38,8 +38,7 @@ class Daemon:
         """One pass; returns {"evaluated": runs judged, "sent": alerts delivered}."""
         try:
             evaluated = sum(self._evaluate(run_id) for run_id in self._pending())
-            with session_scope(self.engine) as session:
-                sent = alerts.send_due(session, settings=self.settings, cooldown=alerts.cooldown_from(self.policies))
+            sent = alerts.send_due(self.engine, settings=self.settings, cooldown=alerts.cooldown_from(self.policies))
         except DBAPIError as exc:
             log.error("database unavailable, retried next tick", error=str(exc.orig))
             return {"evaluated": 0, "sent": 0}
@@ -51,8 +50,7 @@ class Daemon:
 
     def _evaluate(self, run_id: int) -> bool:
         try:
-            with session_scope(self.engine) as session:
-                result = evaluate_run(session, run_id=run_id, policies=self.policies, settings=self.settings)
+            result = judge_run(self.engine, run_id=run_id, policies=self.policies, settings=self.settings)
         except EvaluationError as exc:
             self.unjudgeable.add(run_id)
             log.error("run not judged", run=run_id, error=str(exc))

@@ -8,8 +8,10 @@ up to this run, against a trailing baseline just before them or a pinned run's d
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate import alerts
@@ -18,6 +20,7 @@ from gate.policy import DriftPolicy, Policy, PolicySet, policy_for, with_overrid
 from gate.rules import LayerResult, Lookup, PairResult, RunSummary, RunVerdict, evaluate, verdicts
 from gate.settings import Settings
 from gate.store import repository as repo
+from gate.store import session_scope
 from gate.store.models import STAT_KEYS, Comparison, LayerMetric, Run
 
 
@@ -25,9 +28,24 @@ class EvaluationError(ValueError):
     """The run cannot be judged as configured (no threshold, a pinned baseline that is not there)."""
 
 
-def evaluate_run(session: Session, *, run_id: int, policies: PolicySet, settings: Settings) -> dict[str, Any]:
-    """Judge run `run_id`; the first evaluation records the verdict and applies the alerts.
-    Returns {"run", "suite", "verdict", "pairs": [{"ref", "cand", "status", "distance", "error"}]}."""
+@dataclass(frozen=True)
+class Evaluation:
+    summary: dict[str, Any]  # {"run", "suite", "verdict", "pairs": [{"ref", "cand", "status", "distance", "error"}]}
+    notices: tuple[alerts.Notice, ...] = ()  # owed to the webhook once the transaction commits
+
+
+def judge_run(engine: Engine, *, run_id: int, policies: PolicySet, settings: Settings) -> dict[str, Any]:
+    """Judge run `run_id` in a transaction of its own and tell the webhook after it commits, so other
+    judges of the run never wait on the receiver. Returns the summary (see Evaluation)."""
+    with session_scope(engine) as session:
+        evaluation = evaluate_run(session, run_id=run_id, policies=policies, settings=settings)
+    alerts.deliver(engine, evaluation.notices, settings=settings)
+    return evaluation.summary
+
+
+def evaluate_run(session: Session, *, run_id: int, policies: PolicySet, settings: Settings) -> Evaluation:
+    """Judge run `run_id` in the caller's transaction; the first evaluation records the verdict,
+    applies the alerts and returns what they owe the webhook (for `alerts.deliver` after commit)."""
     run = repo.get_run(session, run_id=run_id)
     lookup = policy_lookup(policies, suite=run.suite.name, threshold=run.threshold)
     pairs = pair_results(session, run_id=run_id)
@@ -35,11 +53,14 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet, settings
         judged = verdicts(pairs, lookup)
     except ValueError as exc:
         raise EvaluationError(f"run {run_id}: {exc}") from exc
-    if repo.record_verdict(session, run_id=run_id, verdict=judged.verdict):
-        summary = RunSummary(run.suite.name, pairs, drift=drift_by_net(session, run=run, pairs=pairs, lookup=lookup))
-        changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=evaluate(summary, lookup))
-        alerts.send_due(session, settings=settings, cooldown=alerts.cooldown_from(policies), alerts=changes.touched)
-    return summary_dict(run, judged)
+    summary = summary_dict(run, judged)
+    if not repo.record_verdict(session, run_id=run_id, verdict=judged.verdict):
+        return Evaluation(summary)
+    drift = drift_by_net(session, run=run, pairs=pairs, lookup=lookup)
+    conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), lookup)
+    changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=conditions)
+    cooldown = alerts.cooldown_from(policies)
+    return Evaluation(summary, alerts.owed(session, settings=settings, cooldown=cooldown, alerts=changes.touched))
 
 
 def policy_lookup(policies: PolicySet, *, suite: str, threshold: float | None) -> Lookup:

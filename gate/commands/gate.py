@@ -110,14 +110,16 @@ def _judge(
 ) -> tuple[dict, dict | None]:
     """The judged run, and what the report and JUnit show of it when asked for."""
     from gate.store import session_scope
-    from gate.verdict import EvaluationError, evaluate_run
+    from gate.verdict import EvaluationError, judge_run
 
+    try:
+        summary = judge_run(engine, run_id=run_id, policies=policies, settings=settings)
+    except EvaluationError as exc:
+        raise failure(str(exc)) from exc
+    if not for_report:
+        return summary, None
     with session_scope(engine) as session:
-        try:
-            summary = evaluate_run(session, run_id=run_id, policies=policies, settings=settings)
-        except EvaluationError as exc:
-            raise failure(str(exc)) from exc
-        return summary, _report_run(session, summary, policies, settings.image_root) if for_report else None
+        return summary, _report_run(session, summary, policies, settings.image_root)
 
 
 def _check_writable(**outputs: Path | None) -> None:

@@ -206,11 +206,10 @@ def judge_if_possible(engine: Any, run_id: int, settings: Settings) -> None:
     """Judge a finished run with the default policies and its own threshold, so it has a verdict as
     soon as it is seen to finish; one that cannot be judged so (no threshold) is left pending."""
     from gate.policy import PolicySet
-    from gate.store import session_scope
-    from gate.verdict import EvaluationError, evaluate_run
+    from gate.verdict import EvaluationError, judge_run
 
-    with suppress(EvaluationError), session_scope(engine) as session:
-        evaluate_run(session, run_id=run_id, policies=PolicySet(), settings=settings)
+    with suppress(EvaluationError):
+        judge_run(engine, run_id=run_id, policies=PolicySet(), settings=settings)
 
 
 def poll_until_finished(engine: Any, run_id: int, *, timeout: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -20,17 +21,22 @@ from tests.integration.test_gate import DISTANCE_LABELS, SUITE, finished_run, ju
 
 
 class Receiver:
-    """Records every POST body (parsed JSON) and answers with `status`, which a test may change."""
+    """Records every POST body (parsed JSON) and answers with `status`, which a test may change; a test
+    may also clear `answer` to hold the answers back (`arrived` is set when a POST is in)."""
 
     def __init__(self) -> None:
         self.bodies: list = []
         self.status = 200
+        self.answer, self.arrived = threading.Event(), threading.Event()
+        self.answer.set()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.bodies.append((self.path, self.headers["Content-Type"], json.loads(body)))
+                receiver.arrived.set()
+                receiver.answer.wait(30)
                 self.send_response(receiver.status)
                 self.end_headers()
 
@@ -52,6 +58,7 @@ def receiver():
     thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
     thread.start()
     yield receiver
+    receiver.answer.set()
     receiver.server.shutdown()
     receiver.server.server_close()
 
@@ -159,6 +166,60 @@ def test_an_unreachable_webhook_does_not_stop_the_daemon(session_factory, engine
         if json.loads(line)["event"].startswith("webhook delivery failed")
     ]
     assert failures == [f"webhook {url}: [Errno 111] Connection refused"] * 3  # at judging, then each tick
+
+
+HELD_S = 3.0  # how long a held receiver answers late: a judge waiting on it would take this long
+
+
+def _held(receiver: Receiver) -> threading.Timer:
+    """Hold the receiver's answers for HELD_S seconds at most."""
+    receiver.answer.clear()
+    release = threading.Timer(HELD_S, receiver.answer.set)
+    release.start()
+    return release
+
+
+def test_another_judge_of_the_run_does_not_wait_on_the_webhook(session_factory, db_url, receiver) -> None:
+    """The webhook is called after the run's transaction commits, not while it holds the run."""
+    settings = settings_for(db_url, webhook_url=receiver.url)
+    with session_factory.begin() as session:
+        failing = finished_run(session, [0.3])
+    release = _held(receiver)
+    first = threading.Thread(target=judge, args=(session_factory, failing, policies(), settings))
+    first.start()
+    assert receiver.arrived.wait(10)  # the first judge is now waiting on the receiver
+    started = time.monotonic()
+    again = judge(session_factory, failing, policies(), settings)
+    waited = time.monotonic() - started
+    receiver.answer.set()
+    first.join(10)
+    release.cancel()
+    assert (again["verdict"], waited < HELD_S / 2) == ("fail", True)
+    assert len(receiver.take()) == 1  # judged, alerted and sent once
+    assert _distance_alert(session_factory).last_notified_at is not None
+
+
+def test_a_tick_sends_with_no_transaction_open(session_factory, engine, db_url, receiver) -> None:
+    """SQLite takes its write lock when a transaction begins: a tick must not hold one while it sends."""
+    settings = settings_for(db_url, webhook_url=receiver.url)
+    with session_factory.begin() as session:
+        failing = finished_run(session, [0.3])
+    receiver.status = 503  # the alert opens, its delivery fails: the next tick owes it
+    judge(session_factory, failing, policies(), settings)
+    receiver.status, _ = 200, receiver.take()
+    release = _held(receiver)
+    ticked = {}
+    tick = threading.Thread(target=lambda: ticked.update(Daemon(engine, policies(), settings).tick()))
+    tick.start()
+    assert receiver.arrived.wait(10)
+    started = time.monotonic()
+    with session_factory.begin() as session:
+        finished_run(session, [0.05])  # a worker's write while the tick is sending
+    waited = time.monotonic() - started
+    receiver.answer.set()
+    tick.join(10)
+    release.cancel()
+    assert (ticked, waited < HELD_S / 2) == ({"evaluated": 0, "sent": 1}, True)
 
 
 # --- lpips-gate alerts -------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from gate.settings import Settings
 from gate.store import make_engine
 from gate.store import repository as repo
 from gate.store.models import Run
-from gate.verdict import EvaluationError, drift_by_net, evaluate_run, pair_results, policy_lookup
+from gate.verdict import EvaluationError, drift_by_net, evaluate_run, judge_run, pair_results, policy_lookup
 
 SUITE = "render"
 HEALTHY = {"sparsity": 0.5, "mean": 0.5, "std": 1.0, "min": 0.0, "max": 4.0, "nonfinite": 0}
@@ -89,8 +89,8 @@ def finished_run(
 
 
 def judge(session_factory: sessionmaker, run_id: int, policyset: PolicySet, settings: Settings) -> dict:
-    with session_factory.begin() as session:
-        return evaluate_run(session, run_id=run_id, policies=policyset, settings=settings)
+    """As the daemon, `check` and `wait` judge: in a transaction of its own, the webhook after it."""
+    return judge_run(session_factory.kw["bind"], run_id=run_id, policies=policyset, settings=settings)
 
 
 def alert_rows(session_factory: sessionmaker) -> list[tuple]:
