@@ -118,7 +118,7 @@ def _features_only(net: str, state: dict[str, torch.Tensor]) -> dict[str, torch.
 def _store(weights_dir: Path, net: str, state: dict[str, torch.Tensor], source: str) -> Provisioned:
     weights_dir.mkdir(parents=True, exist_ok=True)
     path = weights_dir / f"{net}.safetensors"
-    save_file(_features_only(net, state), str(path), metadata={"net": net, "source": source})
+    save_file(_features_only(net, state), str(path))  # no metadata: its order varies, and the sha256 must not
     manifest = _read_manifest(weights_dir)
     entry = Provisioned(net, path, sha256_file(path), source)
     manifest[net] = {"file": path.name, "sha256": entry.sha256, "source": source}

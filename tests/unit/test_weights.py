@@ -161,3 +161,10 @@ def test_heads_load_strictly_and_refuse_negative_weights():
     negative = dict(heads, **{"lin2.model.1.weight": -heads["lin2.model.1.weight"] - 1})
     with pytest.raises(ValueError, match=r"heads have negative weights in \['lin2.model.1.weight'\]"):
         Heads((64, 192, 384, 256, 256)).load_checked(negative)
+
+
+def test_the_same_weights_always_get_the_same_version(tmp_path):
+    ckpt = tmp_path / "alexnet.ckpt"
+    ckpt.write_bytes(pickle.dumps(flax_alexnet(2)))
+    versions = {weights.import_file(tmp_path / f"w{i}", "alex", ckpt).version for i in range(4)}
+    assert len(versions) == 1
