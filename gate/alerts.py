@@ -2,21 +2,25 @@
 per opened or resolved alert) and the Alertmanager v2 webhook.
 
 An alert is identified by its rule and labels (the store's fingerprint). A condition that fires
-again while its alert is open refreshes that alert instead of opening another, and is not sent
-again before the cooldown; one that was checked and no longer fires resolves it. Alertmanager
-treats an active alert it has not heard of for its resolve_timeout as resolved, so open alerts are
-re-sent every cooldown (`send_due`, called by the daemon each tick). What is owed is collected inside
-the transaction that changed the alerts and sent after it commits (`owed`, then `deliver`), so no
-transaction waits on the receiver. Delivery failures are logged and the alerts stay owed, so the
-next tick retries them."""
+again while its alert is open refreshes that alert instead of opening another; one that was checked
+and no longer fires resolves it. Alertmanager resolves an active alert by itself once its endsAt
+passes, so open alerts are re-sent every `alert_resend_s` (`send_due`, called by the daemon each
+tick) with endsAt that many seconds times RESEND_VALIDITY ahead, as Prometheus does: a gate that
+stops re-sending lets its alerts lapse. The policy's cooldown limits how often one alert may open
+at the receiver: an alert that opens again within the cooldown of its last delivered opening is
+held back until that cooldown has passed (a flapping suite pages once per cooldown, not per run).
+
+What is owed is collected inside the transaction that changed the alerts and sent after it commits
+(`owed`, then `deliver`), so no transaction waits on the receiver. Delivery failures are logged and
+the alerts stay owed, so the next tick retries them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from gate.logs import get_logger
@@ -28,9 +32,9 @@ from gate.store import session_scope
 from gate.store.models import Alert, utcnow
 from gate.webhook import OutgoingAlert, WebhookError, send, to_alertmanager
 
-WEBHOOK_TIMEOUT_S = 10.0
+RESEND_VALIDITY = 4  # a firing alert lapses after this many missed re-sends (Prometheus' factor)
 
-Cooldown = Callable[[Alert], float]  # seconds before an open alert is sent again
+Cooldown = Callable[[Alert], float]  # seconds before an alert may open again at the receiver
 
 log = get_logger("gate.alerts")
 
@@ -101,12 +105,16 @@ def cooldown_from(policies: PolicySet) -> Cooldown:
     return cooldown
 
 
-def is_due(alert: Alert, *, cooldown_s: float, now: datetime) -> bool:
-    """Resolved: until the resolution is delivered. Open: never sent, or sent a cooldown ago."""
+def is_due(alert: Alert, *, now: datetime, resend_s: float, held_until: datetime | None = None) -> bool:
+    """Resolved: until the resolution of a delivered alert is delivered (the receiver never heard of one
+    that was not). Open: never sent (unless held back as a repeat opening until `held_until`), or last
+    sent `resend_s` ago."""
     sent = alert.last_notified_at
     if alert.state == "resolved":
-        return sent is None or sent < alert.resolved_at
-    return sent is None or now - sent >= timedelta(seconds=cooldown_s)
+        return sent is not None and sent < alert.resolved_at
+    if sent is None:
+        return held_until is None or now >= held_until
+    return now - sent >= timedelta(seconds=resend_s)
 
 
 @dataclass(frozen=True)
@@ -128,8 +136,31 @@ def owed(
         return ()
     now = utcnow()
     candidates = repo.alerts_to_notify(session) if alerts is None else alerts
-    due = [alert for alert in candidates if is_due(alert, cooldown_s=cooldown(alert), now=now)]
+    opened = _last_delivered_openings(session, [a.fingerprint for a in candidates if a.last_notified_at is None])
+    due = [
+        alert
+        for alert in candidates
+        if is_due(alert, now=now, resend_s=settings.alert_resend_s, held_until=_held_until(alert, opened, cooldown))
+    ]
     return tuple(Notice(alert.id, alert.state, outgoing(alert)) for alert in due)
+
+
+def _held_until(alert: Alert, last_openings: dict[str, datetime], cooldown: Cooldown) -> datetime | None:
+    previous = last_openings.get(alert.fingerprint)
+    return None if previous is None else previous + timedelta(seconds=cooldown(alert))
+
+
+def _last_delivered_openings(session: Session, fingerprints: Sequence[str]) -> dict[str, datetime]:
+    """When each fingerprint last opened at the receiver: its latest alert that was ever delivered
+    (only a delivered alert's resolution is sent, so a notified one was delivered firing)."""
+    if not fingerprints:
+        return {}
+    stmt = (
+        select(Alert.fingerprint, func.max(Alert.opened_at))
+        .where(Alert.fingerprint.in_(set(fingerprints)), Alert.last_notified_at.is_not(None))
+        .group_by(Alert.fingerprint)
+    )
+    return {fingerprint: opened_at for fingerprint, opened_at in session.execute(stmt)}
 
 
 def deliver(engine: Engine, notices: Sequence[Notice], *, settings: Settings) -> int:
@@ -138,15 +169,21 @@ def deliver(engine: Engine, notices: Sequence[Notice], *, settings: Settings) ->
     stay owed, so the next tick retries them."""
     if not notices:
         return 0
+    lapses_at = utcnow() + timedelta(seconds=RESEND_VALIDITY * settings.alert_resend_s)
     try:
-        payload = to_alertmanager(notice.alert for notice in notices)
-        send(settings.webhook_url, payload, timeout=WEBHOOK_TIMEOUT_S)
+        payload = to_alertmanager(_stamped(notice, lapses_at) for notice in notices)
+        send(settings.webhook_url, payload, timeout=settings.webhook_timeout_s)
     except (WebhookError, ValueError) as exc:  # unreachable, refused, or a malformed webhook url
         log.error("webhook delivery failed, retried next tick", error=str(exc), alerts=len(notices))
         return 0
     with session_scope(engine) as session:
         repo.mark_notified(session, alert_ids=_unchanged(session, notices))
     return len(notices)
+
+
+def _stamped(notice: Notice, lapses_at: datetime) -> OutgoingAlert:
+    """A firing alert is active at the receiver until `lapses_at`, unless it is sent again before."""
+    return replace(notice.alert, ends_at=lapses_at) if notice.state == "open" else notice.alert
 
 
 def _unchanged(session: Session, notices: Sequence[Notice]) -> list[int]:

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     heartbeat_file: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "heartbeat")
     webhook_url: str | None = None
+    webhook_timeout_s: float = Field(default=10.0, gt=0)  # per POST to the webhook
+    alert_resend_s: float = Field(default=60.0, gt=0)  # open alerts re-sent this often, each valid 4x as long
     log_json: bool = True
     log_level: str = "INFO"
 
@@ -55,3 +57,5 @@ class Settings(BaseSettings):
     fault_broken_primary: bool = False  # loading the primary backbone (`net`) fails as if its weights were bad
     fault_poison_suffix: str | None = None  # a pair whose cand ends with this fails transiently, every time
     fault_nonfinite_primary: bool = False  # the primary backbone's distances come out NaN
+    fault_slow_suffix: str | None = None  # a forward pass holding a cand that ends with this sleeps fault_slow_s first
+    fault_slow_s: float = 5.0

@@ -21,7 +21,8 @@ class WebhookError(RuntimeError):
 
 @dataclass(frozen=True)
 class OutgoingAlert:
-    """An alert as the receiver sees it; `ends_at` None means still firing."""
+    """An alert as the receiver sees it. `ends_at`: when it resolved, or for a firing alert when it
+    lapses unless sent again (None: the receiver's resolve_timeout decides)."""
 
     rule: str
     labels: Mapping[str, str]
@@ -43,8 +44,8 @@ def rfc3339(moment: datetime) -> str:
 
 
 def to_alertmanager(alerts: Iterable[OutgoingAlert]) -> list[dict]:
-    """The POST /api/v2/alerts body. Firing alerts carry no endsAt, so Alertmanager keeps them
-    open for its resolve_timeout; resolved ones carry the moment they cleared."""
+    """The POST /api/v2/alerts body; endsAt in the future keeps an alert firing until then, in the
+    past marks it resolved, and without one Alertmanager keeps it for its resolve_timeout."""
     return [_postable(alert) for alert in alerts]
 
 

@@ -7,15 +7,19 @@ import json
 import socket
 import threading
 import time
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import update
 
+from gate.alerts import RESEND_VALIDITY
 from gate.cli import main
 from gate.daemon import Daemon
 from gate.logs import configure
 from gate.store import repository as repo
+from gate.store.models import Alert, utcnow
 from gate.webhook import rfc3339
 from tests.integration.test_gate import DISTANCE_LABELS, SUITE, finished_run, judge, policies, settings_for
 
@@ -84,18 +88,50 @@ def _firing_body(alert, run_id: int, value: str, failed: str, worst: str) -> dic
     }
 
 
+HELD_S = 3.0  # how long a held receiver answers late: a judge waiting on it would take this long
+
+
+def _held(receiver: Receiver) -> threading.Timer:
+    """Hold the receiver's answers for HELD_S seconds at most."""
+    receiver.answer.clear()
+    release = threading.Timer(HELD_S, receiver.answer.set)
+    release.start()
+    return release
+
+
+def _lapsing(taken: list, since: datetime, resend_s: float = 60.0) -> list:
+    """The bodies received, each firing alert's endsAt checked to lie RESEND_VALIDITY re-sends after
+    it was sent (between `since` and now) and then dropped, so the rest compares exactly."""
+    validity = timedelta(seconds=RESEND_VALIDITY * resend_s)
+    low, high = since + validity - timedelta(milliseconds=1), utcnow() + validity
+    for _path, _type, body in taken:
+        for alert in body:
+            if datetime.fromisoformat(alert["endsAt"]) >= low:  # firing (a resolved one ended before)
+                assert datetime.fromisoformat(alert.pop("endsAt")) <= high
+    return taken
+
+
+def _age(session_factory, alert_id: int, **seconds: float) -> None:
+    """Move an alert's timestamps back, as if that many seconds had passed since."""
+    with session_factory.begin() as session:
+        alert = session.get(Alert, alert_id)
+        moved = {column: getattr(alert, column) - timedelta(seconds=back) for column, back in seconds.items()}
+        session.execute(update(Alert).where(Alert.id == alert_id).values(moved))
+
+
 def test_opened_repeated_and_resolved_alerts_reach_the_webhook(session_factory, engine, db_url, receiver) -> None:
     settings = settings_for(db_url, webhook_url=receiver.url)
     with session_factory.begin() as session:
         failing, again = finished_run(session, [0.3]), finished_run(session, [0.05, 0.4])
 
+    sent_from = utcnow()
     judge(session_factory, failing, policies(), settings)
     alert = _distance_alert(session_factory)
     firing = _firing_body(alert, failing, "0.3", "1 of 1", "p0.png -> c0.png")
-    assert receiver.take() == [("/api/v2/alerts", "application/json", [firing])]
+    assert _lapsing(receiver.take(), sent_from) == [("/api/v2/alerts", "application/json", [firing])]
     assert alert.last_notified_at is not None
 
-    judge(session_factory, again, policies(), settings)  # still firing, inside the cooldown: not sent again
+    judge(session_factory, again, policies(), settings)  # still firing, sent a moment ago: not sent again
     assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 0}
     assert receiver.take() == []
 
@@ -111,16 +147,83 @@ def test_opened_repeated_and_resolved_alerts_reach_the_webhook(session_factory, 
     assert receiver.take() == []
 
 
-def test_the_daemon_resends_open_alerts_every_cooldown(session_factory, engine, db_url, receiver) -> None:
-    settings = settings_for(db_url, webhook_url=receiver.url)
+def test_the_daemon_resends_open_alerts_before_they_lapse(session_factory, engine, db_url, receiver) -> None:
+    """Every alert_resend_s, whatever the cooldown (an hour here): Alertmanager resolves an alert by
+    itself once its endsAt passes."""
+    settings = settings_for(db_url, webhook_url=receiver.url, alert_resend_s=30)
     with session_factory.begin() as session:
         failing = finished_run(session, [0.3])
-    daemon = Daemon(engine, policies(alert_cooldown_s=0), settings)
-    assert daemon.tick() == {"evaluated": 1, "sent": 1}  # sent when opened, and again as due (cooldown 0)
+    daemon = Daemon(engine, policies(), settings)
+    sent_from = utcnow()
+    assert daemon.tick() == {"evaluated": 1, "sent": 0}  # sent when judged, not due again yet
+    alert = _distance_alert(session_factory)
+    _age(session_factory, alert.id, last_notified_at=29)
+    assert daemon.tick() == {"evaluated": 0, "sent": 0}
+    _age(session_factory, alert.id, last_notified_at=1)  # sent 30 s ago
     assert daemon.tick() == {"evaluated": 0, "sent": 1}
-    expected = _firing_body(_distance_alert(session_factory), failing, "0.3", "1 of 1", "p0.png -> c0.png")
-    assert receiver.take() == [("/api/v2/alerts", "application/json", [expected])] * 3
-    assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 0}  # the default: an hour
+    expected = _firing_body(alert, failing, "0.3", "1 of 1", "p0.png -> c0.png")
+    assert _lapsing(receiver.take(), sent_from, resend_s=30) == [("/api/v2/alerts", "application/json", [expected])] * 2
+    assert daemon.tick() == {"evaluated": 0, "sent": 0}
+
+
+def test_a_repeat_opening_within_the_cooldown_is_held_back(session_factory, engine, db_url, receiver) -> None:
+    """A flapping suite: fail, pass, fail. The second opening reaches the receiver once the cooldown
+    (an hour) since the first one has passed, not at once."""
+    settings = settings_for(db_url, webhook_url=receiver.url)
+    with session_factory.begin() as session:
+        runs = [finished_run(session, distances) for distances in ([0.3], [0.05], [0.4])]
+    for run_id in runs:
+        judge(session_factory, run_id, policies(), settings)
+    with session_factory() as session:
+        first, second = repo.list_alerts(session)
+    assert (first.state, second.state, second.last_notified_at) == ("resolved", "open", None)
+    sent = [(alert["annotations"]["run"], "endsAt" in alert) for _, _, body in receiver.take() for alert in body]
+    assert sent == [(str(runs[0]), True), (str(runs[0]), True)]  # opened (lapsing), then resolved
+    daemon = Daemon(engine, policies(), settings)
+    assert daemon.tick() == {"evaluated": 0, "sent": 0}
+    _age(session_factory, first.id, opened_at=3600)
+    sent_from = utcnow()
+    assert daemon.tick() == {"evaluated": 0, "sent": 1}
+    expected = _firing_body(second, runs[2], "0.4", "1 of 1", "p0.png -> c0.png")
+    assert _lapsing(receiver.take(), sent_from) == [("/api/v2/alerts", "application/json", [expected])]
+    assert Daemon(engine, policies(alert_cooldown_s=0), settings).tick() == {"evaluated": 0, "sent": 0}
+
+
+def test_without_a_cooldown_a_repeat_opening_is_sent_at_once(session_factory, db_url, receiver) -> None:
+    settings = settings_for(db_url, webhook_url=receiver.url)
+    with session_factory.begin() as session:
+        runs = [finished_run(session, distances) for distances in ([0.3], [0.05], [0.4])]
+    for run_id in runs:
+        judge(session_factory, run_id, policies(alert_cooldown_s=0), settings)
+    sent = [alert["annotations"]["run"] for _, _, body in receiver.take() for alert in body]
+    assert sent == [str(runs[0]), str(runs[0]), str(runs[2])]
+
+
+def test_a_resolution_is_sent_only_for_an_alert_the_receiver_has_seen(session_factory, engine, db_url, receiver) -> None:
+    settings = settings_for(db_url, webhook_url=receiver.url)
+    with session_factory.begin() as session:
+        failing, passing = finished_run(session, [0.3]), finished_run(session, [0.05])
+    receiver.status = 503
+    judge(session_factory, failing, policies(), settings)  # opened, not delivered
+    receiver.status = 200
+    judge(session_factory, passing, policies(), settings)  # resolved before the receiver heard of it
+    assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 0}
+    assert len(receiver.take()) == 1  # the refused opening only
+
+
+def test_the_webhook_timeout_is_a_setting(session_factory, db_url, receiver, capsys) -> None:
+    settings = settings_for(db_url, webhook_url=receiver.url, webhook_timeout_s=0.3, log_json=True)
+    configure(settings)
+    with session_factory.begin() as session:
+        failing = finished_run(session, [0.3])
+    release = _held(receiver)
+    started = time.monotonic()
+    judge(session_factory, failing, policies(), settings)
+    waited = time.monotonic() - started
+    release.cancel()
+    errors = [json.loads(line).get("error") for line in capsys.readouterr().err.splitlines()]
+    assert errors[-1] == f"webhook {receiver.url}: no answer within 0.3s"
+    assert waited < HELD_S / 2
 
 
 def test_a_failing_webhook_is_logged_and_retried_on_the_next_tick(
@@ -143,8 +246,9 @@ def test_a_failing_webhook_is_logged_and_retried_on_the_next_tick(
     assert lines[1]["alerts"] == 1
 
     receiver.status = 200
+    sent_from = utcnow()
     assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 1}
-    [(_, _, body)] = receiver.take()
+    [(_, _, body)] = _lapsing(receiver.take(), sent_from)
     assert body == [_firing_body(_distance_alert(session_factory), failing, "0.3", "1 of 1", "p0.png -> c0.png")]
     assert _distance_alert(session_factory).last_notified_at is not None
 
@@ -166,17 +270,6 @@ def test_an_unreachable_webhook_does_not_stop_the_daemon(session_factory, engine
         if json.loads(line)["event"].startswith("webhook delivery failed")
     ]
     assert failures == [f"webhook {url}: [Errno 111] Connection refused"] * 3  # at judging, then each tick
-
-
-HELD_S = 3.0  # how long a held receiver answers late: a judge waiting on it would take this long
-
-
-def _held(receiver: Receiver) -> threading.Timer:
-    """Hold the receiver's answers for HELD_S seconds at most."""
-    receiver.answer.clear()
-    release = threading.Timer(HELD_S, receiver.answer.set)
-    release.start()
-    return release
 
 
 def test_another_judge_of_the_run_does_not_wait_on_the_webhook(session_factory, db_url, receiver) -> None:
