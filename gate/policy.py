@@ -73,7 +73,7 @@ class Policy(_Frozen):
     min_std: float = Field(default=1e-4, ge=0)  # per layer activation std
     allow_nonfinite: bool = False
     drift: DriftPolicy = DriftPolicy()
-    alert_cooldown_s: float = Field(default=3600, ge=0)
+    alert_cooldown_s: float = Field(default=3600, ge=0)  # an alert opening again sooner at the receiver is held back
 
 
 class SuitePolicies(_Frozen):
