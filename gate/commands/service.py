@@ -2,8 +2,11 @@
 
 `submit` stores a run (the store is the source of truth) and then either sends its comparison ids
 to the broker or, with no broker configured, computes them in this process through the `embedded`
-executor. `wait` and `results` only read the store. SQLAlchemy, Alembic and Celery are imported
-when a command runs: gate.cli imports this module, and every other command would pay for them."""
+executor. `wait` polls the store and judges a finished run that carries its own threshold;
+`results` only reads. `check` (gate.commands.gate) is built on the public functions here:
+`submit_run`, `poll_until_finished`, `summary_text`, `open_store`. SQLAlchemy, Alembic and Celery
+are imported when a command runs: gate.cli imports this module, and every other command would pay
+for them."""
 
 from __future__ import annotations
 
