@@ -3,6 +3,7 @@ JSON list. urllib only, so the light gate gains no HTTP dependency."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import urllib.error
@@ -101,6 +102,8 @@ def send(url: str, payload: list[dict], *, timeout: float) -> int:
         if isinstance(exc.reason, TimeoutError):
             raise WebhookError(f"webhook {url}: no answer within {timeout:g}s") from None
         raise WebhookError(f"webhook {url}: {exc.reason}") from None
+    except (OSError, http.client.HTTPException) as exc:  # a receiver that hangs up or answers garbage
+        raise WebhookError(f"webhook {url}: {type(exc).__name__}: {str(exc).strip()}") from None
     if not 200 <= status < 300:
         raise WebhookError(f"webhook {url}: HTTP {status}")
     return status

@@ -106,6 +106,40 @@ def test_a_silent_receiver_times_out():
 
 
 @pytest.mark.parametrize(
+    "reply, error",
+    [
+        (b"", "RemoteDisconnected: Remote end closed connection without response"),
+        (b"garbage\r\n\r\n", "BadStatusLine: garbage"),
+    ],
+)
+def test_a_receiver_that_hangs_up_or_answers_garbage_is_a_webhook_error(reply, error):
+    """What urllib does not wrap in URLError must not escape as another exception: the daemon
+    catches WebhookError and carries on."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/api/v2/alerts"
+        answer = threading.Thread(target=_answer_once, args=(server, reply))
+        answer.start()
+        with pytest.raises(WebhookError) as caught:
+            send(url, [], timeout=5)
+        answer.join(5)
+    assert str(caught.value) == f"webhook {url}: {error}"
+
+
+def _answer_once(server: socket.socket, reply: bytes) -> None:
+    """Read the whole request (unread bytes would make the close a reset), then reply and hang up."""
+    connection, _ = server.accept()
+    with connection, connection.makefile("rb") as request:
+        length = 0
+        for line in iter(request.readline, b"\r\n"):
+            name, _, value = line.decode("latin-1").partition(":")
+            length = int(value) if name.lower() == "content-length" else length
+        request.read(length)
+        connection.sendall(reply)
+
+
+@pytest.mark.parametrize(
     "alert, message",
     [
         (
