@@ -45,7 +45,7 @@ class DriftPolicy(_Frozen):
     window: int = Field(default=50, ge=2)  # most recent distances judged
     baseline_size: int = Field(default=200, ge=2)
     min_samples: int = Field(default=30, ge=2)  # below this on either side: no verdict
-    ks_threshold: float = Field(default=0.01, gt=0, lt=1)  # alarm when the KS p-value is below
+    ks_threshold: float = Field(default=0.001, gt=0, lt=1)  # alarm when the KS p-value is below (and PSI's level)
     psi_threshold: float = Field(default=0.25, gt=0)  # alarm when PSI is above
     psi_bins: int = Field(default=5, ge=2)  # few bins: 50 samples spread over 10 make PSI mostly noise
     wasserstein_threshold: float | None = Field(default=None, gt=0)

@@ -79,9 +79,46 @@ def test_psi_of_a_sample_against_itself_is_zero_even_with_heavy_ties():
     assert psi(values, values) == 0.0
 
 
-def test_psi_noise_floor_matches_the_chi_square_table():
-    # chi2(4) at 0.99 is 13.277; times 1/200 + 1/50
-    assert psi_noise_floor(200, 50, 5, 0.01) == pytest.approx(13.277 * 0.025, rel=5e-3)
+@pytest.mark.parametrize(
+    "n_expected, n_actual, bins, chi2_quantile",  # chi2(bins - 1) at 0.99, from the tables
+    [(5000, 5000, 5, 13.277), (2000, 500, 10, 21.666)],
+)
+def test_psi_noise_floor_tends_to_the_chi_square_quantile_in_large_samples(n_expected, n_actual, bins, chi2_quantile):
+    floor = psi_noise_floor(n_expected, n_actual, bins, 0.01)
+    assert floor == pytest.approx(chi2_quantile * (1 / n_expected + 1 / n_actual), rel=0.03)
+
+
+@pytest.mark.parametrize("alpha, most", [(0.01, 32), (0.001, 6)])  # 20 and 2 expected of 2000
+@pytest.mark.parametrize("n_expected, n_actual", [(200, 50), (30, 50), (200, 30)])
+def test_psi_alarms_on_stable_samples_at_its_nominal_rate(n_expected, n_actual, alpha, most):
+    """2000 pairs of samples of one distribution at the default policy's sizes (a full baseline and
+    window, the shortest baseline, the shortest window): PSI passes its noise floor about alpha of
+    the time (here 19, 27, 16 at 0.01; 2, 2, 2 at 0.001). The chi-square floor: 31, 39, 50 and 4, 19, 20."""
+    rng = np.random.default_rng(11)
+    floor = psi_noise_floor(n_expected, n_actual, DriftPolicy().psi_bins, alpha)
+    alarms = sum(
+        psi(_draw(rng, n_expected), _draw(rng, n_actual), bins=DriftPolicy().psi_bins) > floor for _ in range(2000)
+    )
+    assert (alpha == 0.001 or alarms >= 10) and alarms <= most
+
+
+def _draw(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.lognormal(math.log(0.1), 0.35, n)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((4, 50, 5, 0.01), "n_expected: 4 baseline values are too few for 5 quantile bins"),
+        ((200, 0, 5, 0.01), "n_actual: expected at least 1, got 0"),
+        ((200, 50, 1, 0.01), "bins: expected at least 2, got 1"),
+        ((200, 50, 5, 1.0), "alpha: expected 0 < alpha < 1, got 1.0"),
+    ],
+)
+def test_psi_noise_floor_validates_its_arguments(args, message):
+    with pytest.raises(ValueError) as caught:
+        psi_noise_floor(*args)
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize(

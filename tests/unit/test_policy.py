@@ -64,7 +64,7 @@ def test_defaults_match_the_documented_values():
     assert (policy.allow_nonfinite, policy.alert_cooldown_s) == (False, 3600)
     drift = policy.drift
     assert (drift.baseline, drift.pinned_run, drift.window, drift.baseline_size) == ("trailing", None, 50, 200)
-    assert (drift.min_samples, drift.ks_threshold, drift.psi_threshold) == (30, 0.01, 0.25)
+    assert (drift.min_samples, drift.ks_threshold, drift.psi_threshold) == (30, 0.001, 0.25)
     assert (drift.psi_bins, drift.wasserstein_threshold) == (5, None)
 
 
