@@ -97,36 +97,41 @@ def psi(expected, actual, bins: int = 10) -> float:
 def psi_noise_floor(n_expected: int, n_actual: int, bins: int, alpha: float) -> float:
     """The PSI that two samples of one continuous distribution exceed with probability alpha.
 
-    Over the baseline's quantile bins that null does not depend on the distribution: the baseline's
-    n values cut the probability axis into n + 1 gaps of Dirichlet(1, ..., 1) sizes, a bin holds its
-    whole gaps and the share of the gap its (linearly interpolated) edge splits, and the recent
-    counts are multinomial in those masses. Its quantile is simulated with a fixed seed, so a size
-    always gets the same floor. The chi-square approximation, chi2(bins - 1) * (1/n + 1/m), is the
-    large-sample limit; at 30 to 50 recent values an empty bin alone (PSI ~1.5) is likelier than
-    alpha = 0.001, and that approximation alarmed up to 9 times too often."""
+    Over the baseline's quantile bins that null does not depend on the distribution (see
+    `_null_bin_masses`), so its quantile is simulated, with a fixed seed: a size always gets the
+    same floor. The chi-square approximation, chi2(bins - 1) * (1/n + 1/m), is its large-sample
+    limit; at 30 to 50 recent values an empty bin alone (PSI ~1.5) is likelier than alpha = 0.001,
+    and that approximation alarmed up to 10 times too often."""
+    if n_expected < bins:
+        raise ValueError(f"n_expected: {n_expected} baseline values are too few for {bins} quantile bins")
     if n_actual < 1:
         raise ValueError(f"n_actual: expected at least 1, got {n_actual}")
     if bins < 2:
         raise ValueError(f"bins: expected at least 2, got {bins}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha}")
-    ranks = np.arange(n_expected, dtype=np.float64)  # distinct baseline values all bin alike
-    edges = np.quantile(ranks, np.linspace(0, 1, bins + 1)[1:-1]) if n_expected else np.zeros(bins - 1)
-    below = np.floor(edges).astype(int)  # an edge splits the gap above this baseline value
-    split = edges - below  # the share of that gap below the edge
-    whole = np.diff(np.concatenate([[-1], below, [n_expected]])) - np.r_[0, np.ones(bins - 1, dtype=int)]
-    if n_expected < 1 or np.any(whole < 0):
-        raise ValueError(f"n_expected: {n_expected} baseline values are too few for {bins} quantile bins")
-    expected = _bin_shares(ranks, edges, bins)
     rng = np.random.default_rng(0)
-    mass = rng.gamma(whole, size=(NULL_DRAWS, bins))  # gap sizes as exponentials, summed per bin
-    edge_gaps = rng.exponential(size=(NULL_DRAWS, bins - 1))
-    mass[:, :-1] += split * edge_gaps
-    mass[:, 1:] += (1 - split) * edge_gaps
-    counts = rng.multinomial(n_actual, mass / mass.sum(axis=1, keepdims=True))
-    actual = np.maximum(counts / n_actual, PSI_EPSILON)
+    expected, masses = _null_bin_masses(n_expected, bins, rng)
+    actual = np.maximum(rng.multinomial(n_actual, masses) / n_actual, PSI_EPSILON)
     null = np.sum((actual - expected) * np.log(actual / expected), axis=1)
     return float(np.quantile(null, 1 - alpha, method="higher"))
+
+
+def _null_bin_masses(n_expected: int, bins: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline's shares of its quantile bins, and NULL_DRAWS draws of the bins' true masses: the
+    baseline's n values cut the probability axis into n + 1 gaps of Dirichlet(1, ..., 1) sizes
+    (exponentials, normalised), and a bin holds its whole gaps and the share of the gap its linearly
+    interpolated edge splits. Distinct values all bin alike, so ranks stand for any baseline."""
+    ranks = np.arange(n_expected, dtype=np.float64)
+    edges = np.quantile(ranks, np.linspace(0, 1, bins + 1)[1:-1])
+    below = np.floor(edges).astype(int)  # an edge splits the gap just above this baseline value
+    split = edges - below  # the share of that gap under the edge
+    whole = np.diff(np.concatenate([[-1], below, [n_expected]])) - np.r_[0, np.ones(bins - 1, dtype=int)]
+    masses = rng.gamma(whole, size=(NULL_DRAWS, bins))  # a sum of k exponentials is gamma(k)
+    edge_gaps = rng.exponential(size=(NULL_DRAWS, bins - 1))
+    masses[:, :-1] += split * edge_gaps
+    masses[:, 1:] += (1 - split) * edge_gaps
+    return _bin_shares(ranks, edges, bins), masses / masses.sum(axis=1, keepdims=True)
 
 
 def _bin_shares(values: np.ndarray, inner_edges: np.ndarray, n_bins: int) -> np.ndarray:
