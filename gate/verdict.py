@@ -1,8 +1,9 @@
 """Judging a finished run: store rows -> RunSummary -> verdict, conditions and the alert lifecycle.
 
 Evaluation is idempotent: the verdict is computed from the rows every time, but only the first
-evaluation records it and applies its conditions to the alerts (the daemon and `check` may race
-for the same run). Drift is judged per (net, weights_version) on the suite's most recent distances
+evaluation records it and applies its conditions to the alerts (the daemon, `check` and `wait`
+may race for the same run). `judge_run` is what they call: it judges in a transaction of its own
+and tells the webhook once that has committed. Drift is judged per (net, weights_version) on the suite's most recent distances
 up to this run, against a trailing baseline just before them or a pinned run's distances."""
 
 from __future__ import annotations
