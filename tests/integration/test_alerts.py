@@ -199,7 +199,9 @@ def test_without_a_cooldown_a_repeat_opening_is_sent_at_once(session_factory, db
     assert sent == [str(runs[0]), str(runs[0]), str(runs[2])]
 
 
-def test_a_resolution_is_sent_only_for_an_alert_the_receiver_has_seen(session_factory, engine, db_url, receiver) -> None:
+def test_a_resolution_is_sent_only_for_an_alert_the_receiver_has_seen(
+    session_factory, engine, db_url, receiver
+) -> None:
     settings = settings_for(db_url, webhook_url=receiver.url)
     with session_factory.begin() as session:
         failing, passing = finished_run(session, [0.3]), finished_run(session, [0.05])
