@@ -21,3 +21,15 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert row["max_abs_diff_vs_reference"] <= 1e-5
     assert row["bf16_max_abs_diff_vs_fp32"] <= 0.01
     assert done.stdout.splitlines()[0].startswith("alex     64px  reference")
+
+
+def test_quick_service_benchmark_stores_every_pair_with_the_reference_distances(tmp_path):
+    out = tmp_path / "service.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "service.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(out.read_text())
+    assert (row["net"], row["size"], row["pairs"]) == ("alex", 64, 8)
+    assert row["service_pairs_s"] > 0 and row["embedded_pairs_s"] > 0 and row["reference_pairs_s"] > 0
+    assert row["max_abs_diff_service_vs_reference"] <= 1e-5
+    assert row["max_abs_diff_embedded_vs_reference"] <= 1e-5
