@@ -81,6 +81,8 @@ class Faults:
     broken_primary: bool = False
     poison_suffix: str | None = None
     nonfinite_primary: bool = False
+    slow_suffix: str | None = None
+    slow_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings) -> Faults:
@@ -90,6 +92,8 @@ class Faults:
             settings.fault_broken_primary,
             settings.fault_poison_suffix,
             settings.fault_nonfinite_primary,
+            settings.fault_slow_suffix,
+            settings.fault_slow_s,
         )
 
     @property
@@ -99,6 +103,7 @@ class Faults:
             or self.broken_primary
             or self.poison_suffix is not None
             or self.nonfinite_primary
+            or self.slow_suffix is not None
         )
 
     def check_batch(self, cands: Sequence[str]) -> None:
@@ -107,6 +112,8 @@ class Faults:
                 f"CUDA out of memory (injected: a forward pass of {len(cands)} pairs > "
                 f"fault_oom_above_batch={self.oom_above_batch})"
             )
+        if self.slow_suffix and any(c.endswith(self.slow_suffix) for c in cands):
+            time.sleep(self.slow_s)
         poisoned = [c for c in cands if self.poison_suffix and c.endswith(self.poison_suffix)]
         if poisoned:
             raise RuntimeError(f"injected transient fault: {poisoned[0]} ends with {self.poison_suffix!r}")
