@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from worker import weights
 from worker.engine import Engine, Outcome
@@ -176,6 +177,8 @@ class Extractor:
                 for outcome in self.engine.compare_files(rest, with_map=with_map):
                     done, tries = done + 1, 0
                     yield self._measurement(outcome)
+            except SoftTimeLimitExceeded:
+                raise  # the task's time is up, not a failure of this pass: its caller hands the pairs back
             except Exception as exc:  # noqa: BLE001  (bad input never gets here: the engine reports it per pair)
                 if is_oom(exc) and self.engine.max_batch > 1:
                     self._halve()
