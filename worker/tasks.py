@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 import structlog
 from celery import Celery, signals
-from celery.exceptions import Reject
+from celery.exceptions import InvalidTaskError, Reject
+from celery.worker.strategy import default as default_strategy
 from kombu.exceptions import OperationalError as BrokerError
 from redis import RedisError
 from sqlalchemy import func, select
@@ -63,6 +64,49 @@ def comparison_ids(args: Sequence[Any], kwargs: dict[str, Any]) -> list[int]:
     if bad:
         raise ValueError(f"comparison_ids: expected positive ints, got {_short(bad[0])}")
     return list(dict.fromkeys(ids))
+
+
+def envelope_error(headers: Any, body: Any) -> str | None:
+    """What makes a task message unusable before Celery reads its arguments, or None. Celery itself
+    crashes on a body that is not [args, kwargs, embed] and reconnects forever on a message without
+    an id; either way the message goes back to the queue and takes down the next worker too."""
+    headers = headers if isinstance(headers, dict) else {}
+    if not isinstance(headers.get("id"), str):
+        return f"headers: id must be a string, got {_short(headers.get('id'))}"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, (list, tuple)) and len(limits) == 2 and all(_seconds_or_none(x) for x in limits)
+    ):
+        return f"headers: timelimit must be [hard, soft] seconds or null, got {_short(limits)}"
+    if not (
+        isinstance(body, (list, tuple))
+        and len(body) == 3
+        and isinstance(body[0], (list, tuple))
+        and isinstance(body[1], dict)
+        and (body[2] is None or isinstance(body[2], dict))
+    ):
+        return f"body must be [args, kwargs, embed], got {_short(body)}"
+    return None
+
+
+def _seconds_or_none(value: Any) -> bool:
+    return value is None or (type(value) in (int, float) and value >= 0)
+
+
+def guarded_strategy(task, app, consumer, **options):
+    """Celery's default strategy behind `envelope_error`: a malformed message is logged and
+    discarded (InvalidTaskError) instead of crashing the consumer."""
+    handle = default_strategy(task, app, consumer, **options)
+
+    def guarded(message, body, ack, reject, callbacks, **kwargs):
+        problem = envelope_error(message.headers, message.payload)  # undecodable or pickled: Celery refuses it
+        if problem is not None:
+            task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
+            log.error("malformed message rejected", task_id=task_id if isinstance(task_id, str) else None, error=problem)
+            raise InvalidTaskError(problem)
+        return handle(message, body, ack, reject, callbacks, **kwargs)
+
+    return guarded
 
 
 def _short(value: Any) -> str:
@@ -454,7 +498,7 @@ def create_app(settings, *, precision: str | None = None, threads: int | None = 
     app.conf.worker_proc_alive_timeout = 300  # a pool process loads its models before it reports up
     process = WorkerProcess(settings, app, precision=precision, threads=threads)
 
-    @app.task(name=TASK_COMPARE, bind=True)
+    @app.task(name=TASK_COMPARE, bind=True, Strategy="worker.tasks:guarded_strategy")
     def compare(self, *args: Any, **kwargs: Any) -> None:
         process.handle(self.request.id, args, kwargs)
 
