@@ -186,16 +186,24 @@ class Processor:
             claimed = self.store.run(lambda session: self._claim(session, ids), what="claim")
             self.held = {c.id for c in claimed}
         retry: list[int] = []
+        interrupted = False
         try:
             for run_id, group in groupby(sorted(claimed, key=lambda c: c.run_id), key=lambda c: c.run_id):
                 with structlog.contextvars.bound_contextvars(run_id=run_id):
                     self._process_run(run_id, list(group), retry)
         except BaseException as exc:
+            interrupted = True
             self._release(f"interrupted: {type(exc).__name__}: {exc}", retry)
             raise
         finally:
             if retry:
-                self.requeue(retry, self.requeue_delay_s)
+                self._requeue(retry, one_by_one=interrupted)
+
+    def _requeue(self, ids: list[int], *, one_by_one: bool) -> None:
+        """After an interruption (a time limit) the culprit is unknown: each pair goes back alone, so
+        one that never finishes in time does not take the rest of its batch down with it."""
+        for chunk in ([i] for i in ids) if one_by_one else [ids]:
+            self.requeue(chunk, self.requeue_delay_s)
 
     def _claim(self, session: Session, ids: Sequence[int]) -> list[Comparison]:
         """The queued (or orphaned) ones, plus any this process claimed in a transaction whose
