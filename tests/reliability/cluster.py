@@ -56,11 +56,21 @@ def producer(broker_url: str):
     return make_celery(Settings(broker_url=broker_url))
 
 
-def publish_raw(broker_url: str, body: bytes, *, task_id: str | None, **options) -> None:
-    """A compare message as Celery's protocol 2 frames it, with whatever body and id it is given."""
-    headers = {"lang": "py", "task": TASK_COMPARE, "id": task_id, "root_id": task_id, "retries": 0}
+def publish_raw(
+    broker_url: str,
+    body: bytes,
+    *,
+    task_id: str | None,
+    task_name: str = TASK_COMPARE,
+    extra_headers: dict | None = None,
+    **options,
+) -> None:
+    """A task message as Celery's protocol 2 frames it, with whatever body, id and name it is given
+    (no id at all for None)."""
+    headers = {"lang": "py", "task": task_name, "id": task_id, "root_id": task_id, "retries": 0}
     if task_id is None:
         del headers["id"], headers["root_id"]
+    headers.update(extra_headers or {})
     options = {"content_type": "application/json", "content_encoding": "utf-8", **options}
     queue = Queue(QUEUE, Exchange(QUEUE), routing_key=QUEUE)
     with Connection(broker_url) as connection:
