@@ -54,7 +54,8 @@ def comparison_ids(args: Sequence[Any], kwargs: dict[str, Any]) -> list[int]:
     if args:
         raise ValueError(f"positional arguments are not part of the contract, got {len(args)}")
     if set(kwargs) != {"comparison_ids"}:
-        raise ValueError(f"kwargs must be exactly {{'comparison_ids': [...]}}, got keys {sorted(map(str, kwargs))}")
+        keys = _short(sorted(map(str, kwargs)))  # a key may be megabytes long: the error is one log line
+        raise ValueError(f"kwargs must be exactly {{'comparison_ids': [...]}}, got keys {keys}")
     ids = kwargs["comparison_ids"]
     if not isinstance(ids, list) or not ids:
         raise ValueError(f"comparison_ids: expected a non-empty list of ints, got {_short(ids)}")
