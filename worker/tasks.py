@@ -100,10 +100,11 @@ def guarded_strategy(task, app, consumer, **options):
     handle = default_strategy(task, app, consumer, **options)
 
     def guarded(message, body, ack, reject, callbacks, **kwargs):
-        problem = envelope_error(message.headers, message.payload)  # undecodable or pickled: Celery refuses it
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        problem = envelope_error(headers, message.payload)  # undecodable or pickled: Celery refuses it first
         if problem is not None:
-            task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
-            log.error("malformed message rejected", task_id=task_id if isinstance(task_id, str) else None, error=problem)
+            task_id = headers["id"] if isinstance(headers.get("id"), str) else None
+            log.error("malformed message rejected", task_id=task_id, error=problem)
             raise InvalidTaskError(problem)
         return handle(message, body, ack, reject, callbacks, **kwargs)
 
