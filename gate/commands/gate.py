@@ -16,6 +16,8 @@ from typing import Any
 import click
 
 from gate.commands.service import (
+    NETS,
+    PRECISIONS,
     failure,
     open_store,
     poll_until_finished,
@@ -59,6 +61,9 @@ REPORT_IMAGE_PX = 704  # twice the report's display width: sharp on high-density
     default=None,
     help="Write JUnit XML, one test case per pair.",
 )
+@click.option("--net", type=click.Choice(NETS), default=None, help="Backbone (default: LPIPS_GATE_NET).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Network precision (default: LPIPS_GATE_PRECISION); stored with each result.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
@@ -77,6 +82,8 @@ def check(
     as_json: bool,
     report: Path | None,
     junit: Path | None,
+    net: str | None,
+    precision: str | None,
     timeout: float,
 ) -> None:
     """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error).
@@ -88,10 +95,10 @@ def check(
     validate_options(suite, threshold)
     _check_writable(report=report, junit=junit)
     policies = _load_policies(policies_file)
-    _require_max_distance(policies, suite=suite, net=settings.net, threshold=threshold)
+    _require_max_distance(policies, suite=suite, net=net or settings.net, threshold=threshold)
     configure(settings)
     run_id, _ids = submit_run(
-        settings, ref_dir, cand_dir, suite=suite, threshold=threshold, net=None, version=None, precision=None,
+        settings, ref_dir, cand_dir, suite=suite, threshold=threshold, net=net, version=None, precision=precision,
         maps=report is not None,
     )
     with open_store(settings) as engine:

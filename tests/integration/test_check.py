@@ -329,3 +329,22 @@ def test_a_report_that_could_not_be_written_is_refused_up_front(sqlite_empty_url
     result = _check(sqlite_empty_url, images, "new", "--threshold", "0.1", "--report", str(report))
     assert (result.exit_code, result.stderr) == (2, f"Error: --report: {report}: its folder does not exist\n")
     assert not Path(sqlite_empty_url.removeprefix("sqlite:///")).exists()  # nothing stored
+
+
+def test_bf16_check_stores_its_precision_and_stays_within_0_01_of_fp32(sqlite_url: str, images: Path) -> None:
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        result = _check(sqlite_url, images, "ok", "--threshold", "0.5", "--precision", precision, "--json",
+                        suite=f"precision-{precision}")
+        assert result.exit_code == 0, result.output
+        runs[precision] = json.loads(result.stdout)["run"]
+    engine = make_engine(sqlite_url)
+    try:
+        with session_scope(engine) as session:
+            rows = {p: repo.list_comparisons(session, run_id=run) for p, run in runs.items()}
+    finally:
+        engine.dispose()
+    assert [r.precision for r in rows["bf16"]] == ["bf16", "bf16"]
+    assert [r.precision for r in rows["fp32"]] == ["fp32", "fp32"]
+    for fp32, bf16 in zip(rows["fp32"], rows["bf16"]):
+        assert fp32.distance > 0 and abs(fp32.distance - bf16.distance) <= 0.01

@@ -1,5 +1,6 @@
 """Science commands of `lpips-gate`, registered as entry points: eval 2afc|jnd, train-heads, analyze,
-export onnx. Settings arrive in ctx.obj; every known failure exits 2 with its message."""
+export onnx. Settings arrive in ctx.obj; every known failure exits 2 with its message. The engine is
+imported inside each command, so `lpips-gate --help` loads no torch."""
 
 from __future__ import annotations
 
@@ -12,18 +13,11 @@ from pathlib import Path
 import click
 
 from gate.cli import UsageFailure
-from worker.engine import resolve_device
-from worker.images import MIN_SIZE
-from worker.perceptual import PRESETS
-from worker.science import analyze as analysis
-from worker.science import bapps
-from worker.science.evaluate import evaluate
-from worker.engine import build_model
-from worker.science.train import layer_means, train
-from worker.science.trained import heads_path, save_trained, trained_metadata
-from worker.weights import WeightsError
+from worker.cli import NET_NAMES
 
-NETS = click.Choice(sorted(PRESETS))
+
+
+NETS = click.Choice(NET_NAMES)
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
 SCORE_NAME = {"2afc": "2AFC", "jnd": "mAP"}
 
@@ -31,9 +25,11 @@ SCORE_NAME = {"2afc": "2AFC", "jnd": "mAP"}
 @contextmanager
 def usage_errors() -> Iterator[None]:
     """Bad data, missing weights or heads, bad values: a message and exit 2, never a traceback."""
+    from worker import weights
+
     try:
         yield
-    except (ValueError, WeightsError, FileNotFoundError) as exc:  # DataError, TrainedHeadsError are ValueErrors
+    except (ValueError, weights.WeightsError, FileNotFoundError) as exc:  # DataError, TrainedHeadsError are ValueErrors
         raise UsageFailure(str(exc)) from exc
 
 
@@ -48,8 +44,10 @@ def progress(total: int, label: str) -> Iterator:
 
 
 def _metric(settings, net, version, device, *, lin=True):
-    model, weights_version = build_model(settings, net=net, version=version, lin=lin)
-    target = resolve_device(device or settings.device)
+    from worker import engine
+
+    model, weights_version = engine.build_model(settings, net=net, version=version, lin=lin)
+    target = engine.resolve_device(device or settings.device)
     return model.to(target), weights_version, target
 
 
@@ -61,13 +59,17 @@ def _provenance(model, weights_version: str, version: str) -> dict:
 
 
 def _evaluate(settings, kind, folder, net, version, no_lin, device, batch, as_json):
+    from worker.science import bapps
+    from worker.science import evaluate as evaluation
+    from worker import images
+
     net, version = net or settings.net, version or settings.version
     with usage_errors():
         subsets = bapps.find_subsets(folder, kind)
         model, weights_version, target = _metric(settings, net, version, device, lin=not no_lin)
         with progress(sum(len(s) for s in subsets), f"eval {kind}") as update:
-            result = evaluate(model, subsets, batch=batch or settings.max_batch, max_pixels=settings.max_pixels,
-                              min_size=MIN_SIZE[net], device=target, progress=update)
+            result = evaluation.evaluate(model, subsets, batch=batch or settings.max_batch, max_pixels=settings.max_pixels,
+                              min_size=images.MIN_SIZE[net], device=target, progress=update)
     if as_json:
         click.echo(json.dumps({"subsets": result.subsets, "overall": result.overall, "n": result.n,
                                "kind": kind, "counts": result.counts,
@@ -137,26 +139,31 @@ def eval_jnd(settings, folder, net, version, device, batch, no_lin, as_json):
 @click.pass_obj
 def train_heads(settings, folder, net, epochs, name, lr, batch, seed, overwrite, device, as_json):
     """Learn LPIPS linear heads on 2AFC data in FOLDER (trunk frozen) and save them as a heads version."""
+    from worker.science import bapps
+    from worker.science import train as training
+    from worker.science import trained as saved_heads
+    from worker import images
+
     net = net or settings.net
     with usage_errors():
         subsets = bapps.find_subsets(folder, "2afc")
         data_fingerprint = bapps.fingerprint(folder, subsets)
         name = name or f"data-{data_fingerprint[:12]}"
-        if heads_path(settings.weights_dir, net, name).exists() and not overwrite:
-            raise UsageFailure(f"{heads_path(settings.weights_dir, net, name)} exists; pass --overwrite to replace it")
+        if saved_heads.heads_path(settings.weights_dir, net, name).exists() and not overwrite:
+            raise UsageFailure(f"{saved_heads.heads_path(settings.weights_dir, net, name)} exists; pass --overwrite to replace it")
         model, weights_version, target = _metric(settings, net, "0.1", device, lin=False)
         with progress(sum(len(s) for s in subsets), "features") as update:
-            means = layer_means(model, subsets, batch=settings.max_batch, max_pixels=settings.max_pixels,
-                                min_size=MIN_SIZE[net], device=target, progress=update)
+            means = training.layer_means(model, subsets, batch=settings.max_batch, max_pixels=settings.max_pixels,
+                                min_size=images.MIN_SIZE[net], device=target, progress=update)
         with progress(epochs, "training") as update:
-            trained = train(means, net=net, epochs=epochs, lr=lr, batch=batch, seed=seed,
+            trained = training.train(means, net=net, epochs=epochs, lr=lr, batch=batch, seed=seed,
                             on_epoch=lambda epoch, loss: update(1))
         info = {"weights_version": weights_version, "data_fingerprint": data_fingerprint, "triplets": len(means),
                 "epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "input_scaling": "v0.1",
                 "train_2afc_before": trained.score_before, "train_2afc_after": trained.score_after,
                 "final_loss": trained.losses[-1]}
-        path = save_trained(settings.weights_dir, net, name, trained.state, info, overwrite=overwrite)
-    sha = trained_metadata(settings.weights_dir, net, name)["sha256"]
+        path = saved_heads.save_trained(settings.weights_dir, net, name, trained.state, info, overwrite=overwrite)
+    sha = saved_heads.trained_metadata(settings.weights_dir, net, name)["sha256"]
     if as_json:
         click.echo(json.dumps({"name": name, "net": net, "path": str(path), "sha256": sha, **info}))
         return
@@ -177,9 +184,12 @@ def train_heads(settings, folder, net, epochs, name, lr, batch, seed, overwrite,
 def analyze(settings, folder, net, version, device, batch, report, as_json):
     """Per-layer feature diversity, stability under small augmentations and discriminability of
     same vs different pairs, on the images in FOLDER."""
+    from worker.science import analyze as analysis
+    from worker import images
+
     net, version = net or settings.net, version or settings.version
     with usage_errors():
-        named = analysis.read_folder(folder, max_pixels=settings.max_pixels, min_size=MIN_SIZE[net])
+        named = analysis.read_folder(folder, max_pixels=settings.max_pixels, min_size=images.MIN_SIZE[net])
         model, weights_version, target = _metric(settings, net, version, device)
         with progress(len(named), "analyze") as update:
             result = analysis.analyse(model, named, batch=batch or settings.max_batch, device=target, progress=update)
@@ -217,6 +227,8 @@ def export():
 def export_onnx_command(settings, out, net, version, opset):
     """The whole metric as ONNX: inputs in0, in1 (N,3,H,W) float32 in [-1, 1], output distance (N,);
     batch, height and width are dynamic."""
+    from worker import images
+
     from worker.science.export import export_onnx
 
     net, version = net or settings.net, version or settings.version
@@ -224,10 +236,10 @@ def export_onnx_command(settings, out, net, version, opset):
         model, weights_version, _ = _metric(settings, net, version, "cpu")
         metadata = {"producer": "lpips-gate", **_provenance(model, weights_version, version),
                     "inputs": "in0, in1: float32 (N,3,H,W) RGB in [-1, 1], equal shapes",
-                    "output": "distance: float32 (N,)", "min_size": str(MIN_SIZE[net])}
+                    "output": "distance: float32 (N,)", "min_size": str(images.MIN_SIZE[net])}
         try:
             export_onnx(model, out, metadata=metadata, opset=opset)
         except OSError as exc:
             raise UsageFailure(f"{out}: cannot write ({exc.strerror})") from exc
     click.echo(f"wrote {out}: {net} version {version}, weights {weights_version}; inputs in0, in1 (N,3,H,W) "
-               f"in [-1, 1] with H, W >= {MIN_SIZE[net]}; output distance (N,)")
+               f"in [-1, 1] with H, W >= {images.MIN_SIZE[net]}; output distance (N,)")
