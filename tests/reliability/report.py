@@ -74,7 +74,8 @@ class Report:
         for f in self.figures:
             values = [_cell(getattr(f, c)) for c in COLUMNS]
             lines.append(f"{f.scenario:<{width}}  " + "  ".join(f"{v:>10}" for v in values))
-            lines.extend(f"{'':<{width}}    {key}: {value}" for key, value in f.notes.items())
+            if f.notes:
+                lines.append(f"{'':<{width}}    " + ", ".join(f"{key}={value}" for key, value in f.notes.items()))
         return lines
 
 

@@ -59,17 +59,22 @@ def claimed_by(store: StoreView, run_id: int, worker: Worker) -> list[int]:
 
 
 def figures(report, scenario, store, run_ids, workers, times, *, expected_errors=(), **notes):
-    """Counted and reported now, just after the scenario's last wait; `times` = (started, fault_at)."""
+    """Counted and reported now, just after the scenario's last wait; `times` = (started, fault_at).
+    Every scenario also notes the claims beyond each comparison's first and the pool processes that
+    had to be started again (each reloads its model)."""
     finished_at, (started, fault_at) = time.monotonic(), times
-    rows = [(r.id, r.status) for r in store.rows(*run_ids)]
-    recovery_s = None if fault_at is None else finished_at - fault_at
+    rows = store.rows(*run_ids)
+    notes |= {
+        "extra_claims": sum(r.attempts - 1 for r in rows if r.attempts),
+        "pool_restarts": sum(len(w.pool_names()) - 1 for w in workers),
+    }
     return report.add(
         count(
             scenario,
-            rows,
+            [(r.id, r.status) for r in rows],
             recorded(*workers),
             expected_errors=expected_errors,
-            recovery_s=recovery_s,
+            recovery_s=None if fault_at is None else finished_at - fault_at,
             wall_s=finished_at - started,
             **notes,
         )
