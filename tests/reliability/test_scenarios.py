@@ -309,6 +309,7 @@ def test_slow_task_past_its_soft_time_limit(pg_url, weights_dir, images, servers
     started = time.monotonic()
     enqueue(producer(redis.url), ids, per_message=4)
     wait_for(lambda: store.finished(run_id), "every comparison to finish", worker)
+    limits_hit = sum("Soft time limit (4s) exceeded" in line.get("event", "") for line in worker.lines())
     result = figures(
         report,
         "slow task past soft time limit",
@@ -317,7 +318,7 @@ def test_slow_task_past_its_soft_time_limit(pg_url, weights_dir, images, servers
         [worker],
         (started, started),
         expected_errors={ids[3]},
-        soft_limits_hit=sum("Soft time limit (4s) exceeded" in line.get("event", "") for line in worker.lines()),
+        soft_limits_hit=limits_hit,
     )
 
     assert_clean(result, store, [run_id], [worker])
@@ -331,7 +332,7 @@ def test_slow_task_past_its_soft_time_limit(pg_url, weights_dir, images, servers
     assert {i: (r.status, r.attempts) for i, r in rows.items() if i != ids[3]} == {
         i: ("done", 2 if i in mates else 1) for i in ids if i != ids[3]
     }
-    assert result.notes["soft_limits_hit"] == 3
+    assert limits_hit == 3  # once per attempt of the slow pair, never for a good one
     assert worker.alive and len(worker.pool_names()) == 1
 
 
