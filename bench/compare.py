@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -98,15 +97,17 @@ def ours(settings, net, pairs, precision="fp32", device="cpu"):
 
 
 def peak_rss_mb(side: str, net: str, size: int, n: int) -> float:
+    """Peak resident memory of a fresh process doing one side's work (VmHWM: ru_maxrss would carry
+    this process's own peak across exec)."""
     code = f"""
-import sys, resource, tempfile; sys.path.insert(0, {str(Path(__file__).parent)!r})
+import sys, tempfile; sys.path.insert(0, {str(Path(__file__).parent)!r})
 from pathlib import Path
 import compare as b
 s = b.Settings(); d = Path(tempfile.mkdtemp()); pairs = b.make_pairs(d, {n}, {size})
 fn, _ = (b.bare_reference(b.reference_model({net!r}, s), pairs, 8) if {side!r} == 'reference'
          else b.ours(s, {net!r}, pairs))
 fn()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(done.stdout.split()[-1])

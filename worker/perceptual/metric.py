@@ -106,10 +106,15 @@ class LPIPS(nn.Module):
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext()
         with torch.inference_mode(), autocast:
             raw = extract(self.trunk, x.contiguous(memory_format=torch.channels_last), self.taps)
+        norm, layers, stats = NORMALISERS[self.normalise], [], []
         with torch.inference_mode():
-            raw = [r.float() for r in raw]
-            norm = NORMALISERS[self.normalise]
-            return Features([norm(r) for r in raw], [layer_stats(r) for r in raw] if with_stats else [])
+            while raw:  # one layer at a time, releasing each raw activation once it is used
+                r = raw.pop(0).float()
+                if with_stats:
+                    stats.append(layer_stats(r))
+                layers.append(norm(r))
+                del r
+        return Features(layers, stats)
 
     def layer_maps(self, f0: Features, f1: Features) -> list[torch.Tensor]:
         """Per-position distance of each layer, (N,1,h,w)."""

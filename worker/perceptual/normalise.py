@@ -9,7 +9,7 @@ EPS = 1e-10
 
 def l2(x: torch.Tensor) -> torch.Tensor:
     """Unit length over channels at every position (LPIPS)."""
-    return x / (torch.sqrt(torch.sum(x**2, dim=1, keepdim=True)) + EPS)
+    return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + EPS)  # no x**2 temporary
 
 
 def instance(x: torch.Tensor) -> torch.Tensor:
