@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.logs import get_logger
@@ -136,7 +136,8 @@ def owed(
         return ()
     now = utcnow()
     candidates = repo.alerts_to_notify(session) if alerts is None else alerts
-    opened = _last_delivered_openings(session, [a.fingerprint for a in candidates if a.last_notified_at is None])
+    unsent = [a.fingerprint for a in candidates if a.last_notified_at is None]
+    opened = repo.last_delivered_openings(session, fingerprints=unsent)
     due = [
         alert
         for alert in candidates
@@ -148,19 +149,6 @@ def owed(
 def _held_until(alert: Alert, last_openings: dict[str, datetime], cooldown: Cooldown) -> datetime | None:
     previous = last_openings.get(alert.fingerprint)
     return None if previous is None else previous + timedelta(seconds=cooldown(alert))
-
-
-def _last_delivered_openings(session: Session, fingerprints: Sequence[str]) -> dict[str, datetime]:
-    """When each fingerprint last opened at the receiver: its latest alert that was ever delivered
-    (only a delivered alert's resolution is sent, so a notified one was delivered firing)."""
-    if not fingerprints:
-        return {}
-    stmt = (
-        select(Alert.fingerprint, func.max(Alert.opened_at))
-        .where(Alert.fingerprint.in_(set(fingerprints)), Alert.last_notified_at.is_not(None))
-        .group_by(Alert.fingerprint)
-    )
-    return {fingerprint: opened_at for fingerprint, opened_at in session.execute(stmt)}
 
 
 def deliver(engine: Engine, notices: Sequence[Notice], *, settings: Settings) -> int:

@@ -27,7 +27,6 @@ from celery.exceptions import InvalidTaskError, Reject
 from celery.worker.strategy import default as default_strategy
 from kombu.exceptions import OperationalError as BrokerError
 from redis import RedisError
-from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -35,7 +34,7 @@ from gate.logs import get_logger
 from gate.queue import QUEUE, TASK_COMPARE, enqueue, make_celery
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
-from gate.store.models import Comparison, Run, utcnow
+from gate.store.models import Comparison
 from worker import metrics
 from worker.images import ImageError, resolve_under
 from worker.runtime import Counters, Measurement, Models
@@ -145,27 +144,6 @@ class Store:
         self.engine.dispose()
 
 
-def stale_queued(session: Session, *, older_than: timedelta, limit: int) -> list[int]:
-    """Queued comparisons nobody picked up for `older_than` (since their last claim, or since their
-    run was created): their message may be lost."""
-    since = func.coalesce(Comparison.claimed_at, Run.created_at)
-    stmt = (
-        select(Comparison.id)
-        .join(Run, Comparison.run_id == Run.id)
-        .where(Comparison.status == "queued", since < utcnow() - older_than)
-        .order_by(Comparison.id)
-        .limit(limit)
-    )
-    return list(session.scalars(stmt))
-
-
-def running_under(session: Session, *, worker: str, ids: Sequence[int] | None = None) -> list[Comparison]:
-    stmt = select(Comparison).where(Comparison.status == "running", Comparison.worker == worker)
-    if ids is not None:
-        stmt = stmt.where(Comparison.id.in_(ids))
-    return list(session.scalars(stmt.order_by(Comparison.id)))
-
-
 Requeue = Callable[[list[int], float], None]
 
 
@@ -218,7 +196,7 @@ class Processor:
             orphan_after=timedelta(seconds=self.settings.orphan_after),
         )
         taken = {c.id for c in claimed}
-        return claimed + [c for c in running_under(session, worker=self.name, ids=ids) if c.id not in taken]
+        return claimed + [c for c in repo.running_under(session, worker=self.name, ids=ids) if c.id not in taken]
 
     def _process_run(self, run_id: int, comparisons: list[Comparison], retry: list[int]) -> None:
         run = self.store.run(lambda session: repo.get_run(session, run_id=run_id), what="run")
@@ -300,7 +278,7 @@ class Processor:
         with self.lock:
 
             def release(session: Session) -> list[int]:
-                rows = [c.id for c in running_under(session, worker=self.name) if c.id not in self.held]
+                rows = [c.id for c in repo.running_under(session, worker=self.name) if c.id not in self.held]
                 for comparison_id in rows:
                     repo.record_error(session, comparison_id=comparison_id, reason=reason, final=False)
                 return rows
@@ -396,7 +374,7 @@ class Sweeper:
         resend = orphans + self.processor.release_leftovers()
         if self.redis is None or metrics.queue_depth(self.redis) == 0:
             stale = self.store.run(
-                lambda session: stale_queued(session, older_than=older_than, limit=STALE_BATCH),
+                lambda session: repo.stale_queued(session, older_than=older_than, limit=STALE_BATCH),
                 what="stale_queued",
                 retry=False,
             )

@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, cast, exists, func, select, update
@@ -273,6 +273,28 @@ def _require_comparison(session: Session, comparison_id: int) -> None:
         raise NotFound(f"comparison {comparison_id}: no such comparison")
 
 
+def stale_queued(session: Session, *, older_than: timedelta, limit: int) -> list[int]:
+    """Queued comparisons nobody picked up for `older_than` (since their last claim, or since their
+    run was created): their message may be lost."""
+    since = func.coalesce(Comparison.claimed_at, Run.created_at)
+    stmt = (
+        select(Comparison.id)
+        .join(Run, Comparison.run_id == Run.id)
+        .where(Comparison.status == "queued", since < utcnow() - older_than)
+        .order_by(Comparison.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def running_under(session: Session, *, worker: str, ids: Sequence[int] | None = None) -> list[Comparison]:
+    """Comparisons this worker holds: what it must finish or hand back."""
+    stmt = select(Comparison).where(Comparison.status == "running", Comparison.worker == worker)
+    if ids is not None:
+        stmt = stmt.where(Comparison.id.in_(ids))
+    return list(session.scalars(stmt.order_by(Comparison.id)))
+
+
 def requeue_orphans(session: Session, *, older_than: timedelta) -> list[int]:
     """Running comparisons whose worker went silent go back to the queue; the caller re-enqueues
     the returned ids."""
@@ -451,9 +473,23 @@ def resolve_fingerprints(
     return list(session.scalars(resolved, execution_options={"populate_existing": True}))
 
 
+def last_delivered_openings(session: Session, *, fingerprints: Sequence[str]) -> dict[str, datetime]:
+    """When each fingerprint last opened at the receiver: its latest alert that was ever delivered
+    (only a delivered alert's resolution is sent, so a notified one was delivered firing)."""
+    if not fingerprints:
+        return {}
+    stmt = (
+        select(Alert.fingerprint, func.max(Alert.opened_at))
+        .where(Alert.fingerprint.in_(set(fingerprints)), Alert.last_notified_at.is_not(None))
+        .group_by(Alert.fingerprint)
+    )
+    return {fingerprint: opened_at for fingerprint, opened_at in session.execute(stmt)}
+
+
 def alerts_to_notify(session: Session) -> list[Alert]:
-    """Open alerts, and resolved ones whose resolution was never delivered: what a sender may owe."""
-    undelivered = Alert.last_notified_at.is_(None) | (Alert.last_notified_at < Alert.resolved_at)
+    """Open alerts, and resolved ones delivered firing whose resolution was not: what a sender may owe.
+    A resolved alert the receiver never saw firing is owed nothing."""
+    undelivered = Alert.last_notified_at.is_not(None) & (Alert.last_notified_at < Alert.resolved_at)
     stmt = select(Alert).where((Alert.state == "open") | ((Alert.state == "resolved") & undelivered))
     return list(session.scalars(stmt.order_by(Alert.id)))
 
