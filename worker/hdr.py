@@ -13,14 +13,9 @@ import os
 import numpy as np
 import torch
 
+from gate.tonemap import TONEMAP_VERSION, tonemap_policy  # noqa: F401  (re-exported beside the tone map)
 from worker.images import SAFE_MIN_SIZE, ImageError
 
-TONEMAP_VERSION = "srgb-clamp-v1"
-
-
-def tonemap_policy(exposure: float) -> str:
-    """The label stored with a result, e.g. `exr:srgb-clamp-v1:exposure=+0`."""
-    return f"exr:{TONEMAP_VERSION}:exposure={exposure:+g}"
 
 
 def srgb_encode(linear: torch.Tensor) -> torch.Tensor:

@@ -79,9 +79,19 @@ def submit_run(settings: Settings, ref_dir: Path, cand_dir: Path, *, suite: str,
     with open_store(settings) as engine:
         run_id, ids = _create_run(engine, suite=suite, pairs=pairs, threshold=threshold,
                                   net=net or settings.net, version=version or settings.version,
-                                  precision=precision or settings.precision, options={"maps": maps})
+                                  precision=precision or settings.precision, options=_run_options(pairs, maps))
         dispatch(engine, run_id, ids)
     return run_id, ids
+
+
+def _run_options(pairs: list[tuple[str, str]], maps: bool) -> dict[str, Any]:
+    """What the workers need beyond the pairs; HDR input records the tone map its distances depend on."""
+    from gate.tonemap import HDR_SUFFIXES, tonemap_policy
+
+    options: dict[str, Any] = {"maps": maps}
+    if any(path.lower().endswith(HDR_SUFFIXES) for pair in pairs for path in pair):
+        options["tonemap"] = tonemap_policy(0.0)
+    return options
 
 
 def dispatched(settings: Settings, count: int) -> str:

@@ -433,3 +433,17 @@ def test_without_the_engine_the_embedded_mode_says_what_to_install(sqlite_empty_
         2, "", "Error: the embedded mode needs the engine: pip install 'lpips-gate[worker]'\n",
     )
     assert _cli(["results", "--run", "1"], db=sqlite_empty_url, root=images).stderr == "Error: run 1: not found\n"
+
+
+def test_hdr_runs_record_their_tone_map(pg_url: str, tmp_path: Path, broker: redis.Redis) -> None:
+    for side in ("ref", "cand"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "shot.exr").write_bytes(b"v/1\x01")  # pairing reads names only; workers decode
+    settings = Settings(database_url=pg_url, image_root=tmp_path, broker_url=BROKER_URL)
+    run_id, _ = submit_run(settings, tmp_path / "ref", tmp_path / "cand", suite="hdr", threshold=None, net=None,
+                           version=None, precision=None, maps=False)
+    engine = make_engine(pg_url)
+    with session_scope(engine) as session:
+        options = repo.get_run(session, run_id=run_id).options
+    engine.dispose()
+    assert options == {"maps": False, "tonemap": "exr:srgb-clamp-v1:exposure=+0"}
