@@ -136,17 +136,19 @@ def batches(subset: Subset, *, size: int, max_pixels: int, min_size: int,
     stems = subset.stems
     for start in range(0, len(stems), size):
         chunk = stems[start:start + size]
-        loaded = list(pool.map(lambda s: _load_item(subset.files[s], max_pixels, min_size), chunk))
+        loaded = list(pool.map(lambda s: _load_images(subset.files[s], max_pixels, min_size), chunk))
+        # Here, not in the pool: np.load parses headers with `ast`, which is not thread-safe on CPython 3.11.7.
+        judgements = [read_judgement(subset.files[s][-1]) for s in chunk]
         by_shape: dict[tuple, list[int]] = {}
-        for i, (tensors, _) in enumerate(loaded):
+        for i, tensors in enumerate(loaded):
             by_shape.setdefault(tuple(tensors[0].shape), []).append(i)
         for rows in by_shape.values():
             yield Batch([chunk[i] for i in rows],
-                        [torch.stack([loaded[i][0][k] for i in rows]) for k in range(len(loaded[0][0]))],
-                        torch.tensor([loaded[i][1] for i in rows], dtype=torch.float64))
+                        [torch.stack([loaded[i][k] for i in rows]) for k in range(len(loaded[0]))],
+                        torch.tensor([judgements[i] for i in rows], dtype=torch.float64))
 
 
-def _load_item(paths: tuple[Path, ...], max_pixels: int, min_size: int) -> tuple[list[torch.Tensor], float]:
+def _load_images(paths: tuple[Path, ...], max_pixels: int, min_size: int) -> list[torch.Tensor]:
     try:
         tensors = [images.load_image(p, max_pixels=max_pixels, min_size=min_size) for p in paths[:-1]]
     except images.ImageError as exc:
@@ -155,7 +157,7 @@ def _load_item(paths: tuple[Path, ...], max_pixels: int, min_size: int) -> tuple
     if len(shapes) > 1:
         sizes = ", ".join(f"{p.parent.name}/{p.name} {t.shape[-1]}x{t.shape[-2]}" for p, t in zip(paths, tensors))
         raise DataError(f"{paths[0].parent.parent}: item {paths[0].stem!r} has images of different sizes ({sizes})")
-    return tensors, read_judgement(paths[-1])
+    return tensors
 
 
 def fingerprint(root: Path, subsets: list[Subset]) -> str:
