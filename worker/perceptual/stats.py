@@ -11,16 +11,25 @@ KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")
 def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
     """For each image of a (N,C,H,W) batch: sparsity (fraction |x| < 1e-6), mean, std, min, max,
     and the count of NaN/Inf values; moments are over finite values only."""
-    flat = x.detach().float().flatten(1)
-    std, mean = torch.std_mean(flat, dim=1, unbiased=False)
+    flat = _rows(x.detach().float())
+    mean = flat.mean(dim=1)
+    std = (flat - mean[:, None]).square_().mean(dim=1).sqrt_()  # two passes: several times faster than std_mean
     if torch.isfinite(std).all():  # NaN/Inf anywhere in a row would make its std non-finite
         low, high = torch.aminmax(flat, dim=1)
         nonfinite = torch.zeros(flat.shape[0], dtype=torch.long)
     else:
         mean, std, low, high, nonfinite = _masked_moments(flat, torch.isfinite(flat))
-    sparsity = (flat.abs() < SPARSE).sum(dim=1) / flat.shape[1]
+    sparsity = flat.abs().lt_(SPARSE).sum(dim=1) / flat.shape[1]  # a float mask sums far faster than a bool one
     rows = zip(sparsity.tolist(), mean.tolist(), std.tolist(), low.tolist(), high.tolist(), nonfinite.tolist())
     return [dict(zip(KEYS, row)) for row in rows]
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(N, C*H*W) without a copy: statistics ignore element order, so a channels_last tensor is read
+    in its own memory order."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)
+    return x.reshape(x.shape[0], -1)
 
 
 def _masked_moments(flat: torch.Tensor, finite: torch.Tensor):
