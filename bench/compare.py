@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precisions", nargs="+", default=["bf16"], help="lower precisions to measure")
     args = parser.parse_args()
-    settings = Settings()
+    settings = Settings(max_batch=8)  # the batch the reference runs with
     sizes = [64] if args.quick else args.sizes
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -98,7 +98,7 @@ class Engine:
     def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False) -> Iterator[Outcome]:
         """Outcomes in input order; a bad pair gets its error and the rest go on. Decoding of the
         next window overlaps the forward passes of this one."""
-        window = 4 * self.max_batch
+        window = self.max_batch  # one batch a window: the next window decodes while this one computes
         chunks = [list(range(i, min(i + window, len(pairs)))) for i in range(0, len(pairs), window)]
         submit = lambda chunk: [self._pool.submit(self._decode, i, *map(Path, pairs[i])) for i in chunk]
         pending = submit(chunks[0]) if chunks else []
