@@ -4,7 +4,8 @@
     python bench/service.py [--pairs 64] [--size 256] [--net alex] [--quick] [--json out.json]
 
 Uses the local PostgreSQL (a scratch database, dropped afterwards) and Redis (database 14, flushed),
-and also measures the embedded mode (no broker, SQLite, in-process)."""
+and also measures the embedded mode (no broker, SQLite, in-process). BENCH_WORKER_LOG=FILE keeps the
+worker's log."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def timed_run(settings: Settings, root: Path, label: str) -> tuple[float, list[f
 
 
 def with_worker(settings: Settings, env: dict, log: Path):
-    worker = subprocess.Popen(["lpips-gate", "worker", "--pool", "solo"], env=env, stdout=open(log, "w"),
+    worker = subprocess.Popen(["lpips-gate", "worker"], env=env, stdout=open(log, "w"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while " ready." not in log.read_text() and time.monotonic() < deadline:  # Celery logs "<name> ready." when consuming
