@@ -12,7 +12,7 @@ work="${1:-$(mktemp -d)}"
 python3 scripts/make_renders.py "$work"
 cd "$work"
 set +e
-lpips-gate check renders/ref renders/cand --suite demo --threshold 0.25 \
+lpips-gate check renders/ref renders/cand --suite demo --threshold 0.1 \
   --report report.html --junit junit.xml --json
 status=$?
 set -e
