@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from gate.cli import UsageFailure
+from gate.tonemap import HDR_SUFFIXES, tonemap_policy
 
 # Kept in step with PRESETS, NORMALISERS and REDUCTIONS by a unit test.
 NET_NAMES = ("alex", "squeeze", "vgg")
@@ -22,8 +23,6 @@ NETS = click.Choice(NET_NAMES)
 
 
 def outcome_json(outcome, engine) -> dict:
-    from worker.hdr import tonemap_policy
-
     if outcome.error is not None:
         return {"ref": outcome.ref, "cand": outcome.cand, "error": outcome.error}
     model = engine.model
@@ -32,7 +31,7 @@ def outcome_json(outcome, engine) -> dict:
             "distance": outcome.distance,
             "layers": [{k: layer[k] for k in ("name", "distance", "ref_stats", "cand_stats")}
                        for layer in outcome.layers]}
-    if any(str(p).lower().endswith(".exr") for p in (outcome.ref, outcome.cand)):
+    if any(str(p).lower().endswith(HDR_SUFFIXES) for p in (outcome.ref, outcome.cand)):
         data["tonemap"] = tonemap_policy(engine.exposure)
     if not model.is_lpips:
         data["metric"] = (f"non-LPIPS (lin={model.lin}, normalise={model.normalise}, "

@@ -3,7 +3,7 @@
 The tone map is stated, not guessed: multiply by 2**exposure (stops), clamp to [0, 1], encode with
 the sRGB transfer curve (IEC 61966-2-1), then x * 2 - 1. It runs in float64, so an EXR holding
 linear values whose sRGB encodings are k/255 gives the same tensor as the 8-bit PNG of those values.
-A distance on HDR input depends on the exposure: store `tonemap_policy(exposure)` with each result."""
+A distance on HDR input depends on the exposure: store `gate.tonemap.tonemap_policy(exposure)` with each result."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import os
 import numpy as np
 import torch
 
-from gate.tonemap import TONEMAP_VERSION, tonemap_policy  # noqa: F401  (re-exported beside the tone map)
 from worker.images import SAFE_MIN_SIZE, ImageError
 
 

@@ -10,12 +10,12 @@ import torch
 from gate.settings import Settings
 from worker.images import ImageError, load_image
 from worker.science import synthetic
+from gate.tonemap import tonemap_policy
 from worker.hdr import (
     load_hdr,
     srgb_decode,
     srgb_encode,
     tonemap,
-    tonemap_policy,
 )
 from worker.engine import build_model
 
