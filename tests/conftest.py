@@ -4,7 +4,8 @@
 - `pg_empty_url` / `sqlite_empty_url`: the same, never migrated.
 - `db_url`: parametrised over both dialects; `engine` and `session_factory` are built on it.
 
-PostgreSQL databases are uniquely named clones of one template migrated per test session (fast);
+PostgreSQL databases are uniquely named clones of one template migrated per test session (fast),
+each given its own store key (so its own broker queue), as a migrated database would have;
 LPIPS_GATE_TEST_POSTGRES_URL points the fixtures at another server (default: local, user postgres)."""
 
 from __future__ import annotations
@@ -71,8 +72,17 @@ def pg_empty_url(_pg_admin: Engine) -> Iterator[str]:
 @pytest.fixture
 def pg_url(_pg_admin: Engine, _pg_template: str) -> Iterator[str]:
     name = _create_pg_database(_pg_admin, template=_pg_template)
-    yield _pg_database_url(name)
+    yield _new_store_key(_pg_database_url(name))
     _drop_pg_database(_pg_admin, name)
+
+
+def _new_store_key(url: str) -> str:
+    """A clone of the template would share its key, and its queue, with every other clone."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"UPDATE store_identity SET key = '{uuid.uuid4().hex}'")
+    engine.dispose()
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +101,7 @@ def sqlite_empty_url(tmp_path: Path) -> str:
 def sqlite_url(tmp_path: Path, _sqlite_template: Path) -> str:
     path = tmp_path / "gate.db"
     shutil.copyfile(_sqlite_template, path)
-    return f"sqlite:///{path}"
+    return _new_store_key(f"sqlite:///{path}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

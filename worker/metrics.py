@@ -13,8 +13,6 @@ import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from gate.queue import QUEUE
-
 KOMBU_PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport keeps priority p > 0 in "<queue>\x06\x16<p>"
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
@@ -53,9 +51,9 @@ def redis_client(broker_url: str | None) -> redis.Redis | None:
     return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
 
 
-def queue_depth(client: redis.Redis) -> int:
-    """Messages waiting in the task queue (all priorities); reserved or delayed ones are not counted."""
-    keys = [QUEUE if p == 0 else f"{QUEUE}{KOMBU_PRIORITY_SEPARATOR}{p}" for p in KOMBU_PRIORITY_STEPS]
+def queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in `queue` (all priorities); reserved or delayed ones are not counted."""
+    keys = [queue if p == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{p}" for p in KOMBU_PRIORITY_STEPS]
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.llen(key)
@@ -65,18 +63,18 @@ def queue_depth(client: redis.Redis) -> int:
 class QueueDepth:
     """Collector: the depth when scraped; absent while Redis cannot be reached."""
 
-    def __init__(self, client: redis.Redis):
-        self.client = client
+    def __init__(self, client: redis.Redis, queue: str):
+        self.client, self.queue = client, queue
 
     def collect(self):
         try:
-            depth = queue_depth(self.client)
+            depth = queue_depth(self.client, self.queue)
         except redis.RedisError:
             return
-        yield GaugeMetricFamily("lpips_gate_queue_depth", f"Messages waiting in the {QUEUE!r} queue", value=depth)
+        yield GaugeMetricFamily("lpips_gate_queue_depth", f"Messages waiting in the {self.queue!r} queue", value=depth)
 
 
-def serve(settings) -> CollectorRegistry:
+def serve(settings, *, queue: str) -> CollectorRegistry:
     """Start the HTTP endpoint in this (the main) process; with several processes, their sum."""
     if settings.metrics_port is None:
         raise ValueError("metrics_port is not set (LPIPS_GATE_METRICS_PORT)")
@@ -86,6 +84,6 @@ def serve(settings) -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry)
     client = redis_client(settings.broker_url)
     if client is not None:
-        registry.register(QueueDepth(client))
+        registry.register(QueueDepth(client, queue))
     start_http_server(settings.metrics_port, registry=registry)
     return registry

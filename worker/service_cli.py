@@ -11,7 +11,6 @@ import tempfile
 import click
 
 from gate.cli import EXIT_ERROR, EXIT_OK, UsageFailure
-from gate.queue import QUEUE
 
 POOLS = ("prefork", "solo")
 
@@ -75,18 +74,21 @@ def worker(settings, concurrency, pool, device, precision):
         raise UsageFailure("--device cuda asked for, but no CUDA device is available")
     processes, threads = plan(pool=pool, concurrency=concurrency, gpus=gpus, cpus=os.cpu_count() or 1)
 
+    queue = _store_queue(settings)
+
     from gate.logs import configure, get_logger
 
     configure(settings)
     _celery_logs_like_ours(settings)
     if settings.metrics_port is not None:
-        _serve_metrics(settings)
+        _serve_metrics(settings, queue)
     from worker.tasks import create_app  # torch: only once the arguments are known to be good
 
-    app = create_app(settings, precision=precision, threads=threads)
+    app = create_app(settings, queue=queue, precision=precision, threads=threads)
     get_logger("lpips_gate.worker").info(
         "worker starting",
         pool=pool,
+        queue=queue,
         processes=processes,
         gpus=gpus,
         threads=threads,
@@ -99,7 +101,7 @@ def worker(settings, concurrency, pool, device, precision):
             "worker",
             f"--pool={pool}",
             f"--concurrency={processes}",
-            f"--queues={QUEUE}",
+            f"--queues={queue}",
             f"--hostname=lpips-{os.getpid()}@%h",
             f"--loglevel={settings.log_level.upper()}",
             "--without-gossip",
@@ -109,7 +111,21 @@ def worker(settings, concurrency, pool, device, precision):
     )
 
 
-def _serve_metrics(settings) -> None:
+def _store_queue(settings) -> str:
+    """The queue of this worker's store: workers only take messages of the database they write to."""
+    from gate.queue import StoreNotReady, store_queue
+    from gate.store import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        return store_queue(engine)
+    except StoreNotReady as exc:
+        raise UsageFailure(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
+def _serve_metrics(settings, queue: str) -> None:
     """The endpoint in this (the parent) process, summing every pool process's counts."""
     folder = tempfile.mkdtemp(prefix="lpips-gate-metrics-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
@@ -117,7 +133,7 @@ def _serve_metrics(settings) -> None:
     from worker import metrics  # after the variable: prometheus_client reads it when metrics are created
 
     try:
-        metrics.serve(settings)
+        metrics.serve(settings, queue=queue)
     except OSError as exc:
         raise UsageFailure(f"metrics port {settings.metrics_port}: {exc.strerror}") from exc
 

@@ -31,7 +31,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from gate.logs import get_logger
-from gate.queue import QUEUE, TASK_COMPARE, enqueue, make_celery
+from gate.queue import TASK_COMPARE, enqueue, make_celery
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison
@@ -201,7 +201,7 @@ class Processor:
     def _process_run(self, run_id: int, comparisons: list[Comparison], retry: list[int]) -> None:
         run = self.store.run(lambda session: repo.get_run(session, run_id=run_id), what="run")
         maps = bool(run.options.get("maps"))
-        todo, pairs = [], []
+        todo, pairs, refused = [], [], []
         for comparison in comparisons:
             try:
                 pairs.append(
@@ -212,50 +212,38 @@ class Processor:
                 )
                 todo.append(comparison)
             except ImageError as exc:
-                self._record(comparison, Measurement(comparison.ref, comparison.cand, error=str(exc)), False, retry)
+                refused.append((comparison, Measurement(comparison.ref, comparison.cand, error=str(exc))))
+        if refused:
+            self._record(refused, False, retry)
         measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision, with_map=maps)
-        for comparison, measurement in zip(todo, measured):
-            self._record(comparison, measurement, maps, retry)
+        self._record(list(zip(todo, measured)), maps, retry)
 
-    def _record(self, comparison: Comparison, m: Measurement, maps: bool, retry: list[int]) -> None:
-        if m.error is None:
-            png = _heatmap(m) if maps else None
-            recorded = self.store.run(
-                lambda session: repo.record_result(
-                    session,
+    def _record(self, outcomes: list[tuple[Comparison, Measurement]], maps: bool, retry: list[int]) -> None:
+        """Every outcome of a batch in one transaction: one commit, not one per pair."""
+        heatmaps = [_heatmap(m) if maps and m.error is None else None for _, m in outcomes]
+
+        def write(session: Session) -> list[bool]:
+            return [_write(session, c, m, png) for (c, m), png in zip(outcomes, heatmaps, strict=True)]
+
+        written = self.store.run(write, what="record")
+        for (comparison, m), recorded in zip(outcomes, written, strict=True):
+            if m.error is None:
+                outcome = "done"
+                log.info(
+                    "comparison done",
                     comparison_id=comparison.id,
-                    distance=m.distance,
+                    recorded=recorded,
                     net=m.net,
-                    weights_version=m.weights_version,
-                    precision=m.precision,
-                    layers=m.layers,
-                    decode_ms=m.decode_ms,
-                    model_ms=m.model_ms,
-                    heatmap_png=png,
-                ),
-                what="record_result",
-            )
-            outcome = "done"
-            log.info(
-                "comparison done",
-                comparison_id=comparison.id,
-                recorded=recorded,
-                net=m.net,
-                distance=m.distance,
-                ms=round(m.decode_ms + m.model_ms, 1),
-            )
-        else:
-            self.store.run(
-                lambda session: repo.record_error(session, comparison_id=comparison.id, reason=m.error, final=m.final),
-                what="record_error",
-            )
-            outcome = "error" if m.final else "retry"
-            if not m.final:
-                retry.append(comparison.id)
-            log.warning("comparison failed", comparison_id=comparison.id, final=m.final, error=m.error)
-        self.held.discard(comparison.id)
-        seconds = (m.decode_ms + m.model_ms) / 1e3 if outcome == "done" else None
-        metrics.pair_finished(outcome, m.net, seconds)
+                    distance=m.distance,
+                    ms=round(m.decode_ms + m.model_ms, 1),
+                )
+            else:
+                outcome = "error" if m.final else "retry"
+                if not m.final:
+                    retry.append(comparison.id)
+                log.warning("comparison failed", comparison_id=comparison.id, final=m.final, error=m.error)
+            self.held.discard(comparison.id)
+            metrics.pair_finished(outcome, m.net, (m.decode_ms + m.model_ms) / 1e3 if outcome == "done" else None)
 
     def _release(self, reason: str, retry: list[int]) -> None:
         """Hand back what this process still holds; if the store is down, the keeper does it later."""
@@ -284,6 +272,23 @@ class Processor:
                 return rows
 
             return self.store.run(release, what="release_leftovers", retry=False)
+
+
+def _write(session: Session, comparison: Comparison, m: Measurement, heatmap_png: bytes | None) -> bool:
+    if m.error is not None:
+        return repo.record_error(session, comparison_id=comparison.id, reason=m.error, final=m.final)
+    return repo.record_result(
+        session,
+        comparison_id=comparison.id,
+        distance=m.distance,
+        net=m.net,
+        weights_version=m.weights_version,
+        precision=m.precision,
+        layers=m.layers,
+        decode_ms=m.decode_ms,
+        model_ms=m.model_ms,
+        heatmap_png=heatmap_png,
+    )
 
 
 def _heatmap(m: Measurement) -> bytes | None:
@@ -372,7 +377,7 @@ class Sweeper:
             lambda session: repo.requeue_orphans(session, older_than=older_than), what="requeue_orphans", retry=False
         )
         resend = orphans + self.processor.release_leftovers()
-        if self.redis is None or metrics.queue_depth(self.redis) == 0:
+        if self.redis is None or metrics.queue_depth(self.redis, self.app.conf.task_default_queue) == 0:
             stale = self.store.run(
                 lambda session: repo.stale_queued(session, older_than=older_than, limit=STALE_BATCH),
                 what="stale_queued",
@@ -400,7 +405,7 @@ def send_later(app: Celery, per_message: int) -> Requeue:
                 app.send_task(
                     TASK_COMPARE,
                     kwargs={"comparison_ids": ids[start : start + per_message]},
-                    queue=QUEUE,
+                    queue=app.conf.task_default_queue,
                     countdown=delay_s,
                 )
         except (BrokerError, RedisError, OSError) as exc:
@@ -480,9 +485,10 @@ def _pin_device(device: str) -> str:
     return "cuda"
 
 
-def create_app(settings, *, precision: str | None = None, threads: int | None = None) -> Celery:
-    """The worker's Celery app with the compare task; models load in each pool process."""
-    app = make_celery(settings)
+def create_app(settings, *, queue: str, precision: str | None = None, threads: int | None = None) -> Celery:
+    """The worker's Celery app consuming `queue` (the store's: `gate.queue.store_queue`) with the
+    compare task; models load in each pool process."""
+    app = make_celery(settings, queue=queue)
     app.conf.worker_proc_alive_timeout = 300  # a pool process loads its models before it reports up
     process = WorkerProcess(settings, app, precision=precision, threads=threads)
 

@@ -131,20 +131,20 @@ Dispatch = Callable[[Any, int, list[int]], None]
 
 def _broker_dispatch(settings: Settings) -> Dispatch:
     """Checks the broker before the run is stored, so an unreachable one leaves no run behind."""
+    from kombu import Connection
     from kombu.exceptions import OperationalError
 
-    from gate.queue import enqueue, make_celery
+    from gate.queue import enqueue, make_celery, store_queue
 
-    app = make_celery(settings)
     try:
-        with app.connection_for_write() as connection:
+        with Connection(settings.broker_url) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=5)
     except OperationalError as exc:
         raise failure(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc
 
     def send(engine: Any, run_id: int, ids: list[int]) -> None:
         try:
-            enqueue(app, ids, per_message=settings.max_batch)
+            enqueue(make_celery(settings, queue=store_queue(engine)), ids, per_message=settings.max_batch)
         except OperationalError as exc:
             _give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
             raise failure(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc

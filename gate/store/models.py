@@ -185,3 +185,14 @@ class Worker(Base):
     last_seen: Mapped[datetime]
     hostname: Mapped[str]
     pid: Mapped[int]
+
+
+class StoreIdentity(Base):
+    """One row: this database's random key, written by its migration. It names the broker queue."""
+
+    __tablename__ = "store_identity"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str]
+    created_at: Mapped[datetime]

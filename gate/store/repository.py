@@ -25,6 +25,7 @@ from gate.store.models import (
     Comparison,
     LayerMetric,
     Run,
+    StoreIdentity,
     Suite,
     Worker,
     utcnow,
@@ -305,6 +306,14 @@ def requeue_orphans(session: Session, *, older_than: timedelta) -> list[int]:
         .returning(Comparison.id)
     )
     return sorted(session.scalars(stmt))
+
+
+def store_key(session: Session) -> str:
+    """This database's random key (written by its migration); LookupError if the row is missing."""
+    key = session.scalar(select(StoreIdentity.key).where(StoreIdentity.id == 1))
+    if key is None:
+        raise LookupError("the store_identity row is missing")
+    return key
 
 
 def heartbeat(session: Session, *, worker: str, hostname: str, pid: int) -> None:

@@ -14,11 +14,13 @@ from click.testing import CliRunner
 from sqlalchemy import Column, Integer, MetaData, inspect
 
 from gate.cli import main
-from gate.store.db import make_engine
+from gate.queue import StoreNotReady, store_queue
+from gate.store import repository as repo
+from gate.store.db import make_engine, session_scope
 from gate.store.migrate import current_revision, downgrade, head_revision, upgrade
 from gate.store.models import Base
 
-TABLES = {"alembic_version", "alerts", "comparisons", "layer_metrics", "runs", "suites", "workers"}
+TABLES = {"alembic_version", "alerts", "comparisons", "layer_metrics", "runs", "store_identity", "suites", "workers"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -53,6 +55,31 @@ def test_upgrade_downgrade_upgrade_from_empty(empty_url: str) -> None:
     assert (current_revision(empty_url), _tables(empty_url)) == (None, {"alembic_version"})
     upgrade(empty_url)
     assert (current_revision(empty_url), _tables(empty_url)) == (head_revision(), TABLES)
+
+
+def test_each_migrated_store_has_its_own_key_and_so_its_own_queue(sqlite_empty_url: str, pg_empty_url: str) -> None:
+    keys = []
+    for url in (sqlite_empty_url, pg_empty_url):
+        upgrade(url)
+        engine = make_engine(url)
+        with session_scope(engine) as session:
+            keys.append(repo.store_key(session))
+        assert store_queue(engine) == f"lpips.{keys[-1][:12]}"
+        engine.dispose()
+    assert [bool(re.fullmatch("[0-9a-f]{32}", key)) for key in keys] == [True, True]
+    assert keys[0] != keys[1]
+
+
+def test_a_store_without_identity_is_refused_with_the_remedy(sqlite_empty_url: str) -> None:
+    upgrade(sqlite_empty_url, "0001")
+    engine = make_engine(sqlite_empty_url)
+    with pytest.raises(StoreNotReady) as refused:
+        store_queue(engine)
+    engine.dispose()
+    assert str(refused.value) == (
+        f"database {sqlite_empty_url}: no store identity (no such table: store_identity); "
+        "is it up, and migrated (`lpips-gate db upgrade`)?"
+    )
 
 
 def test_models_match_migrations(db_url: str) -> None:

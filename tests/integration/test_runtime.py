@@ -18,12 +18,19 @@ from PIL import Image
 from sqlalchemy import func, select, update
 
 from gate.executors import run_executor
-from gate.queue import QUEUE, make_celery
+from gate.queue import make_celery
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric, Run, Worker, utcnow
-from tests.integration.services import PrivateRedis, copy_weights, private_folder, remove, write_pairs
+from tests.integration.services import (
+    PrivateRedis,
+    copy_weights,
+    private_folder,
+    remove,
+    store_queue_of,
+    write_pairs,
+)
 from worker.engine import Engine
 from worker.runtime import Counters, Extractor, Models
 from worker.tasks import Processor, Store, Sweeper, comparison_ids, worker_name
@@ -331,12 +338,12 @@ def private_redis():
     remove(folder)
 
 
-def _queued_messages(server: PrivateRedis) -> list[list[int]]:
-    """The comparison ids of every message waiting in the queue (kombu's Redis layout, protocol 2)."""
+def _queued_messages(server: PrivateRedis, queue: str) -> list[list[int]]:
+    """The comparison ids of every message waiting in `queue` (kombu's Redis layout, protocol 2)."""
     import redis
 
     client = redis.Redis.from_url(server.url)
-    messages = [json.loads(raw) for raw in client.lrange(QUEUE, 0, -1)]
+    messages = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
     assert {m["headers"]["task"] for m in messages} <= {"lpips_gate.compare"}
     return sorted(json.loads(base64.b64decode(m["body"]))[1]["comparison_ids"] for m in messages)
 
@@ -369,15 +376,16 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     engine.dispose()
     store = Store(pg_url, retry_s=0)
     processor = Processor(settings, store=store, models=Models(settings), name=worker_name(), requeue=print)
-    sweep = Sweeper(settings, app=make_celery(settings), store=store, processor=processor)
+    queue = store_queue_of(pg_url)
+    sweep = Sweeper(settings, app=make_celery(settings, queue=queue), store=store, processor=processor)
     sweep()
     resent = orphaned + lost  # in messages of max_batch ids
-    assert _queued_messages(private_redis) == sorted([resent[0:2], resent[2:4], resent[4:5]])
+    assert _queued_messages(private_redis, queue) == sorted([resent[0:2], resent[2:4], resent[4:5]])
     rows, _ = _rows(pg_url, orphaned)
     assert {(r.status, r.error) for r in rows} == {("queued", "worker dead-host:1 stopped heartbeating")}
     sweep()  # within the period another sweep (by any worker) is skipped: the lock is held
-    assert client.llen(QUEUE) == 3
+    assert client.llen(queue) == 3
     client.delete("lpips_gate:sweep")
     sweep()  # next period: nothing orphaned, and lost messages are not re-sent while the queue is not empty
-    assert client.llen(QUEUE) == 3
+    assert client.llen(queue) == 3
     store.dispose()

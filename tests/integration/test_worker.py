@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from gate.cli import UsageFailure, main
-from gate.queue import QUEUE, TASK_COMPARE, enqueue, make_celery
+from gate.queue import TASK_COMPARE, enqueue
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
@@ -36,6 +36,7 @@ from tests.integration.services import (
     copy_weights,
     free_port,
     private_folder,
+    producer,
     remove,
     write_pairs,
 )
@@ -214,9 +215,9 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     settings = _base(pg_url, redis.url, weights_dir, root, fault_poison_suffix=POISON)
     store = Store(pg_url)
     run_id, ids = store.run(good + poison + escapes)
-    app = make_celery(Settings(broker_url=redis.url))
+    app = producer(redis.url, pg_url)
     for malformed in ({"kwargs": {"ids": ids[:1]}}, {"kwargs": {"comparison_ids": "1"}}, {"args": [ids[0]]}):
-        app.send_task(TASK_COMPARE, queue=QUEUE, **malformed)
+        app.send_task(TASK_COMPARE, queue=app.conf.task_default_queue, **malformed)
     assert enqueue(app, ids, per_message=4) == 15
 
     first = workers(_env(settings), "first")
@@ -272,6 +273,30 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     assert (health.returncode, json.loads(health.stdout)["healthy"]) == (0, True), health.stdout + health.stderr
 
 
+def test_workers_of_another_store_on_the_same_broker_never_take_this_stores_messages(
+    pg_url, pg_empty_url, weights_dir, tmp_path, services, workers
+):
+    """Before each store had its own queue, a worker writing to another database took these messages,
+    found none of their ids and acknowledged them: the run then crawled at the sweeper's pace. With
+    orphan_after 600 s no sweep re-sends anything here, so only direct consumption finishes the run."""
+    root = tmp_path / "images"
+    root.mkdir()
+    pairs = write_pairs(root, 32, size=64)
+    upgrade(pg_empty_url)
+    broker = services(PrivateRedis).url
+    other = workers(_env(_base(pg_empty_url, broker, weights_dir, root, orphan_after=600)), "other-store")
+    _wait(lambda: other.events("worker process ready"), "the other store's worker to be ready", other)
+    store = Store(pg_url)
+    run_id, ids = store.run(pairs)
+    assert enqueue(producer(broker, pg_url), ids, per_message=4) == 8
+    ours = workers(_env(_base(pg_url, broker, weights_dir, root, orphan_after=600)), "this-store")
+    _wait(lambda: store.progress(run_id)["done"] == 32, "all 32 done", ours, other)
+    assert (len(ours.events("task done")), ours.events("re-sent comparisons"), other.events("task done")) == (8, [], [])
+    assert [r.distance for r in sorted(store.rows(run_id), key=lambda r: r.id)] == pytest.approx(
+        _engine_distances(weights_dir, root, pairs), abs=1e-6
+    )
+
+
 def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path, services, workers):
     redis = services(PrivateRedis)
     root = tmp_path / "images"
@@ -292,7 +317,7 @@ def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path
     )
     store = Store(pg_url)
     run_id, ids = store.run(pairs, net="vgg")
-    enqueue(make_celery(Settings(broker_url=redis.url)), ids, per_message=8)
+    enqueue(producer(redis.url, pg_url), ids, per_message=8)
     worker = workers(_env(settings), "faults", "--pool", "solo")  # the one-process pool, too
     _wait(lambda: store.finished(run_id), "every comparison to finish", worker)
 
@@ -335,7 +360,7 @@ def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, servic
     settings = _base(postgres.url, redis.url, weights_dir, root)
     store = Store(postgres.url)
     run_id, ids = store.run(pairs)
-    enqueue(make_celery(Settings(broker_url=redis.url)), ids, per_message=4)
+    enqueue(producer(redis.url, postgres.url), ids, per_message=4)
     worker = workers(_env(settings), "restarts")
     _wait(lambda: store.progress(run_id)["done"] >= 10, "10 done", worker)
 
@@ -385,12 +410,25 @@ def test_worker_refuses_bad_arguments_with_exit_2():
     assert (no_broker.exit_code, no_broker.stderr) == (2, message)
 
 
-def test_a_metrics_port_in_use_is_refused_with_exit_2(tmp_path):
+def test_a_worker_refuses_a_store_that_is_not_migrated_with_exit_2(sqlite_empty_url):
+    env = {"LPIPS_GATE_BROKER_URL": "redis://127.0.0.1:1/0", "LPIPS_GATE_DATABASE_URL": sqlite_empty_url,
+           "LPIPS_GATE_DEVICE": "cpu"}
+    refused = CliRunner().invoke(main, ["worker"], env=env)
+    assert (refused.exit_code, refused.stderr) == (
+        2,
+        f"Error: database {sqlite_empty_url}: no store identity (no such table: store_identity); "
+        "is it up, and migrated (`lpips-gate db upgrade`)?\n",
+    )
+
+
+def test_a_metrics_port_in_use_is_refused_with_exit_2(sqlite_url):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = _env({"broker_url": "redis://127.0.0.1:1/0", "metrics_port": port, "device": "cpu"})
+        env = _env(
+            {"broker_url": "redis://127.0.0.1:1/0", "database_url": sqlite_url, "metrics_port": port, "device": "cpu"}
+        )
         refused = subprocess.run(
             ["lpips-gate", "worker"], env=env, capture_output=True, text=True, timeout=120, check=False
         )

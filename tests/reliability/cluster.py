@@ -15,8 +15,7 @@ from pathlib import Path
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import func, select
 
-from gate.queue import QUEUE, TASK_COMPARE, make_celery
-from gate.settings import Settings
+from gate.queue import TASK_COMPARE
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric
@@ -52,12 +51,9 @@ def base_settings(database_url: str, broker_url: str, weights_dir: Path, root: P
     }
 
 
-def producer(broker_url: str):
-    return make_celery(Settings(broker_url=broker_url))
-
-
 def publish_raw(
     broker_url: str,
+    queue_name: str,
     body: bytes,
     *,
     task_id: str | None,
@@ -72,12 +68,12 @@ def publish_raw(
         del headers["id"], headers["root_id"]
     headers.update(extra_headers or {})
     options = {"content_type": "application/json", "content_encoding": "utf-8", **options}
-    queue = Queue(QUEUE, Exchange(QUEUE), routing_key=QUEUE)
+    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     with Connection(broker_url) as connection:
         connection.Producer().publish(
             body,
             exchange=queue.exchange,
-            routing_key=QUEUE,
+            routing_key=queue_name,
             declare=[queue],
             serializer=None,
             headers=headers,
@@ -155,7 +151,7 @@ class StoreView:
     """The test's own connection to the database the workers write to."""
 
     def __init__(self, url: str):
-        self.engine = make_engine(url)
+        self.url, self.engine = url, make_engine(url)
 
     def create_run(self, pairs, *, suite: str = "reliability") -> tuple[int, list[int]]:
         with session_scope(self.engine) as session:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import pickle
 
-from gate.queue import QUEUE, TASK_COMPARE, enqueue
+from gate.queue import TASK_COMPARE, enqueue
 from tests.corpus import make_corpus
-from tests.integration.services import PrivateRedis, write_pairs
+from tests.integration.services import PrivateRedis, producer, store_queue_of, write_pairs
 from tests.reliability.cluster import (
     StoreView,
     base_settings,
-    producer,
     publish_raw,
     wait_for,
     worker_env,
@@ -136,25 +135,26 @@ MALFORMED_ARGUMENTS = [
 ]
 
 
-def send_malformed(broker_url: str, marker) -> None:
+def send_malformed(broker_url: str, database_url: str, marker) -> None:
     """Envelopes first (straight onto the queue, as Celery's protocol 2 frames them), then arguments."""
     pickled = pickle.dumps(((), {"comparison_ids": [1]}, {"planted": Planted(marker)}))
-    publish_raw(broker_url, b"not json{", task_id="not-json")
+    queue = store_queue_of(database_url)
+    publish_raw(broker_url, queue, b"not json{", task_id="not-json")
     publish_raw(
-        broker_url, pickled, task_id="pickle", content_type="application/x-python-serialize", content_encoding="binary"
+        broker_url, queue, pickled, task_id="pickle", content_type="application/x-python-serialize", content_encoding="binary"
     )
-    publish_raw(broker_url, b'"a string"', task_id="body-a-string")
-    publish_raw(broker_url, b"[[], {}]", task_id="body-two-items")
-    publish_raw(broker_url, b'{"comparison_ids": [1]}', task_id="body-an-object")
-    publish_raw(broker_url, b'[[], {"comparison_ids": [1]}, {}]', task_id=None)
+    publish_raw(broker_url, queue, b'"a string"', task_id="body-a-string")
+    publish_raw(broker_url, queue, b"[[], {}]", task_id="body-two-items")
+    publish_raw(broker_url, queue, b'{"comparison_ids": [1]}', task_id="body-an-object")
+    publish_raw(broker_url, queue, b'[[], {"comparison_ids": [1]}, {}]', task_id=None)
     for task_id, limits in (("timelimit-a-string", "x"), ("timelimit-of-strings", ["a", "b"])):
         publish_raw(
-            broker_url, b'[[], {"comparison_ids": [1]}, {}]', task_id=task_id, extra_headers={"timelimit": limits}
+            broker_url, queue, b'[[], {"comparison_ids": [1]}, {}]', task_id=task_id, extra_headers={"timelimit": limits}
         )
-    publish_raw(broker_url, b'[[], {"comparison_ids": [1]}, {}]', task_id="t", task_name="lpips_gate.evil")
-    app = producer(broker_url)
+    publish_raw(broker_url, queue, b'[[], {"comparison_ids": [1]}, {}]', task_id="t", task_name="lpips_gate.evil")
+    app = producer(broker_url, database_url)
     for task_id, kwargs, args, _ in MALFORMED_ARGUMENTS:
-        app.send_task(TASK_COMPARE, args=args, kwargs=kwargs, queue=QUEUE, task_id=task_id)
+        app.send_task(TASK_COMPARE, args=args, kwargs=kwargs, queue=queue, task_id=task_id)
 
 
 ENVELOPE_REJECTIONS = [
@@ -196,12 +196,12 @@ def test_bad_input_ends_as_recorded_errors_or_rejections(pg_url, weights_dir, tm
     worker = workers(worker_env(base_settings(pg_url, redis.url, weights_dir, root)), "worker")
     wait_for(worker.ready, "the pool process to load its model", worker)
 
-    send_malformed(redis.url, marker)
+    send_malformed(redis.url, pg_url, marker)
     expected = expected_outcomes(root, outside)
     run_id, ids = store.create_run(list(expected), suite="corpus")
-    enqueue(producer(redis.url), ids, per_message=4)
+    enqueue(producer(redis.url, pg_url), ids, per_message=4)
     good_run, good_ids = store.create_run(write_pairs(root, 4, prefix="after"), suite="after")
-    enqueue(producer(redis.url), good_ids, per_message=4)
+    enqueue(producer(redis.url, pg_url), good_ids, per_message=4)
     wait_for(lambda: store.finished(run_id, good_run), "both runs to finish", worker)
 
     outcomes = {(r.ref, r.cand): (r.status, r.error) for r in store.rows(run_id)}

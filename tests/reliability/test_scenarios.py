@@ -18,13 +18,12 @@ import redis as redis_client
 from gate.queue import enqueue
 from gate.settings import Settings
 from gate.store.migrate import upgrade
-from tests.integration.services import PrivatePostgres, PrivateRedis, write_pairs
+from tests.integration.services import PrivatePostgres, PrivateRedis, producer, store_queue_of, write_pairs
 from tests.reliability.cluster import (
     ALEX_LAYERS,
     StoreView,
     Worker,
     base_settings,
-    producer,
     publish_raw,
     recorded,
     wait_for,
@@ -107,7 +106,7 @@ def test_worker_sigkill_mid_batch(pg_url, weights_dir, images, servers, workers,
     run_id, ids = store.create_run(pairs)
 
     started = time.monotonic()
-    enqueue(producer(redis.url), ids, per_message=4)
+    enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.row(ids[18]).status == "running", "the slow pair's batch to be claimed", *fleet)
     victim = holder(store, ids[18], fleet)
     (survivor,) = [w for w in fleet if w is not victim]
@@ -141,7 +140,7 @@ def test_worker_sigterm_finishes_the_task_in_hand(pg_url, weights_dir, images, s
     run_id, ids = store.create_run(pairs)
 
     started = time.monotonic()
-    enqueue(producer(redis.url), ids, per_message=4)
+    enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.row(ids[10]).status == "running", "the slow pair's batch to be claimed", *fleet)
     victim = holder(store, ids[10], fleet)
     (survivor,) = [w for w in fleet if w is not victim]
@@ -176,9 +175,9 @@ def test_redis_restart_loses_no_comparison(pg_url, weights_dir, images, servers,
     run_id, ids = store.create_run(pairs)
 
     started = time.monotonic()
-    enqueue(producer(redis.url), ids, per_message=4)
+    enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.row(ids[4]).status == "running", "the slow pair's batch to be claimed", worker)
-    waiting = metrics.queue_depth(redis_client.Redis.from_url(redis.url))
+    waiting = metrics.queue_depth(redis_client.Redis.from_url(redis.url), store_queue_of(store.url))
     restarted_at = time.monotonic()
     redis.restart()
     wait_for(lambda: store.finished(run_id), "every comparison to finish", worker)
@@ -214,7 +213,7 @@ def test_postgres_restart_mid_write(weights_dir, images, servers, workers, repor
     run_id, ids = store.create_run(pairs)
 
     started = time.monotonic()
-    enqueue(producer(redis.url), ids, per_message=4)
+    enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.done(run_id) >= 8, "8 comparisons done", worker)
     store.dispose()
     stopped_at = time.monotonic()
@@ -238,7 +237,7 @@ def test_postgres_restart_mid_write(weights_dir, images, servers, workers, repor
 
 
 def store_retries(worker: Worker) -> list[dict]:
-    return [e for e in worker.events("store unreachable; retrying") if e["what"] in ("claim", "record_result", "run")]
+    return [e for e in worker.events("store unreachable; retrying") if e["what"] in ("claim", "record", "run")]
 
 
 def test_poison_messages_end_as_errors_and_the_worker_keeps_serving(
@@ -258,12 +257,12 @@ def test_poison_messages_end_as_errors_and_the_worker_keeps_serving(
     run_id, ids = store.create_run(good[:5] + [poison] + good[5:])
 
     started = time.monotonic()
-    publish_raw(redis.url, b'"not a list"', task_id="str-body")
-    publish_raw(redis.url, b'[[], {"comparison_ids": [1]}, {}]', task_id=None)
-    enqueue(producer(redis.url), ids, per_message=4)
+    publish_raw(redis.url, store_queue_of(store.url), b'"not a list"', task_id="str-body")
+    publish_raw(redis.url, store_queue_of(store.url), b'[[], {"comparison_ids": [1]}, {}]', task_id=None)
+    enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.finished(run_id), "the first run to finish", worker)
     after_run, after_ids = store.create_run(write_pairs(images, 4, prefix="after", first_seed=600))
-    enqueue(producer(redis.url), after_ids, per_message=4)
+    enqueue(producer(redis.url, store.url), after_ids, per_message=4)
     wait_for(lambda: store.finished(after_run), "the run sent after the poison to finish", worker)
     result = figures(
         report, "poison message", store, [run_id, after_run], [worker], (started, started), expected_errors={ids[5]}
@@ -307,7 +306,7 @@ def test_slow_task_past_its_soft_time_limit(pg_url, weights_dir, images, servers
     run_id, ids = store.create_run(pairs)
 
     started = time.monotonic()
-    enqueue(producer(redis.url), ids, per_message=4)
+    enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.finished(run_id), "every comparison to finish", worker)
     limits_hit = sum("Soft time limit (4s) exceeded" in line.get("event", "") for line in worker.lines())
     result = figures(
@@ -348,7 +347,7 @@ def test_two_workers_racing_on_one_run(pg_url, weights_dir, images, servers, wor
     run_id, ids = store.create_run(pairs)
 
     started = time.monotonic()
-    app = producer(redis.url)
+    app = producer(redis.url, store.url)
     for start in range(0, len(ids), 4):
         for _twin in range(2):
             enqueue(app, ids[start : start + 4], per_message=4)

@@ -29,11 +29,10 @@ from sqlalchemy.pool import NullPool
 from gate.cli import main
 from gate.queue import enqueue
 from gate.settings import Settings
-from tests.integration.services import PrivateRedis, free_port, write_pairs
+from tests.integration.services import PrivateRedis, free_port, producer, write_pairs
 from tests.reliability.cluster import (
     StoreView,
     base_settings,
-    producer,
     wait_for,
     worker_env,
 )
@@ -222,13 +221,13 @@ def test_no_password_is_ever_printed(pg_url, db_role, weights_dir, tmp_path, ser
 
     def compute(pairs, what: str) -> None:
         run_id, ids = store.create_run(pairs)
-        enqueue(producer(redis.url), ids, per_message=4)
+        enqueue(producer(redis.url, pg_url), ids, per_message=4)
         wait_for(lambda: store.finished(run_id), what, worker)
 
     compute(pairs + [("../escape.png", pairs[0][1])], "a run with a bad pair")
     shut_out(db_role)
     run_id, ids = store.create_run(write_pairs(root, 2, prefix="outage", first_seed=50))
-    enqueue(producer(redis.url), ids, per_message=4)
+    enqueue(producer(redis.url, pg_url), ids, per_message=4)
     wait_for(lambda: worker.events("store unreachable; retrying"), "the worker to meet the outage", worker)
     let_in(db_role)
     wait_for(lambda: store.finished(run_id), "the run sent during the outage", worker)
