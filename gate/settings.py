@@ -33,6 +33,8 @@ class Settings(BaseSettings):
 
     max_pixels: int = 64_000_000  # per image: larger is treated as a decompression bomb
     max_batch: int = 16  # pairs per forward pass
+    message_batches: int = Field(default=4, ge=1)  # forward passes per queue message: decoding overlaps compute
+    #                                                within a message; fewer spread a small run over more workers
     feature_cache_bytes: int = 256 * 2**20
     max_attempts: int = 3  # a comparison that fails this often is recorded as an error
 
@@ -59,3 +61,8 @@ class Settings(BaseSettings):
     fault_nonfinite_primary: bool = False  # the primary backbone's distances come out NaN
     fault_slow_suffix: str | None = None  # a forward pass holding a cand that ends with this sleeps fault_slow_s first
     fault_slow_s: float = 5.0
+
+    @property
+    def pairs_per_message(self) -> int:
+        """Comparison ids per queue message (and per claim of the embedded mode)."""
+        return self.max_batch * self.message_batches

@@ -30,7 +30,7 @@ def run_comparisons(settings, comparison_ids: list[int]) -> None:
     keeper = Keeper(interval_s=heartbeat_interval_s(settings), beat=beat(store, name)).start()
     try:
         while ids:
-            window = 4 * settings.max_batch  # claimed a window at a time: progress shows while it runs
+            window = settings.pairs_per_message  # claimed as a worker takes a message: progress shows as it runs
             for start in range(0, len(ids), window):
                 processor.process(ids[start : start + window])
             ids, again[:] = list(again), []

@@ -143,13 +143,16 @@ class Engine:
         missing = [k for k in keys if found[k] is None]
         images = torch.stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device)
         both = self.model.features(images)
+        computed = both.take(slice(0, len(missing)))
         for row, key in enumerate(missing):
-            found[key] = both.take(torch.tensor([row]))
+            found[key] = computed.take(slice(row, row + 1))
             if self.cache is not None:
-                self.cache.put(key, found[key])
+                self.cache.put(key, found[key].clone())
         cands = both.take(slice(len(missing), len(missing) + len(batch)))
+        in_order = missing == [b.ref_key for b in batch]  # distinct references, none cached: no regrouping
+        refs = computed if in_order else _concat(found[b.ref_key] for b in batch)
         size = tuple(batch[0].ref.shape[-2:]) if with_map else None
-        result = self.model.compare(_concat(found[b.ref_key] for b in batch), cands, size=size)
+        result = self.model.compare(refs, cands, size=size)
         elapsed = (time.perf_counter() - start) * 1e3 / len(batch)
         for row, item in enumerate(batch):
             outcome = outcomes[item.index]

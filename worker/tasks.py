@@ -220,10 +220,20 @@ class Processor:
 
     def _record(self, outcomes: list[tuple[Comparison, Measurement]], maps: bool, retry: list[int]) -> None:
         """Every outcome of a batch in one transaction: one commit, not one per pair."""
-        heatmaps = [_heatmap(m) if maps and m.error is None else None for _, m in outcomes]
+        results = [
+            {"comparison_id": c.id, "distance": m.distance, "net": m.net, "weights_version": m.weights_version,
+             "precision": m.precision, "layers": m.layers, "decode_ms": m.decode_ms, "model_ms": m.model_ms,
+             "heatmap_png": _heatmap(m) if maps else None}
+            for c, m in outcomes if m.error is None
+        ]
 
         def write(session: Session) -> list[bool]:
-            return [_write(session, c, m, png) for (c, m), png in zip(outcomes, heatmaps, strict=True)]
+            done = iter(repo.record_results(session, results=results))
+            return [
+                next(done) if m.error is None
+                else repo.record_error(session, comparison_id=c.id, reason=m.error, final=m.final)
+                for c, m in outcomes
+            ]
 
         written = self.store.run(write, what="record")
         for (comparison, m), recorded in zip(outcomes, written, strict=True):
@@ -272,23 +282,6 @@ class Processor:
                 return rows
 
             return self.store.run(release, what="release_leftovers", retry=False)
-
-
-def _write(session: Session, comparison: Comparison, m: Measurement, heatmap_png: bytes | None) -> bool:
-    if m.error is not None:
-        return repo.record_error(session, comparison_id=comparison.id, reason=m.error, final=m.final)
-    return repo.record_result(
-        session,
-        comparison_id=comparison.id,
-        distance=m.distance,
-        net=m.net,
-        weights_version=m.weights_version,
-        precision=m.precision,
-        layers=m.layers,
-        decode_ms=m.decode_ms,
-        model_ms=m.model_ms,
-        heatmap_png=heatmap_png,
-    )
 
 
 def _heatmap(m: Measurement) -> bytes | None:
@@ -385,7 +378,7 @@ class Sweeper:
             )
             resend = sorted(set(resend) | set(stale))
         if resend:
-            enqueue(self.app, resend, per_message=self.settings.max_batch)
+            enqueue(self.app, resend, per_message=self.settings.pairs_per_message)
             log.info("re-sent comparisons", orphans=len(orphans), total=len(resend))
 
     def _lock(self) -> bool:
@@ -435,7 +428,7 @@ class WorkerProcess:
             self.settings, counters=Counters(listener=metrics.count_event), device=device, precision=self.precision
         )
         self.processor = Processor(
-            self.settings, store=store, models=models, name=name, requeue=send_later(self.app, self.settings.max_batch)
+            self.settings, store=store, models=models, name=name, requeue=send_later(self.app, self.settings.pairs_per_message)
         )
         try:
             loaded = models.preload()

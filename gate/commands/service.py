@@ -95,9 +95,9 @@ def _run_options(pairs: list[tuple[str, str]], maps: bool) -> dict[str, Any]:
 
 
 def dispatched(settings: Settings, count: int) -> str:
-    """What `submit_run` did with `count` comparisons: the broker gets messages of max_batch ids."""
+    """What `submit_run` did with `count` comparisons: the broker gets messages of pairs_per_message ids."""
     if settings.broker_url:
-        return f"queued in {math.ceil(count / settings.max_batch)} messages"
+        return f"queued in {math.ceil(count / settings.pairs_per_message)} messages"
     return "computed in-process"
 
 
@@ -144,7 +144,7 @@ def _broker_dispatch(settings: Settings) -> Dispatch:
 
     def send(engine: Any, run_id: int, ids: list[int]) -> None:
         try:
-            enqueue(make_celery(settings, queue=store_queue(engine)), ids, per_message=settings.max_batch)
+            enqueue(make_celery(settings, queue=store_queue(engine)), ids, per_message=settings.pairs_per_message)
         except OperationalError as exc:
             _give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
             raise failure(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
@@ -225,9 +225,10 @@ def judge_if_possible(engine: Any, run_id: int, settings: Settings) -> None:
         judge_run(engine, run_id=run_id, policies=PolicySet(), settings=settings)
 
 
-def poll_until_finished(engine: Any, run_id: int, *, timeout: float) -> None:
-    """Return once every comparison of the run is done or failed; a usage failure when the run does
-    not exist or `timeout` seconds pass first (naming the progress so far)."""
+def poll_until_finished(engine: Any, run_id: int, *, timeout: float, interval: float = POLL_SECONDS) -> None:
+    """Return once every comparison of the run is done or failed, looking every `interval` seconds;
+    a usage failure when the run does not exist or `timeout` seconds pass first (naming the progress
+    so far)."""
     from gate.store import repository as repo
     from gate.store import session_scope
 
@@ -244,7 +245,7 @@ def poll_until_finished(engine: Any, run_id: int, *, timeout: float) -> None:
                 return
             if remaining <= 0:
                 raise failure(f"run {run_id}: timed out after {timeout:g} s (done {finished} of {total})")
-            time.sleep(min(POLL_SECONDS, remaining))
+            time.sleep(min(interval, remaining))
 
 
 def _run_size(engine: Any, run_id: int) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, exists, func, select, update
+from sqlalchemy import String, bindparam, cast, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -196,6 +196,9 @@ def claim_comparisons(
     return sorted(claimed, key=lambda comparison: comparison.id)
 
 
+RESULT_FIELDS = ("distance", "net", "weights_version", "precision", "decode_ms", "model_ms", "heatmap_png")
+
+
 def record_result(
     session: Session,
     *,
@@ -211,30 +214,50 @@ def record_result(
 ) -> bool:
     """Store a finished comparison once: a repeat delivery of a done comparison writes nothing and
     returns False."""
-    rows = [_layer_row(comparison_id, i, layer) for i, layer in enumerate(layers)]
-    stmt = (
-        update(Comparison)
-        .where(Comparison.id == comparison_id, Comparison.status != "done")
-        .values(
-            status="done",
-            distance=_finite(distance),
-            net=net,
-            weights_version=weights_version,
-            precision=precision,
-            decode_ms=decode_ms,
-            model_ms=model_ms,
-            heatmap_png=heatmap_png,
-            error=None,
-            finished_at=utcnow(),
-        )
+    result = dict(comparison_id=comparison_id, distance=distance, net=net, weights_version=weights_version,
+                  precision=precision, layers=layers, decode_ms=decode_ms, model_ms=model_ms, heatmap_png=heatmap_png)
+    return record_results(session, results=[result])[0]
+
+
+def record_results(session: Session, *, results: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """`record_result` for many comparisons in three statements whatever their number (a worker's
+    batch is one commit): lock the rows, update those not done yet, insert their layers. Each result
+    holds record_result's keyword arguments; returns, per result, whether it was written."""
+    if not results:
+        return []
+    layer_rows = {r["comparison_id"]: [_layer_row(r["comparison_id"], i, x) for i, x in enumerate(r["layers"])]
+                  for r in results}
+    locked = select(Comparison.id, Comparison.status).where(Comparison.id.in_(layer_rows)).order_by(Comparison.id)
+    status = {row.id: row.status for row in session.execute(locked.with_for_update())}  # id order: no deadlocks
+    written = []
+    for comparison_id in (r["comparison_id"] for r in results):
+        if comparison_id not in status:
+            raise NotFound(f"comparison {comparison_id}: no such comparison")
+        written.append(status[comparison_id] != "done")
+        status[comparison_id] = "done"  # the same id twice is written once
+    todo = [r for r, new in zip(results, written) if new]
+    if not todo:
+        return written
+    table = Comparison.__table__
+    fields = {key: bindparam(f"new_{key}") for key in RESULT_FIELDS}
+    update_done = (
+        update(table)
+        .where(table.c.id == bindparam("new_id"))
+        .values(status="done", error=None, finished_at=utcnow(), **fields)
     )
-    if session.execute(stmt.returning(Comparison.id)).first() is None:
-        _require_comparison(session, comparison_id)
-        return False
+    session.execute(
+        update_done,
+        [
+            {"new_id": r["comparison_id"], **{f"new_{key}": r.get(key) for key in RESULT_FIELDS},
+             "new_distance": _finite(r["distance"])}
+            for r in todo
+        ],
+    )
+    rows = [row for r in todo for row in layer_rows[r["comparison_id"]]]
     if rows:
         conflict = ["comparison_id", "layer_index"]
         session.execute(_insert(session, LayerMetric).on_conflict_do_nothing(index_elements=conflict), rows)
-    return True
+    return written
 
 
 def _layer_row(comparison_id: int, position: int, layer: Mapping[str, Any]) -> dict[str, Any]:

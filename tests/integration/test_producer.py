@@ -103,7 +103,7 @@ def _run_count(url: str) -> int:
 
 def test_submit_stores_the_run_and_queues_its_ids_in_batches(pg_url: str, images: Path,
                                                              broker: redis.Redis) -> None:
-    result = _submit(pg_url, images, "--json", LPIPS_GATE_MAX_BATCH="2")
+    result = _submit(pg_url, images, "--json", LPIPS_GATE_MAX_BATCH="1", LPIPS_GATE_MESSAGE_BATCHES="2")
     assert (result.exit_code, result.stdout, result.stderr) == (0, '{"run": 1, "submitted": 3}\n', "")
     rows = _comparisons(pg_url, 1)
     assert [(c.ref, c.cand, c.status, c.attempts) for c in rows] == [
@@ -139,7 +139,8 @@ def test_submit_stores_the_run_options_and_settings_defaults(pg_url: str, images
 
 
 def test_submit_run_stores_and_queues_without_the_cli(pg_url: str, images: Path, broker: redis.Redis) -> None:
-    settings = Settings(database_url=pg_url, image_root=images, broker_url=BROKER_URL, max_batch=2, net="vgg")
+    settings = Settings(database_url=pg_url, image_root=images, broker_url=BROKER_URL, max_batch=2,
+                        message_batches=1, net="vgg")
     submitted = submit_run(settings, images / "ref", images / "new", suite="api", threshold=0.3, net=None,
                            version="0.0", precision=None, maps=True)
     assert submitted == (1, [1, 2, 3])

@@ -354,7 +354,8 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     import redis
 
     settings = _settings(
-        weights_dir, image_root, database_url=pg_url, broker_url=private_redis.url, orphan_after=30, max_batch=2
+        weights_dir, image_root, database_url=pg_url, broker_url=private_redis.url, orphan_after=30, max_batch=2,
+        message_batches=1,
     )
     client = redis.Redis.from_url(private_redis.url)
     client.flushdb()
@@ -379,7 +380,7 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     queue = store_queue_of(pg_url)
     sweep = Sweeper(settings, app=make_celery(settings, queue=queue), store=store, processor=processor)
     sweep()
-    resent = orphaned + lost  # in messages of max_batch ids
+    resent = orphaned + lost  # in messages of pairs_per_message ids
     assert _queued_messages(private_redis, queue) == sorted([resent[0:2], resent[2:4], resent[4:5]])
     rows, _ = _rows(pg_url, orphaned)
     assert {(r.status, r.error) for r in rows} == {("queued", "worker dead-host:1 stopped heartbeating")}

@@ -474,3 +474,34 @@ def test_upsert_open_alert_rejects_unknown_rule(session_factory) -> None:
         repo.upsert_open_alert(
             session, rule="latency", suite_name="smoke", labels={}, value=1.0, threshold=0.5, run_id=None
         )
+
+
+def test_record_results_writes_a_batch_once_in_order(session_factory) -> None:
+    run_id = _new_run(session_factory)
+    first, second, third = _ids(session_factory, run_id)
+    result = {"distance": 0.25, "net": "alex", "weights_version": "w1", "precision": "fp32", "layers": LAYERS}
+    with session_factory.begin() as session:
+        assert _done(session, second, 0.5)
+    with session_factory.begin() as session:
+        written = repo.record_results(
+            session,
+            results=[{**result, "comparison_id": i, "distance": d} for i, d in ((third, 0.75), (second, 0.9),
+                                                                                (first, float("nan")), (third, 0.1))],
+        )
+    assert written == [True, False, True, False]  # the done one and a repeat within the batch are not rewritten
+    with session_factory() as session:
+        rows = {c.id: (c.status, c.distance) for c in repo.list_comparisons(session, run_id=run_id)}
+        layers = [(m.comparison_id, m.layer_index) for m in repo.layer_metrics(session, run_id=run_id)]
+    assert rows == {first: ("done", None), second: ("done", 0.5), third: ("done", 0.75)}
+    assert sorted(layers) == sorted((i, x) for i in (first, second, third) for x in (0, 1))
+
+
+def test_record_results_refuses_an_unknown_comparison_and_writes_nothing(session_factory) -> None:
+    cid = _ids(session_factory, _new_run(session_factory))[0]
+    result = {"distance": 0.25, "net": "alex", "weights_version": "w1", "precision": "fp32", "layers": LAYERS}
+    with pytest.raises(repo.NotFound, match=r"^comparison 999: no such comparison$"):
+        with session_factory.begin() as session:
+            repo.record_results(session, results=[{**result, "comparison_id": cid},
+                                                  {**result, "comparison_id": 999}])
+    with session_factory() as session:
+        assert session.get_one(Comparison, cid).status == "queued"

@@ -129,6 +129,7 @@ def _base(url: str, broker: str, weights_dir: Path, root: Path, **extra) -> dict
         "heartbeat_file": root / "heartbeat",
         "orphan_after": 4,
         "max_batch": 4,
+        "message_batches": 1,
         "retry_tries": 2,
         "retry_base_s": 0.05,
         "max_attempts": 3,

@@ -43,6 +43,7 @@ def base_settings(database_url: str, broker_url: str, weights_dir: Path, root: P
         "heartbeat_file": root.parent / "heartbeat",
         "orphan_after": 4,
         "max_batch": 4,
+        "message_batches": 1,
         "retry_tries": 2,
         "retry_base_s": 0.05,
         "max_attempts": 3,

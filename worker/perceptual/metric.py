@@ -34,6 +34,10 @@ class Features:
             [[per_image[i] for i in rows] for per_image in self.stats],
         )
 
+    def clone(self) -> "Features":
+        """Own copies: a cached slice would otherwise keep its whole batch alive."""
+        return Features([f.clone() for f in self.layers], [list(per_image) for per_image in self.stats])
+
     @property
     def nbytes(self) -> int:
         return sum(f.numel() * f.element_size() for f in self.layers)

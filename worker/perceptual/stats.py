@@ -15,7 +15,7 @@ def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
     mean = flat.mean(dim=1)
     std = (flat - mean[:, None]).square_().mean(dim=1).sqrt_()  # two passes: several times faster than std_mean
     if torch.isfinite(std).all():  # NaN/Inf anywhere in a row would make its std non-finite
-        low, high = torch.aminmax(flat, dim=1)
+        low, high = flat.amin(dim=1), flat.amax(dim=1)  # on the CPU several times faster than aminmax
         nonfinite = torch.zeros(flat.shape[0], dtype=torch.long)
     else:
         mean, std, low, high, nonfinite = _masked_moments(flat, torch.isfinite(flat))
