@@ -6,6 +6,8 @@ adds up every child. The queue depth is read from Redis when scraped."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from urllib.parse import urlsplit
 
@@ -58,6 +60,39 @@ def queue_depth(client: redis.Redis, queue: str) -> int:
         for key in keys:
             pipe.llen(key)
         return sum(pipe.execute())
+
+
+def ids_in_flight(client: redis.Redis, queue: str) -> set[int]:
+    """Comparison ids of the messages waiting in `queue` or delivered and not yet acknowledged
+    (kombu's `unacked` hash, which also holds countdown messages a worker keeps until their time)."""
+    keys = [queue if p == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{p}" for p in KOMBU_PRIORITY_STEPS]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        pipe.hvals("unacked")
+        *waiting, unacked = pipe.execute()
+    messages = [_json(raw) for batch in waiting for raw in batch]
+    for raw in unacked:
+        entry = _json(raw)  # [message, exchange, routing key]
+        if isinstance(entry, list) and len(entry) == 3 and entry[2] == queue:
+            messages.append(entry[0])
+    return {i for message in messages for i in _comparison_ids(message)}
+
+
+def _json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _comparison_ids(message: object) -> list[int]:
+    """The ids a task message carries; none for anything that is not a well-formed compare task."""
+    try:
+        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        return [i for i in kwargs["comparison_ids"] if type(i) is int]
+    except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+        return []
 
 
 class QueueDepth:

@@ -354,8 +354,9 @@ def beat(store: Store, name: str, heartbeat_file=None) -> Callable[[], None]:
 
 class Sweeper:
     """Re-sends work that would otherwise wait: orphans of dead workers, leftovers of this process,
-    and (when the queue is empty) queued comparisons whose message is gone. One sweeper per period
-    across the fleet (a Redis lock), since every one of them would send the same ids."""
+    and queued comparisons whose message is gone (on Redis: in no waiting or unacknowledged message;
+    on other brokers every long-queued one, as duplicates are harmless). One sweeper per period across
+    the fleet (a Redis lock), since every one of them would send the same ids."""
 
     def __init__(self, settings, *, app: Celery, store: Store, processor: Processor):
         self.settings, self.app, self.store, self.processor = settings, app, store, processor
@@ -370,13 +371,14 @@ class Sweeper:
             lambda session: repo.requeue_orphans(session, older_than=older_than), what="requeue_orphans", retry=False
         )
         resend = orphans + self.processor.release_leftovers()
-        if self.redis is None or metrics.queue_depth(self.redis, self.app.conf.task_default_queue) == 0:
-            stale = self.store.run(
-                lambda session: repo.stale_queued(session, older_than=older_than, limit=STALE_BATCH),
-                what="stale_queued",
-                retry=False,
-            )
-            resend = sorted(set(resend) | set(stale))
+        stale = self.store.run(
+            lambda session: repo.stale_queued(session, older_than=older_than, limit=STALE_BATCH),
+            what="stale_queued",
+            retry=False,
+        )
+        if self.redis is not None:  # a long backlog is not lost work: only ids in no message are
+            stale = sorted(set(stale) - metrics.ids_in_flight(self.redis, self.app.conf.task_default_queue))
+        resend = sorted(set(resend) | set(stale))
         if resend:
             enqueue(self.app, resend, per_message=self.settings.pairs_per_message)
             log.info("re-sent comparisons", orphans=len(orphans), total=len(resend))

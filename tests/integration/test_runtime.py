@@ -387,6 +387,13 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     sweep()  # within the period another sweep (by any worker) is skipped: the lock is held
     assert client.llen(queue) == 3
     client.delete("lpips_gate:sweep")
-    sweep()  # next period: nothing orphaned, and lost messages are not re-sent while the queue is not empty
+    client.delete("lpips_gate:sweep")
+    sweep()  # next period: nothing orphaned, and ids still in a message are not sent again
     assert client.llen(queue) == 3
+    client.rpop(queue)  # the oldest message is lost (a broker restart), the others still wait
+    delivered = client.rpop(queue)  # and the next one is delivered, not yet acknowledged
+    client.hset("unacked", mapping={"tag": json.dumps([json.loads(delivered), "", queue]), "junk": b"not json{"})
+    client.delete("lpips_gate:sweep")
+    sweep()  # a backlog is not lost work: exactly the lost message's ids are sent again
+    assert _queued_messages(private_redis, queue) == sorted([resent[0:2], resent[4:5]])
     store.dispose()
