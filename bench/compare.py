@@ -29,7 +29,7 @@ import lpips  # noqa: E402
 
 from gate.settings import Settings  # noqa: E402
 from worker import weights  # noqa: E402
-from worker.engine import Engine  # noqa: E402
+from worker.engine import Engine, emulated_precision  # noqa: E402
 
 
 def make_pairs(folder: Path, n: int, size: int, *, one_ref: bool = False, seed: int = 0) -> list[tuple[Path, Path]]:
@@ -143,6 +143,7 @@ def main() -> None:
                     low_run, low_out = ours(settings, net, pairs, precision=precision, device=args.device)
                     row[f"{precision}_pairs_s"] = rate(low_run, n, repeat)
                     row[f"{precision}_max_abs_diff_vs_fp32"] = float(np.max(np.abs(np.array(low_out) - fp32_out)))
+                    row[f"{precision}_emulated"] = emulated_precision(precision, torch.device(args.device)) is not None
                 one = make_pairs(folder, 64 if not args.quick else 4, size, one_ref=True, seed=1) if size <= 256 else None
                 if one:
                     one_ref_run, _ = bare_reference(reference, one, 8, args.device)
@@ -162,7 +163,7 @@ def main() -> None:
 def print_row(row: dict) -> None:
     ratio = lambda a, b: f"{row[a] / row[b]:.2f}x" if a in row else "-"
     low = "".join(f"{p} {row[p + '_pairs_s']:7.1f}/s ({ratio(p + '_pairs_s', 'reference_pairs_s')}, "
-                  f"max|d-fp32| {row[p + '_max_abs_diff_vs_fp32']:.4f})  "
+                  f"max|d-fp32| {row[p + '_max_abs_diff_vs_fp32']:.4f}{', emulated' * row[p + '_emulated']})  "
                   for p in ("bf16", "fp16") if p + "_pairs_s" in row)
     print(f"{row['net']:5} {row['size']:5}px  reference {row['reference_pairs_s']:7.1f}/s  "
           f"ours {row['ours_pairs_s']:7.1f}/s ({ratio('ours_pairs_s', 'reference_pairs_s')})  {low}"

@@ -74,7 +74,7 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
             precision, exposure, map_png, as_json):
     """LPIPS distance between REF and CAND, or of every pair in --pairs."""
     from worker import weights as weights_mod
-    from worker.engine import Engine
+    from worker.engine import Engine, emulated_precision
     from worker.heatmap import heatmap_png
 
     if pairs_csv is not None and (ref or cand):
@@ -92,6 +92,9 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
                                       reduction=reduction)
     except (weights_mod.WeightsError, ValueError, FileNotFoundError) as exc:
         raise UsageFailure(str(exc)) from exc
+    slow = emulated_precision(engine.model.precision, engine.device)
+    if slow:
+        click.echo(f"Warning: {slow}", err=True)
     failed = 0
     outcomes = engine.compare_files(pairs, with_map=map_png is not None)
     show_progress = pairs_csv is not None and sys.stderr.isatty() and len(pairs) > engine.max_batch

@@ -41,6 +41,24 @@ class _Decoded:
     decode_ms: float
 
 
+NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+def emulated_precision(precision: str, device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """Why `precision` will be slow here, or None: a CPU without instructions for it (by its
+    /proc/cpuinfo flags) has oneDNN emulate it, several times slower than fp32."""
+    if device.type != "cpu" or precision not in NATIVE_CPU_FLAGS:
+        return None
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:
+        return None  # not Linux: unknown, so say nothing
+    wanted = NATIVE_CPU_FLAGS[precision]
+    if any(flag in flags for flag in wanted):
+        return None
+    return f"{precision} on this CPU is emulated (no {' or '.join(wanted)}): expect it slower than fp32"
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

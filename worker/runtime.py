@@ -17,12 +17,15 @@ from pathlib import Path
 import torch
 from billiard.exceptions import SoftTimeLimitExceeded
 
+from gate.logs import get_logger
 from worker import weights
-from worker.engine import Engine, Outcome
+from worker.engine import Engine, Outcome, emulated_precision
 
 Pair = tuple[Path, Path]
 RELOAD_AFTER_S = 60.0  # a backbone that failed to load is tried again after this long
 COUNTERS = ("retries", "oom_halvings", "fallbacks")
+
+log = get_logger("lpips_gate.worker")
 
 
 @dataclass
@@ -276,6 +279,9 @@ class Models:
             engine.faults = self.faults
         else:
             engine = Engine.from_settings(self.settings, **options)
+        slow = emulated_precision(precision, engine.device)
+        if slow:
+            log.warning("slow precision", reason=slow)
         return Extractor(
             engine, tries=self.settings.retry_tries, base_s=self.settings.retry_base_s, counters=self.counters
         )

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from gate.settings import Settings
-from worker.engine import Engine
+from worker.engine import Engine, emulated_precision
 from worker.images import load_image
 
 
@@ -66,3 +66,20 @@ def test_identical_pairs_are_computed_once(engine, tmp_path):
     assert seen == [2]  # the reference and one candidate: the other two pairs have the same bytes
     assert outcomes[0].distance == outcomes[1].distance == outcomes[2].distance > 0
     assert [o.cand for o in outcomes] == [str(cand), str(twin), str(cand)]
+
+
+def test_a_precision_the_cpu_lacks_instructions_for_is_named_as_emulated(tmp_path):
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor : 0\nflags : fpu sse2 avx2 fma\n")
+    sapphire = tmp_path / "sapphire"
+    sapphire.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16 amx_bf16 avx512_fp16\n")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert emulated_precision("bf16", cpu, avx2) == (
+        "bf16 on this CPU is emulated (no avx512_bf16 or amx_bf16): expect it slower than fp32"
+    )
+    assert emulated_precision("fp16", cpu, avx2) == (
+        "fp16 on this CPU is emulated (no avx512_fp16 or amx_fp16): expect it slower than fp32"
+    )
+    assert [emulated_precision(p, cpu, sapphire) for p in ("bf16", "fp16", "fp32")] == [None, None, None]
+    assert emulated_precision("bf16", cuda, avx2) is None
+    assert emulated_precision("bf16", cpu, tmp_path / "missing") is None
