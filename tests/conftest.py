@@ -24,6 +24,8 @@ from sqlalchemy.pool import NullPool
 from gate.store.db import make_engine
 from gate.store.migrate import upgrade
 
+pytest_plugins = ["tests.cluster"]  # the `servers` and `workers` fixtures of the worker tests
+
 POSTGRES_URL = os.environ.get(
     "LPIPS_GATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

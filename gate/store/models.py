@@ -114,6 +114,7 @@ class Comparison(Base):
     error: Mapped[str | None]
     worker: Mapped[str | None]
     claimed_at: Mapped[datetime | None]
+    queued_at: Mapped[datetime | None]  # when it last went (back) to the queue; NULL in rows older than 0003
     finished_at: Mapped[datetime | None]
     decode_ms: Mapped[float | None]
     model_ms: Mapped[float | None]

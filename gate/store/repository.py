@@ -86,10 +86,11 @@ def create_run(
     session.add(run)
     session.flush()
     stmt = _insert(session, Comparison).on_conflict_do_nothing(index_elements=["run_id", "ref", "cand"])
+    now = utcnow()
     session.execute(
         stmt,
         [
-            {"run_id": run.id, "ref": ref, "cand": cand, "status": "queued", "attempts": 0}
+            {"run_id": run.id, "ref": ref, "cand": cand, "status": "queued", "attempts": 0, "queued_at": now}
             for ref, cand in pairs
         ],
     )
@@ -280,7 +281,9 @@ def _layer_row(comparison_id: int, position: int, layer: Mapping[str, Any]) -> d
 def record_error(session: Session, *, comparison_id: int, reason: str, final: bool) -> bool:
     """A failed attempt: `final` ends the comparison as an error, otherwise it is queued again
     (attempts kept, so `claim_comparisons` can give up on it). A done comparison is left alone."""
-    values: dict[str, Any] = {"status": "error", "finished_at": utcnow()} if final else {"status": "queued"}
+    values: dict[str, Any] = (
+        {"status": "error", "finished_at": utcnow()} if final else {"status": "queued", "queued_at": utcnow()}
+    )
     stmt = (
         update(Comparison)
         .where(Comparison.id == comparison_id, Comparison.status != "done")
@@ -298,9 +301,9 @@ def _require_comparison(session: Session, comparison_id: int) -> None:
 
 
 def stale_queued(session: Session, *, older_than: timedelta, limit: int) -> list[int]:
-    """Queued comparisons nobody picked up for `older_than` (since their last claim, or since their
-    run was created): their message may be lost."""
-    since = func.coalesce(Comparison.claimed_at, Run.created_at)
+    """Queued comparisons nobody picked up for `older_than` since they (last) went to the queue:
+    their message may be lost."""
+    since = func.coalesce(Comparison.queued_at, Comparison.claimed_at, Run.created_at)
     stmt = (
         select(Comparison.id)
         .join(Run, Comparison.run_id == Run.id)
@@ -325,7 +328,7 @@ def requeue_orphans(session: Session, *, older_than: timedelta) -> list[int]:
     stmt = (
         update(Comparison)
         .where(_orphaned(older_than))
-        .values(status="queued", error="worker " + Comparison.worker + " stopped heartbeating")
+        .values(status="queued", queued_at=utcnow(), error="worker " + Comparison.worker + " stopped heartbeating")
         .returning(Comparison.id)
     )
     return sorted(session.scalars(stmt))

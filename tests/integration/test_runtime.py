@@ -22,7 +22,7 @@ from gate.queue import make_celery
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
-from gate.store.models import Comparison, LayerMetric, Run, Worker, utcnow
+from gate.store.models import Comparison, LayerMetric, Worker, utcnow
 from tests.integration.services import (
     PrivateRedis,
     copy_weights,
@@ -348,6 +348,13 @@ def _queued_messages(server: PrivateRedis, queue: str) -> list[list[int]]:
     return sorted(json.loads(base64.b64decode(m["body"]))[1]["comparison_ids"] for m in messages)
 
 
+def _age(url: str, ids: list[int], queued_at) -> None:
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        session.execute(update(Comparison).where(Comparison.id.in_(ids)).values(queued_at=queued_at))
+    engine.dispose()
+
+
 def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     pg_url, weights_dir, image_root, pairs, private_redis
 ):
@@ -368,11 +375,8 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
         repo.claim_comparisons(session, ids=orphaned, worker="dead-host:1", max_attempts=3)
         repo.heartbeat(session, worker="dead-host:1", hostname="dead-host", pid=1)
         session.execute(update(Worker).where(Worker.name == "dead-host:1").values(last_seen=long_ago))
-        session.execute(update(Comparison).where(Comparison.id.in_(orphaned + lost)).values(claimed_at=long_ago))
         session.execute(
-            update(Run)
-            .where(Run.id.in_(select(Comparison.run_id).where(Comparison.id.in_(lost))))
-            .values(created_at=long_ago)
+            update(Comparison).where(Comparison.id.in_(orphaned + lost)).values(claimed_at=long_ago, queued_at=long_ago)
         )
     engine.dispose()
     store = Store(pg_url, retry_s=0)
@@ -393,6 +397,7 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     client.rpop(queue)  # the oldest message is lost (a broker restart), the others still wait
     delivered = client.rpop(queue)  # and the next one is delivered, not yet acknowledged
     client.hset("unacked", mapping={"tag": json.dumps([json.loads(delivered), "", queue]), "junk": b"not json{"})
+    _age(pg_url, resent, long_ago)  # orphan_after later
     client.delete("lpips_gate:sweep")
     sweep()  # a backlog is not lost work: exactly the lost message's ids are sent again
     assert _queued_messages(private_redis, queue) == sorted([resent[0:2], resent[4:5]])

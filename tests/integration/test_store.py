@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gate.store import repository as repo
 from gate.store.db import session_scope
-from gate.store.models import Alert, Comparison, LayerMetric, Suite, Worker
+from gate.store.models import Alert, Comparison, LayerMetric, Suite, Worker, utcnow
 
 PAIRS = [("a.png", "a2.png"), ("b.png", "b2.png"), ("c.png", "c2.png")]
 FP32 = {"net": "alex", "version": "0.1", "precision": "fp32"}
@@ -505,3 +505,17 @@ def test_record_results_refuses_an_unknown_comparison_and_writes_nothing(session
                                                   {**result, "comparison_id": 999}])
     with session_factory() as session:
         assert session.get_one(Comparison, cid).status == "queued"
+
+
+def test_stale_queued_counts_from_the_last_return_to_the_queue(session_factory) -> None:
+    """A pair handed back after a long task is not lost: its own message is on its way."""
+    run_id = _new_run(session_factory)
+    waiting, handed_back, fresh = _ids(session_factory, run_id)
+    long_ago = utcnow() - timedelta(minutes=5)
+    with session_factory.begin() as session:
+        repo.claim_comparisons(session, ids=[handed_back], worker="w1", max_attempts=3)
+        session.execute(update(Comparison).values(claimed_at=long_ago, queued_at=long_ago))
+        repo.record_error(session, comparison_id=handed_back, reason="interrupted", final=False)
+        session.execute(update(Comparison).where(Comparison.id == fresh).values(queued_at=utcnow()))
+    with session_factory() as session:
+        assert repo.stale_queued(session, older_than=timedelta(seconds=30), limit=10) == [waiting]

@@ -8,44 +8,27 @@ database per test) except where it is restarted, which only a private cluster ma
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
 
 from gate.cli import UsageFailure, main
 from gate.queue import TASK_COMPARE, enqueue
 from gate.settings import Settings
-from gate.store import make_engine, session_scope
-from gate.store import repository as repo
 from gate.store.migrate import upgrade
-from gate.store.models import Comparison, LayerMetric, Worker
-from tests.integration.services import (
-    PrivatePostgres,
-    PrivateRedis,
-    copy_weights,
-    free_port,
-    private_folder,
-    producer,
-    remove,
-    write_pairs,
-)
+from tests.cluster import ALEX_LAYERS, StoreView, base_settings, recorded, wait_for, worker_env
+from tests.integration.services import PrivatePostgres, PrivateRedis, copy_weights, free_port, producer, write_pairs
 from worker.engine import Engine
 from worker.service_cli import plan
 
 POISON = ".poison.png"
-ALEX_LAYERS = 5
-DEADLINE_S = 150  # per wait; a worker start is most of it on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -53,188 +36,40 @@ def weights_dir(tmp_path_factory) -> Path:
     return copy_weights(tmp_path_factory.mktemp("worker"))
 
 
-@pytest.fixture
-def services():
-    """Private servers, started on demand and removed afterwards."""
-    folder = private_folder()
-    started: list = []
-
-    def start(kind):
-        server = kind(folder).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in reversed(started):
-        server.stop()
-    remove(folder)
-
-
-@pytest.fixture
-def workers(tmp_path):
-    """`start(env)` runs `lpips-gate worker` in its own process group; all are killed afterwards."""
-    running: list[WorkerProcess] = []
-
-    def start(env: dict[str, str], name: str, *args: str) -> WorkerProcess:
-        process = WorkerProcess(env, tmp_path / f"{name}.log", args or ("--concurrency", "1"))
-        running.append(process)
-        return process
-
-    yield start
-    for process in running:
-        process.kill()
-
-
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...]):
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.popen = subprocess.Popen(
-                ["lpips-gate", "worker", *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group: the parent and its pool process die at once."""
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(timeout=30)
-
-    def events(self, name: str) -> list[dict]:
-        events = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                event = json.loads(line)
-                if event.get("event") == name:
-                    events.append(event)
-        return events
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-
-def _env(settings: dict) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LPIPS_GATE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update({f"LPIPS_GATE_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
-    return env
-
-
-def _base(url: str, broker: str, weights_dir: Path, root: Path, **extra) -> dict:
-    base = {
-        "database_url": url,
-        "broker_url": broker,
-        "weights_dir": weights_dir,
-        "image_root": root,
-        "device": "cpu",
-        "heartbeat_file": root / "heartbeat",
-        "orphan_after": 4,
-        "max_batch": 4,
-        "message_batches": 1,
-        "retry_tries": 2,
-        "retry_base_s": 0.05,
-        "max_attempts": 3,
-        "log_level": "INFO",
-    }
-    return {**base, **extra}
-
-
-def _wait(condition: Callable[[], bool], what: str, *procs: WorkerProcess) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > DEADLINE_S:
-            logs = "\n".join(p.tail() for p in procs)
-            raise AssertionError(f"timed out after {DEADLINE_S}s waiting for {what}\n{logs}")
-        for proc in procs:
-            assert proc.popen.poll() is None, f"worker exited with {proc.popen.returncode}\n{proc.tail()}"
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
-class Store:
-    """The test's own view of the database."""
-
-    def __init__(self, url: str):
-        self.engine = make_engine(url)
-
-    def run(self, pairs, *, net: str = "alex") -> tuple[int, list[int]]:
-        with session_scope(self.engine) as session:
-            run = repo.create_run(
-                session,
-                suite_name="worker",
-                pairs=pairs,
-                net=net,
-                version="0.1",
-                precision="fp32",
-                options={"maps": False},
-            )
-            return run.id, [c.id for c in repo.list_comparisons(session, run_id=run.id)]
-
-    def progress(self, run_id: int) -> dict[str, int]:
-        with session_scope(self.engine) as session:
-            return repo.run_progress(session, run_id=run_id)
-
-    def rows(self, run_id: int) -> list[Comparison]:
-        with session_scope(self.engine) as session:
-            return repo.list_comparisons(session, run_id=run_id)
-
-    def running(self, run_id: int) -> list[int]:
-        return [c.id for c in self.rows(run_id) if c.status == "running"]
-
-    def layer_rows(self, run_id: int) -> int:
-        with session_scope(self.engine) as session:
-            ids = select(Comparison.id).where(Comparison.run_id == run_id)
-            return session.scalar(
-                select(func.count()).select_from(LayerMetric).where(LayerMetric.comparison_id.in_(ids))
-            )
-
-    def workers(self) -> set[str]:
-        with session_scope(self.engine) as session:
-            return set(session.scalars(select(Worker.name)))
-
-    def finished(self, run_id: int) -> bool:
-        progress = self.progress(run_id)
-        return progress["queued"] == progress["running"] == 0
-
-
 def _engine_distances(weights_dir: Path, root: Path, pairs) -> list[float]:
     engine = Engine.from_settings(Settings(weights_dir=weights_dir, device="cpu", max_batch=16), net="alex")
     return [o.distance for o in engine.compare_files([(root / r, root / c) for r, c in pairs])]
 
 
-def _recorded_once(*procs: WorkerProcess) -> Counter:
-    """How often each comparison was written as done, over every worker's log."""
-    return Counter(e["comparison_id"] for p in procs for e in p.events("comparison done") if e["recorded"])
-
-
-def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_dir, tmp_path, services, workers):
-    redis = services(PrivateRedis)
+def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_dir, tmp_path, servers, workers):
+    redis = servers(PrivateRedis)
     root = tmp_path / "images"
     root.mkdir()
     good = write_pairs(root, 55, size=128)
     poison = write_pairs(root, 1, size=128, prefix="q", poison=(0,), poison_suffix=POISON)
     escapes = [("../outside.png", good[0][1]), ("/etc/hostname", good[0][1])]
-    settings = _base(pg_url, redis.url, weights_dir, root, fault_poison_suffix=POISON)
-    store = Store(pg_url)
-    run_id, ids = store.run(good + poison + escapes)
+    settings = base_settings(pg_url, redis.url, weights_dir, root, fault_poison_suffix=POISON)
+    store = StoreView(pg_url)
+    run_id, ids = store.create_run(good + poison + escapes)
     app = producer(redis.url, pg_url)
     for malformed in ({"kwargs": {"ids": ids[:1]}}, {"kwargs": {"comparison_ids": "1"}}, {"args": [ids[0]]}):
         app.send_task(TASK_COMPARE, queue=app.conf.task_default_queue, **malformed)
     assert enqueue(app, ids, per_message=4) == 15
 
-    first = workers(_env(settings), "first")
-    _wait(lambda: (p := store.progress(run_id))["done"] >= 12 and p["running"] >= 1, "12 done and 1 running", first)
+    first = workers(worker_env(settings), "first")
+    wait_for(lambda: (p := store.progress(run_id))["done"] >= 12 and p["running"] >= 1, "12 done and 1 running", first)
     killed_at = time.monotonic()
     first.kill()
     orphans, at_kill = store.running(run_id), store.progress(run_id)
-    names_before = store.workers()
+    names_before = store.worker_names()
 
-    second = workers(_env(settings), "second")
-    started = _wait(lambda: store.workers() - names_before, "the new worker's heartbeat", second)
-    _wait(lambda: store.finished(run_id), "every comparison to finish", second)
+    second = workers(worker_env(settings), "second")
+    started = wait_for(lambda: store.worker_names() - names_before, "the new worker's heartbeat", second)
+    wait_for(lambda: store.finished(run_id), "every comparison to finish", second)
     recovery_s = time.monotonic() - killed_at
     health = subprocess.run(
         ["lpips-gate", "health", "--check", "live", "--check", "ready", "--json"],
-        env=_env(settings),
+        env=worker_env(settings),
         capture_output=True,
         text=True,
         timeout=60,
@@ -249,7 +84,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     done = [r for r in rows.values() if r.status == "done"]
     assert len(rows) == len(ids) == 58 and len(done) == 55
     assert store.layer_rows(run_id) == ALEX_LAYERS * 55
-    assert _recorded_once(first, second) == Counter({r.id: 1 for r in done})
+    assert recorded(first, second) == Counter({r.id: 1 for r in done})
     assert [r.distance for r in done] == pytest.approx(_engine_distances(weights_dir, root, good), abs=1e-5)
     assert {r.id: r.attempts for r in done} == {r.id: 2 if r.id in orphans else 1 for r in done}
     assert orphans and recovery_s < 120
@@ -275,7 +110,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
 
 
 def test_workers_of_another_store_on_the_same_broker_never_take_this_stores_messages(
-    pg_url, pg_empty_url, weights_dir, tmp_path, services, workers
+    pg_url, pg_empty_url, weights_dir, tmp_path, servers, workers
 ):
     """Before each store had its own queue, a worker writing to another database took these messages,
     found none of their ids and acknowledged them: the run then crawled at the sweeper's pace. With
@@ -284,27 +119,27 @@ def test_workers_of_another_store_on_the_same_broker_never_take_this_stores_mess
     root.mkdir()
     pairs = write_pairs(root, 32, size=64)
     upgrade(pg_empty_url)
-    broker = services(PrivateRedis).url
-    other = workers(_env(_base(pg_empty_url, broker, weights_dir, root, orphan_after=600)), "other-store")
-    _wait(lambda: other.events("worker process ready"), "the other store's worker to be ready", other)
-    store = Store(pg_url)
-    run_id, ids = store.run(pairs)
+    broker = servers(PrivateRedis).url
+    other = workers(worker_env(base_settings(pg_empty_url, broker, weights_dir, root, orphan_after=600)), "other-store")
+    wait_for(lambda: other.events("worker process ready"), "the other store's worker to be ready", other)
+    store = StoreView(pg_url)
+    run_id, ids = store.create_run(pairs)
     assert enqueue(producer(broker, pg_url), ids, per_message=4) == 8
-    ours = workers(_env(_base(pg_url, broker, weights_dir, root, orphan_after=600)), "this-store")
-    _wait(lambda: store.progress(run_id)["done"] == 32, "all 32 done", ours, other)
+    ours = workers(worker_env(base_settings(pg_url, broker, weights_dir, root, orphan_after=600)), "this-store")
+    wait_for(lambda: store.progress(run_id)["done"] == 32, "all 32 done", ours, other)
     assert (len(ours.events("task done")), ours.events("re-sent comparisons"), other.events("task done")) == (8, [], [])
     assert [r.distance for r in sorted(store.rows(run_id), key=lambda r: r.id)] == pytest.approx(
         _engine_distances(weights_dir, root, pairs), abs=1e-6
     )
 
 
-def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path, services, workers):
-    redis = services(PrivateRedis)
+def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path, servers, workers):
+    redis = servers(PrivateRedis)
     root = tmp_path / "images"
     root.mkdir()
     pairs = write_pairs(root, 16)
     port = free_port()
-    settings = _base(
+    settings = base_settings(
         pg_url,
         redis.url,
         weights_dir,
@@ -316,11 +151,11 @@ def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path
         fault_oom_above_batch=2,
         metrics_port=port,
     )
-    store = Store(pg_url)
-    run_id, ids = store.run(pairs, net="vgg")
+    store = StoreView(pg_url)
+    run_id, ids = store.create_run(pairs, net="vgg")
     enqueue(producer(redis.url, pg_url), ids, per_message=8)
-    worker = workers(_env(settings), "faults", "--pool", "solo")  # the one-process pool, too
-    _wait(lambda: store.finished(run_id), "every comparison to finish", worker)
+    worker = workers(worker_env(settings), "faults", "--pool", "solo")  # the one-process pool, too
+    wait_for(lambda: store.finished(run_id), "every comparison to finish", worker)
 
     rows = store.rows(run_id)
     alex_version = Engine.from_settings(Settings(weights_dir=weights_dir), net="alex").weights_version
@@ -352,27 +187,27 @@ def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path
     assert [e["net"] for e in worker.events("worker process ready")] == ["alex"]
 
 
-def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, services, workers):
-    redis, postgres = services(PrivateRedis), services(PrivatePostgres)
+def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, servers, workers):
+    redis, postgres = servers(PrivateRedis), servers(PrivatePostgres)
     upgrade(postgres.url)
     root = tmp_path / "images"
     root.mkdir()
     pairs = write_pairs(root, 48, size=128)
-    settings = _base(postgres.url, redis.url, weights_dir, root)
-    store = Store(postgres.url)
-    run_id, ids = store.run(pairs)
+    settings = base_settings(postgres.url, redis.url, weights_dir, root)
+    store = StoreView(postgres.url)
+    run_id, ids = store.create_run(pairs)
     enqueue(producer(redis.url, postgres.url), ids, per_message=4)
-    worker = workers(_env(settings), "restarts")
-    _wait(lambda: store.progress(run_id)["done"] >= 10, "10 done", worker)
+    worker = workers(worker_env(settings), "restarts")
+    wait_for(lambda: store.progress(run_id)["done"] >= 10, "10 done", worker)
 
     redis_at, done_then = time.monotonic(), store.progress(run_id)["done"]
     redis.restart()  # every queued message is gone: 30 done needs the sweeper to re-send them
-    redis_s = _wait(lambda: store.progress(run_id)["done"] >= 30, "30 done after the Redis restart", worker)
+    redis_s = wait_for(lambda: store.progress(run_id)["done"] >= 30, "30 done after the Redis restart", worker)
 
     store.engine.dispose()
     postgres_at = time.monotonic()
     postgres.restart()  # every connection is cut, mid-transaction
-    _wait(lambda: store.finished(run_id), "every comparison to finish", worker)
+    wait_for(lambda: store.finished(run_id), "every comparison to finish", worker)
     postgres_s = time.monotonic() - postgres_at
     print(
         f"\nRedis restarted with {done_then} of {len(ids)} done: 30 done {redis_s:.1f}s later; PostgreSQL restarted: "
@@ -382,7 +217,7 @@ def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, servic
     rows = store.rows(run_id)
     assert [r.status for r in rows] == ["done"] * 48
     assert store.layer_rows(run_id) == ALEX_LAYERS * 48
-    assert _recorded_once(worker) == Counter({r.id: 1 for r in rows})
+    assert recorded(worker) == Counter({r.id: 1 for r in rows})
     assert sum(e["total"] for e in worker.events("re-sent comparisons")) > 0  # the lost messages, by the sweeper
     assert [r.distance for r in rows] == pytest.approx(_engine_distances(weights_dir, root, pairs), abs=1e-5)
     store.engine.dispose()
@@ -427,7 +262,7 @@ def test_a_metrics_port_in_use_is_refused_with_exit_2(sqlite_url):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = _env(
+        env = worker_env(
             {"broker_url": "redis://127.0.0.1:1/0", "database_url": sqlite_url, "metrics_port": port, "device": "cpu"}
         )
         refused = subprocess.run(

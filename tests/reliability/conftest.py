@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.services import copy_weights, private_folder, remove
-from tests.reliability.cluster import Worker
+from tests.integration.services import copy_weights
 from tests.reliability.report import REPORT_ENV, Report
 
 REPORT_KEY = pytest.StashKey[Report]()
@@ -37,38 +36,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory) -> Path:
     return copy_weights(tmp_path_factory.mktemp("reliability-weights"))
-
-
-@pytest.fixture
-def servers():
-    """`start(PrivateRedis)` / `start(PrivatePostgres)`: started on demand, stopped and removed after."""
-    folder = private_folder()
-    started: list = []
-
-    def start(kind, *args):
-        server = kind(folder, *args).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in reversed(started):
-        server.stop()
-    remove(folder)
-
-
-@pytest.fixture
-def workers(tmp_path):
-    """`start(env, name, *args)` runs `lpips-gate worker`; every one still running is killed after."""
-    running: list[Worker] = []
-
-    def start(env: dict[str, str], name: str, *args: str) -> Worker:
-        worker = Worker(env, tmp_path / f"{name}.log", args or ("--concurrency", "1"))
-        running.append(worker)
-        return worker
-
-    yield start
-    for worker in running:
-        worker.kill()
 
 
 @pytest.fixture

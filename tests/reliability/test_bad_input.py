@@ -11,7 +11,7 @@ import pickle
 from gate.queue import TASK_COMPARE, enqueue
 from tests.corpus import make_corpus
 from tests.integration.services import PrivateRedis, producer, store_queue_of, write_pairs
-from tests.reliability.cluster import (
+from tests.cluster import (
     StoreView,
     base_settings,
     publish_raw,

@@ -19,7 +19,7 @@ from gate.queue import enqueue
 from gate.settings import Settings
 from gate.store.migrate import upgrade
 from tests.integration.services import PrivatePostgres, PrivateRedis, producer, store_queue_of, write_pairs
-from tests.reliability.cluster import (
+from tests.cluster import (
     ALEX_LAYERS,
     StoreView,
     Worker,

@@ -30,7 +30,7 @@ from gate.cli import main
 from gate.queue import enqueue
 from gate.settings import Settings
 from tests.integration.services import PrivateRedis, free_port, producer, write_pairs
-from tests.reliability.cluster import (
+from tests.cluster import (
     StoreView,
     base_settings,
     wait_for,

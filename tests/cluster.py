@@ -1,5 +1,6 @@
-"""Real `lpips-gate worker` processes and the test's own view of the store, for the reliability
-scenarios. Every wait polls with a deadline and fails with the workers' logs; nothing sleeps on a guess."""
+"""Real `lpips-gate worker` processes, private servers and the test's own view of the store, for the
+worker tests (tests/integration/test_worker.py) and the reliability scenarios. Every wait polls with
+a deadline and fails with the workers' logs; nothing sleeps on a guess."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import pytest
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import func, select
 
@@ -19,6 +21,8 @@ from gate.queue import TASK_COMPARE
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric
+from gate.store.models import Worker as WorkerRow
+from tests.integration.services import private_folder, remove
 
 DEADLINE_S = 150  # per wait: a worker start is most of it on a busy 2-core machine
 ALEX_LAYERS = 5
@@ -154,12 +158,23 @@ class StoreView:
     def __init__(self, url: str):
         self.url, self.engine = url, make_engine(url)
 
-    def create_run(self, pairs, *, suite: str = "reliability") -> tuple[int, list[int]]:
+    def create_run(self, pairs, *, suite: str = "reliability", net: str = "alex") -> tuple[int, list[int]]:
         with session_scope(self.engine) as session:
             run = repo.create_run(
-                session, suite_name=suite, pairs=pairs, net="alex", version="0.1", precision="fp32", options={}
+                session, suite_name=suite, pairs=pairs, net=net, version="0.1", precision="fp32", options={}
             )
             return run.id, [c.id for c in repo.list_comparisons(session, run_id=run.id)]
+
+    def progress(self, run_id: int) -> dict[str, int]:
+        with session_scope(self.engine) as session:
+            return repo.run_progress(session, run_id=run_id)
+
+    def running(self, run_id: int) -> list[int]:
+        return [c.id for c in self.rows(run_id) if c.status == "running"]
+
+    def worker_names(self) -> set[str]:
+        with session_scope(self.engine) as session:
+            return set(session.scalars(select(WorkerRow.name)))
 
     def rows(self, *run_ids: int) -> list[Comparison]:
         with session_scope(self.engine) as session:
@@ -184,3 +199,35 @@ class StoreView:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@pytest.fixture
+def servers():
+    """`start(PrivateRedis)` / `start(PrivatePostgres)`: started on demand, stopped and removed after."""
+    folder = private_folder()
+    started: list = []
+
+    def start(kind, *args):
+        server = kind(folder, *args).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+    remove(folder)
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """`start(env, name, *args)` runs `lpips-gate worker`; every one still running is killed after."""
+    running: list[Worker] = []
+
+    def start(env: dict[str, str], name: str, *args: str) -> Worker:
+        worker = Worker(env, tmp_path / f"{name}.log", args or ("--concurrency", "1"))
+        running.append(worker)
+        return worker
+
+    yield start
+    for worker in running:
+        worker.kill()
