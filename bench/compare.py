@@ -120,8 +120,10 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 256, 1024])
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precisions", nargs="+", default=["bf16"], help="lower precisions to measure")
+    parser.add_argument("--precisions", nargs="*", default=["bf16"], help="lower precisions to measure (none: skip)")
     args = parser.parse_args()
+    if args.device == "cuda":
+        torch.backends.cudnn.allow_tf32 = False  # both sides in true fp32, as the engine runs it
     settings = Settings(max_batch=8)  # the batch the reference runs with
     sizes = [64] if args.quick else args.sizes
     rows = []

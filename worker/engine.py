@@ -3,6 +3,7 @@ reference-feature cache. The CLI, the Celery tasks and the embedded mode all go 
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,18 +83,28 @@ def build_model(settings, *, net: str, version: str = "0.1", precision: str = "f
     return model, trunk_version + suffix
 
 
+def decode_threads_for(device: torch.device) -> int:
+    """A GPU waits on decoding, so every core (up to 16) decodes; on the CPU the network needs the
+    cores, and two threads decode the next window while it runs."""
+    return min(16, len(os.sched_getaffinity(0))) if device.type == "cuda" else 2
+
+
 class Engine:
+    """On CUDA it turns cuDNN's TF32 off for the process: fp32 distances are computed in fp32."""
+
     def __init__(self, model: LPIPS, *, weights_version: str, device: torch.device, max_pixels: int,
                  max_batch: int, cache: FeatureCache | None = None, resize: str = "none", exposure: float = 0.0,
-                 decode_threads: int = 2):
+                 decode_threads: int | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = False  # on by default: fp32 convolutions with a 10-bit mantissa
         self.model = model.to(device)
         self.device, self.weights_version = device, weights_version
         self.max_pixels, self.max_batch, self.resize, self.exposure = max_pixels, max_batch, resize, exposure
         self.cache = cache
         self.min_size = images.MIN_SIZE[model.net]
-        self._pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(decode_threads or decode_threads_for(device), thread_name_prefix="decode")
 
     @classmethod
     def from_settings(cls, settings, *, net: str | None = None, version: str | None = None,
