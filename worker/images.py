@@ -102,7 +102,9 @@ def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE,
         _check_size(path, image.size, max_pixels, min_size)
         _decode(path, image)
         pixels = _unit_range(path, image)
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous().mul_(2).sub_(1)
+    pixels *= 2  # in numpy, single-threaded: torch would fan each small op out over every core
+    pixels -= 1  # from every decode thread at once, and oversubscribe the CPU
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
 def load_pair(
