@@ -96,7 +96,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            # Round 0 warms the worker up, as bench.rate warms the reference; every round has its own
+            # Round 0 warms the worker up, as bench.rates warms the reference; every round has its own
             # images, so no round finds the references of another in the worker's feature cache.
             rounds = [root / f"round{k}" for k in range(repeat + 1)]
             pairs = [folders(folder, n, size, seed=k) for k, folder in enumerate(rounds)]
@@ -115,7 +115,7 @@ def main() -> None:
                     rate, distances = timed_run(service, rounds[k], f"bench-round-{k}")
                     ref_run, ref_d = bench.bare_reference(reference, pairs[k], 8)
                     service_rates.append(rate)
-                    reference_rates.append(bench.rate(ref_run, n, 1))
+                    reference_rates.append(bench.rates([ref_run], n, 1)[0])
                     diffs.append(float(np.max(np.abs(np.array(distances) - ref_d))))
             finally:
                 if os.environ.get("BENCH_WORKER_LOG"):

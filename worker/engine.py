@@ -4,11 +4,13 @@ reference-feature cache. The CLI, the Celery tasks and the embedded mode all go 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -116,20 +118,30 @@ class Engine:
                    max_pixels=settings.max_pixels, max_batch=settings.max_batch,
                    cache=FeatureCache(settings.feature_cache_bytes), resize=resize, exposure=exposure)
 
-    def _decode(self, index: int, ref: Path, cand: Path) -> _Decoded:
+    def _decode(self, index: int, ref: Path, cand: Path, refs: _Once) -> _Decoded:
         start = time.perf_counter()
-        a, b = images.load_pair(ref, cand, max_pixels=self.max_pixels, min_size=self.min_size, resize=self.resize,
-                                exposure=self.exposure)
-        key = f"{images.content_hash(ref)}:{tuple(a.shape)}"
+        ref_image, ref_hash = refs(ref)
+        cand_image = images.load_image(cand, max_pixels=self.max_pixels, min_size=self.min_size,
+                                       exposure=self.exposure)
+        a, b = images.match_sizes(ref, cand, ref_image, cand_image, resize=self.resize)
+        key = f"{ref_hash}:{tuple(a.shape)}"
         pair_key = f"{key}:{images.content_hash(cand)}:{tuple(b.shape)}"
         return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3)
+
+    def _load_ref(self, path: Path) -> tuple[torch.Tensor, str]:
+        image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=self.exposure)
+        return image, images.content_hash(path)
 
     def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False) -> Iterator[Outcome]:
         """Outcomes in input order; a bad pair gets its error and the rest go on. Decoding of the
         next window overlaps the forward passes of this one."""
         window = self.max_batch  # one batch a window: the next window decodes while this one computes
         chunks = [list(range(i, min(i + window, len(pairs)))) for i in range(0, len(pairs), window)]
-        submit = lambda chunk: [self._pool.submit(self._decode, i, *map(Path, pairs[i])) for i in chunk]
+
+        def submit(chunk: list[int]) -> list[Future]:
+            refs = _Once(self._load_ref)  # a reference shared by pairs of a window is decoded once
+            return [self._pool.submit(self._decode, i, *map(Path, pairs[i]), refs) for i in chunk]
+
         pending = submit(chunks[0]) if chunks else []
         computed: dict[str, Outcome] = {}
         for n, chunk in enumerate(chunks):
@@ -194,6 +206,25 @@ class Engine:
             ]
             if with_map:
                 outcome.map = result.map[row, 0].cpu()
+
+
+class _Once:
+    """`compute(key)` once per key, however many threads ask at the same time; its error, too."""
+
+    def __init__(self, compute: Callable[[Hashable], Any]):
+        self.compute, self._lock, self._futures = compute, threading.Lock(), {}
+
+    def __call__(self, key: Hashable) -> Any:
+        with self._lock:
+            future, first = self._futures.get(key), key not in self._futures
+            if first:
+                future = self._futures[key] = Future()
+        if first:
+            try:
+                future.set_result(self.compute(key))
+            except BaseException as exc:  # noqa: BLE001  (handed to every caller of this key)
+                future.set_exception(exc)
+        return future.result()
 
 
 def _concat(parts: Iterable[Features]) -> Features:

@@ -18,7 +18,14 @@ from typing import BinaryIO, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
+from PIL import (
+    BmpImagePlugin,
+    Image,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 StrPath = str | os.PathLike[str]
 Resize = Literal["none", "ref", "cand"]
@@ -117,10 +124,17 @@ def load_pair(
     exposure: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a (reference, candidate) pair of equal size; `resize` names the side that is resized to the other."""
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    _check_resize(resize)
     ref_image = load_image(ref, max_pixels=max_pixels, min_size=min_size, exposure=exposure)
     cand_image = load_image(cand, max_pixels=max_pixels, min_size=min_size, exposure=exposure)
+    return match_sizes(ref, cand, ref_image, cand_image, resize=resize)
+
+
+def match_sizes(
+    ref: StrPath, cand: StrPath, ref_image: torch.Tensor, cand_image: torch.Tensor, *, resize: Resize = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The second half of `load_pair`, for callers that decoded the images themselves."""
+    _check_resize(resize)
     if ref_image.shape == cand_image.shape:
         return ref_image, cand_image
     if resize == "ref":
@@ -128,6 +142,11 @@ def load_pair(
     if resize == "cand":
         return ref_image, _resize(cand_image, ref_image.shape[-2:])
     raise SizeMismatchError(ref, cand, _width_height(ref_image), _width_height(cand_image))
+
+
+def _check_resize(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
 
 
 def resolve_under(root: StrPath, relative: StrPath) -> Path:

@@ -83,3 +83,20 @@ def test_a_precision_the_cpu_lacks_instructions_for_is_named_as_emulated(tmp_pat
     assert [emulated_precision(p, cpu, sapphire) for p in ("bf16", "fp16", "fp32")] == [None, None, None]
     assert emulated_precision("bf16", cuda, avx2) is None
     assert emulated_precision("bf16", cpu, tmp_path / "missing") is None
+
+
+def test_a_reference_shared_by_a_window_is_decoded_once(engine, tmp_path, monkeypatch):
+    from worker import images
+
+    ref = write(tmp_path / "ref.png", 0, (64, 64))
+    missing = tmp_path / "missing.png"
+    pairs = [(ref, write(tmp_path / f"c{i}.png", i + 1, (64, 64))) for i in range(20)]
+    pairs += [(missing, pairs[0][1]), (missing, pairs[1][1])]
+    loaded = []
+    real = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda path, **kw: loaded.append(path) or real(path, **kw))
+    outcomes = list(engine.compare_files(pairs))
+    assert loaded.count(ref) == 3  # windows of max_batch 8: pairs 0-7, 8-15, 16-21
+    assert loaded.count(missing) == 1  # its error is handed to both pairs
+    assert [o.error for o in outcomes[-2:]] == [f"{missing}: file not found"] * 2
+    assert all(o.error is None for o in outcomes[:-2])
