@@ -46,6 +46,17 @@ def store_queue(engine: Engine) -> str:
         ) from exc
 
 
+def store_queue_at(database_url: str) -> str:
+    """`store_queue` through an engine of its own, for a caller that holds none (a worker starting)."""
+    from gate.store import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        return store_queue(engine)
+    finally:
+        engine.dispose()
+
+
 def make_celery(settings, *, queue: str) -> Celery:
     if not settings.broker_url:
         raise ValueError("no broker configured (LPIPS_GATE_BROKER_URL): work runs in-process")

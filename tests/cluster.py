@@ -18,11 +18,13 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import func, select
 
 from gate.queue import TASK_COMPARE
+from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric
 from gate.store.models import Worker as WorkerRow
 from tests.integration.services import private_folder, remove
+from worker.engine import Engine
 
 DEADLINE_S = 150  # per wait: a worker start is most of it on a busy 2-core machine
 ALEX_LAYERS = 5
@@ -145,6 +147,12 @@ def wait_for(condition: Callable[[], bool], what: str, *workers: Worker, deadlin
 
 def _tails(workers: Iterable[Worker]) -> str:
     return "\n".join(w.tail() for w in workers)
+
+
+def engine_distances(weights_dir: Path, root: Path, pairs) -> list[float]:
+    """What the engine itself says of these pairs: what every worker must have stored."""
+    engine = Engine.from_settings(Settings(weights_dir=weights_dir, device="cpu", max_batch=16), net="alex")
+    return [o.distance for o in engine.compare_files([(root / r, root / c) for r, c in pairs])]
 
 
 def recorded(*workers: Worker) -> Counter:

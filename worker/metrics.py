@@ -53,11 +53,15 @@ def redis_client(broker_url: str | None) -> redis.Redis | None:
     return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
 
 
+def _priority_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps `queue`'s messages in, one per priority step."""
+    return [queue if p == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{p}" for p in KOMBU_PRIORITY_STEPS]
+
+
 def queue_depth(client: redis.Redis, queue: str) -> int:
     """Messages waiting in `queue` (all priorities); reserved or delayed ones are not counted."""
-    keys = [queue if p == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{p}" for p in KOMBU_PRIORITY_STEPS]
     with client.pipeline(transaction=False) as pipe:
-        for key in keys:
+        for key in _priority_lists(queue):
             pipe.llen(key)
         return sum(pipe.execute())
 
@@ -65,9 +69,8 @@ def queue_depth(client: redis.Redis, queue: str) -> int:
 def ids_in_flight(client: redis.Redis, queue: str) -> set[int]:
     """Comparison ids of the messages waiting in `queue` or delivered and not yet acknowledged
     (kombu's `unacked` hash, which also holds countdown messages a worker keeps until their time)."""
-    keys = [queue if p == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{p}" for p in KOMBU_PRIORITY_STEPS]
     with client.pipeline(transaction=False) as pipe:
-        for key in keys:
+        for key in _priority_lists(queue):
             pipe.lrange(key, 0, -1)
         pipe.hvals("unacked")
         *waiting, unacked = pipe.execute()

@@ -113,16 +113,12 @@ def worker(settings, concurrency, pool, device, precision):
 
 def _store_queue(settings) -> str:
     """The queue of this worker's store: workers only take messages of the database they write to."""
-    from gate.queue import StoreNotReady, store_queue
-    from gate.store import make_engine
+    from gate.queue import StoreNotReady, store_queue_at
 
-    engine = make_engine(settings.database_url)
     try:
-        return store_queue(engine)
+        return store_queue_at(settings.database_url)
     except StoreNotReady as exc:
         raise UsageFailure(str(exc)) from exc
-    finally:
-        engine.dispose()
 
 
 def _serve_metrics(settings, queue: str) -> None:

@@ -20,9 +20,8 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from gate.queue import make_celery, store_queue
+from gate.queue import make_celery, store_queue_at
 from gate.settings import Settings
-from gate.store import make_engine
 
 STARTUP_TIMEOUT_S = 30
 
@@ -187,15 +186,6 @@ def write_pairs(
     return pairs
 
 
-def store_queue_of(database_url: str) -> str:
-    """The broker queue of the store at `database_url` (see gate.queue)."""
-    engine = make_engine(database_url)
-    try:
-        return store_queue(engine)
-    finally:
-        engine.dispose()
-
-
 def producer(broker_url: str, database_url: str) -> Celery:
     """A producer's Celery app sending to the queue of the store at `database_url`."""
-    return make_celery(Settings(broker_url=broker_url), queue=store_queue_of(database_url))
+    return make_celery(Settings(broker_url=broker_url), queue=store_queue_at(database_url))

@@ -21,13 +21,13 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from gate.cli import main
+from gate.queue import store_queue_at
 from gate.commands.service import submit_run
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.migrate import current_revision, head_revision
 from gate.store.models import Run
-from tests.integration.services import store_queue_of
 
 BROKER_URL = "redis://127.0.0.1:6379/15"
 CLOSED_BROKER_URL = "redis://127.0.0.1:1/15"
@@ -73,7 +73,7 @@ def _submit(db: str | None, root: Path, *extra: str, broker: str | None = BROKER
 def _queued(client: redis.Redis, database_url: str) -> list[dict]:
     """The messages on the queue of the store at `database_url`, oldest first (kombu pushes on the left)."""
     messages = []
-    for raw in reversed(client.lrange(store_queue_of(database_url), 0, -1)):
+    for raw in reversed(client.lrange(store_queue_at(database_url), 0, -1)):
         message = json.loads(raw)
         args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
         messages.append({"task": message["headers"]["task"], "args": args, "kwargs": kwargs})
@@ -112,7 +112,7 @@ def test_submit_stores_the_run_and_queues_its_ids_in_batches(pg_url: str, images
         ("ref/d.jpg", "new/d.jpg", "queued", 0),
     ]
     ids = [c.id for c in rows]
-    assert broker.llen(store_queue_of(pg_url)) == 2
+    assert broker.llen(store_queue_at(pg_url)) == 2
     assert _queued(broker, pg_url) == [
         {"task": "lpips_gate.compare", "args": [], "kwargs": {"comparison_ids": ids[:2]}},
         {"task": "lpips_gate.compare", "args": [], "kwargs": {"comparison_ids": ids[2:]}},
@@ -135,7 +135,7 @@ def test_submit_stores_the_run_options_and_settings_defaults(pg_url: str, images
         ("smoke", 0.2, "vgg", "0.0", "bf16", {"maps": True}, None),
         ("smoke", None, "squeeze", "0.1", "fp16", {"maps": False}, None),
     ]
-    assert broker.llen(store_queue_of(pg_url)) == 2
+    assert broker.llen(store_queue_at(pg_url)) == 2
 
 
 def test_submit_run_stores_and_queues_without_the_cli(pg_url: str, images: Path, broker: redis.Redis) -> None:
@@ -172,7 +172,7 @@ def test_unmatched_files_are_refused_before_anything_is_stored(pg_url: str, imag
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
         f"Error: unmatched files: 2 in {new} without a reference in {ref}: d.jpg, extra.png\n"
     ))
-    assert (_run_count(pg_url), broker.llen(store_queue_of(pg_url))) == (0, 0)
+    assert (_run_count(pg_url), broker.llen(store_queue_at(pg_url))) == (0, 0)
 
 
 def test_folders_outside_the_image_root_are_refused(pg_url: str, images: Path, tmp_path: Path,
@@ -183,7 +183,7 @@ def test_folders_outside_the_image_root_are_refused(pg_url: str, images: Path, t
     assert (result.exit_code, result.stderr) == (
         2, f"Error: {tmp_path / 'outside'}: outside the image root {images} (LPIPS_GATE_IMAGE_ROOT)\n",
     )
-    assert (_run_count(pg_url), broker.llen(store_queue_of(pg_url))) == (0, 0)
+    assert (_run_count(pg_url), broker.llen(store_queue_at(pg_url))) == (0, 0)
 
 
 @pytest.mark.parametrize("threshold", ["-0.5", "nan", "inf"])

@@ -18,19 +18,12 @@ from PIL import Image
 from sqlalchemy import func, select, update
 
 from gate.executors import run_executor
-from gate.queue import make_celery
+from gate.queue import make_celery, store_queue_at
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric, Worker, utcnow
-from tests.integration.services import (
-    PrivateRedis,
-    copy_weights,
-    private_folder,
-    remove,
-    store_queue_of,
-    write_pairs,
-)
+from tests.integration.services import PrivateRedis, copy_weights, private_folder, remove, write_pairs
 from worker.engine import Engine
 from worker.runtime import Counters, Extractor, Models
 from worker.tasks import Processor, Store, Sweeper, comparison_ids, worker_name
@@ -381,7 +374,7 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     engine.dispose()
     store = Store(pg_url, retry_s=0)
     processor = Processor(settings, store=store, models=Models(settings), name=worker_name(), requeue=print)
-    queue = store_queue_of(pg_url)
+    queue = store_queue_at(pg_url)
     sweep = Sweeper(settings, app=make_celery(settings, queue=queue), store=store, processor=processor)
     sweep()
     resent = orphaned + lost  # in messages of pairs_per_message ids

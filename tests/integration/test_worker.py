@@ -23,8 +23,23 @@ from gate.cli import UsageFailure, main
 from gate.queue import TASK_COMPARE, enqueue
 from gate.settings import Settings
 from gate.store.migrate import upgrade
-from tests.cluster import ALEX_LAYERS, StoreView, base_settings, recorded, wait_for, worker_env
-from tests.integration.services import PrivatePostgres, PrivateRedis, copy_weights, free_port, producer, write_pairs
+from tests.cluster import (
+    ALEX_LAYERS,
+    StoreView,
+    base_settings,
+    engine_distances,
+    recorded,
+    wait_for,
+    worker_env,
+)
+from tests.integration.services import (
+    PrivatePostgres,
+    PrivateRedis,
+    copy_weights,
+    free_port,
+    producer,
+    write_pairs,
+)
 from worker.engine import Engine
 from worker.service_cli import plan
 
@@ -34,11 +49,6 @@ POISON = ".poison.png"
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory) -> Path:
     return copy_weights(tmp_path_factory.mktemp("worker"))
-
-
-def _engine_distances(weights_dir: Path, root: Path, pairs) -> list[float]:
-    engine = Engine.from_settings(Settings(weights_dir=weights_dir, device="cpu", max_batch=16), net="alex")
-    return [o.distance for o in engine.compare_files([(root / r, root / c) for r, c in pairs])]
 
 
 def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_dir, tmp_path, servers, workers):
@@ -85,7 +95,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     assert len(rows) == len(ids) == 58 and len(done) == 55
     assert store.layer_rows(run_id) == ALEX_LAYERS * 55
     assert recorded(first, second) == Counter({r.id: 1 for r in done})
-    assert [r.distance for r in done] == pytest.approx(_engine_distances(weights_dir, root, good), abs=1e-5)
+    assert [r.distance for r in done] == pytest.approx(engine_distances(weights_dir, root, good), abs=1e-5)
     assert {r.id: r.attempts for r in done} == {r.id: 2 if r.id in orphans else 1 for r in done}
     assert orphans and recovery_s < 120
     errors = {
@@ -129,7 +139,7 @@ def test_workers_of_another_store_on_the_same_broker_never_take_this_stores_mess
     wait_for(lambda: store.progress(run_id)["done"] == 32, "all 32 done", ours, other)
     assert (len(ours.events("task done")), ours.events("re-sent comparisons"), other.events("task done")) == (8, [], [])
     assert [r.distance for r in sorted(store.rows(run_id), key=lambda r: r.id)] == pytest.approx(
-        _engine_distances(weights_dir, root, pairs), abs=1e-6
+        engine_distances(weights_dir, root, pairs), abs=1e-6
     )
 
 
@@ -160,7 +170,7 @@ def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path
     rows = store.rows(run_id)
     alex_version = Engine.from_settings(Settings(weights_dir=weights_dir), net="alex").weights_version
     assert {(r.status, r.net, r.weights_version, r.precision) for r in rows} == {("done", "alex", alex_version, "fp32")}
-    assert [r.distance for r in rows] == pytest.approx(_engine_distances(weights_dir, root, pairs), abs=1e-5)
+    assert [r.distance for r in rows] == pytest.approx(engine_distances(weights_dir, root, pairs), abs=1e-5)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     samples = {
@@ -219,7 +229,7 @@ def test_broker_and_database_restarts_lose_nothing(weights_dir, tmp_path, server
     assert store.layer_rows(run_id) == ALEX_LAYERS * 48
     assert recorded(worker) == Counter({r.id: 1 for r in rows})
     assert sum(e["total"] for e in worker.events("re-sent comparisons")) > 0  # the lost messages, by the sweeper
-    assert [r.distance for r in rows] == pytest.approx(_engine_distances(weights_dir, root, pairs), abs=1e-5)
+    assert [r.distance for r in rows] == pytest.approx(engine_distances(weights_dir, root, pairs), abs=1e-5)
     store.engine.dispose()
 
 

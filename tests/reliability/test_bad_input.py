@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import pickle
 
-from gate.queue import TASK_COMPARE, enqueue
+from gate.queue import TASK_COMPARE, enqueue, store_queue_at
 from tests.corpus import make_corpus
-from tests.integration.services import PrivateRedis, producer, store_queue_of, write_pairs
+from tests.integration.services import PrivateRedis, producer, write_pairs
 from tests.cluster import (
     StoreView,
     base_settings,
@@ -138,7 +138,7 @@ MALFORMED_ARGUMENTS = [
 def send_malformed(broker_url: str, database_url: str, marker) -> None:
     """Envelopes first (straight onto the queue, as Celery's protocol 2 frames them), then arguments."""
     pickled = pickle.dumps(((), {"comparison_ids": [1]}, {"planted": Planted(marker)}))
-    queue = store_queue_of(database_url)
+    queue = store_queue_at(database_url)
     publish_raw(broker_url, queue, b"not json{", task_id="not-json")
     publish_raw(
         broker_url, queue, pickled, task_id="pickle", content_type="application/x-python-serialize", content_encoding="binary"

@@ -11,27 +11,27 @@ always strikes mid-batch instead of whenever a poll happens to look."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import pytest
 import redis as redis_client
 
-from gate.queue import enqueue
-from gate.settings import Settings
+from gate.queue import enqueue, store_queue_at
 from gate.store.migrate import upgrade
-from tests.integration.services import PrivatePostgres, PrivateRedis, producer, store_queue_of, write_pairs
 from tests.cluster import (
     ALEX_LAYERS,
     StoreView,
     Worker,
     base_settings,
+    engine_distances,
     publish_raw,
     recorded,
     wait_for,
     worker_env,
 )
+from tests.integration.services import PrivatePostgres, PrivateRedis, producer, write_pairs
 from tests.reliability.report import count
 from worker import metrics
-from worker.engine import Engine
 
 SLOW = ".slow.png"
 POISON = ".poison.png"
@@ -88,41 +88,57 @@ def assert_clean(result, store: StoreView, run_ids, workers) -> None:
     assert {i: n for i, n in recorded(*workers).items() if i in done} == dict.fromkeys(done, 1)
 
 
-def engine_distances(weights_dir, root, pairs) -> list[float]:
-    engine = Engine.from_settings(Settings(weights_dir=weights_dir, device="cpu", max_batch=16), net="alex")
-    return [o.distance for o in engine.compare_files([(root / r, root / c) for r, c in pairs])]
+@dataclass
+class SlowBatch:
+    """Two workers on one run; one of them holds the message with the slow pair, not yet recorded."""
+
+    store: StoreView
+    pairs: list[tuple[str, str]]
+    run_id: int
+    ids: list[int]
+    fleet: list[Worker]
+    victim: Worker  # the one holding the slow pair's message
+    survivor: Worker
+    batch: list[int]  # what the victim has claimed
+    started: float
+
+
+def slow_batch_in_hand(pg_url, weights_dir, images, servers, workers, *, good: int, slow_at: int, slow_s: float):
+    redis = servers(PrivateRedis)
+    made = write_pairs(images, good)
+    pairs = made[:slow_at] + [slow_pair(images)] + made[slow_at:]
+    settings = base_settings(pg_url, redis.url, weights_dir, images, fault_slow_suffix=SLOW, fault_slow_s=slow_s)
+    store = StoreView(pg_url)
+    fleet = [workers(worker_env(settings), "a"), workers(worker_env(settings), "b")]
+    ready(*fleet)
+    run_id, ids = store.create_run(pairs)
+    started = time.monotonic()
+    enqueue(producer(redis.url, store.url), ids, per_message=4)
+    wait_for(lambda: store.row(ids[slow_at]).status == "running", "the slow pair's batch to be claimed", *fleet)
+    victim = holder(store, ids[slow_at], fleet)
+    (survivor,) = [w for w in fleet if w is not victim]
+    batch = claimed_by(store, run_id, victim)
+    return SlowBatch(store, pairs, run_id, ids, fleet, victim, survivor, batch, started)
 
 
 def test_worker_sigkill_mid_batch(pg_url, weights_dir, images, servers, workers, report):
     """One of two workers dies mid-batch; the survivor's sweeper re-queues the batch once the dead
     one's heartbeat is `orphan_after` old."""
-    redis = servers(PrivateRedis)
-    good = write_pairs(images, 36)
-    pairs = good[:18] + [slow_pair(images)] + good[18:]
-    settings = base_settings(pg_url, redis.url, weights_dir, images, fault_slow_suffix=SLOW, fault_slow_s=2)
-    store = StoreView(pg_url)
-    fleet = [workers(worker_env(settings), "a"), workers(worker_env(settings), "b")]
-    ready(*fleet)
-    run_id, ids = store.create_run(pairs)
-
-    started = time.monotonic()
-    enqueue(producer(redis.url, store.url), ids, per_message=4)
-    wait_for(lambda: store.row(ids[18]).status == "running", "the slow pair's batch to be claimed", *fleet)
-    victim = holder(store, ids[18], fleet)
-    (survivor,) = [w for w in fleet if w is not victim]
-    batch = claimed_by(store, run_id, victim)
+    run = slow_batch_in_hand(pg_url, weights_dir, images, servers, workers, good=36, slow_at=18, slow_s=2)
+    store, ids = run.store, run.ids
     killed_at = time.monotonic()
-    victim.kill()
-    wait_for(lambda: store.finished(run_id), "every comparison to finish", survivor)
+    run.victim.kill()
+    wait_for(lambda: store.finished(run.run_id), "every comparison to finish", run.survivor)
     result = figures(
-        report, "worker SIGKILL mid-batch", store, [run_id], fleet, (started, killed_at), in_batch_at_kill=len(batch)
+        report, "worker SIGKILL mid-batch", store, [run.run_id], run.fleet, (run.started, killed_at),
+        in_batch_at_kill=len(run.batch),
     )
 
-    assert batch == ids[16:20]  # the slow pair's whole message, claimed and not yet recorded
-    assert_clean(result, store, [run_id], fleet)
-    rows = store.rows(run_id)
-    assert {r.id: (r.status, r.attempts) for r in rows} == {i: ("done", 2 if i in batch else 1) for i in ids}
-    assert [r.distance for r in rows] == pytest.approx(engine_distances(weights_dir, images, pairs), abs=1e-5)
+    assert run.batch == ids[16:20]  # the slow pair's whole message, claimed and not yet recorded
+    assert_clean(result, store, [run.run_id], run.fleet)
+    rows = store.rows(run.run_id)
+    assert {r.id: (r.status, r.attempts) for r in rows} == {i: ("done", 2 if i in run.batch else 1) for i in ids}
+    assert [r.distance for r in rows] == pytest.approx(engine_distances(weights_dir, images, run.pairs), abs=1e-5)
     assert result.recovery_s < 60
     store.dispose()
 
@@ -130,34 +146,22 @@ def test_worker_sigkill_mid_batch(pg_url, weights_dir, images, servers, workers,
 def test_worker_sigterm_finishes_the_task_in_hand(pg_url, weights_dir, images, servers, workers, report):
     """SIGTERM to a worker's main process (a supervisor's stop): Celery's warm shutdown lets the task
     in hand finish and record, then the worker exits 0; the other worker takes what was left."""
-    redis = servers(PrivateRedis)
-    good = write_pairs(images, 24)
-    pairs = good[:10] + [slow_pair(images)] + good[10:]
-    settings = base_settings(pg_url, redis.url, weights_dir, images, fault_slow_suffix=SLOW, fault_slow_s=3)
-    store = StoreView(pg_url)
-    fleet = [workers(worker_env(settings), "a"), workers(worker_env(settings), "b")]
-    ready(*fleet)
-    run_id, ids = store.create_run(pairs)
-
-    started = time.monotonic()
-    enqueue(producer(redis.url, store.url), ids, per_message=4)
-    wait_for(lambda: store.row(ids[10]).status == "running", "the slow pair's batch to be claimed", *fleet)
-    victim = holder(store, ids[10], fleet)
-    (survivor,) = [w for w in fleet if w is not victim]
-    in_hand = claimed_by(store, run_id, victim)
+    run = slow_batch_in_hand(pg_url, weights_dir, images, servers, workers, good=24, slow_at=10, slow_s=3)
+    store, ids, victim = run.store, run.ids, run.victim
     stopped_at = time.monotonic()
     victim.terminate()
-    exit_s = wait_for(lambda: not victim.alive, "the terminated worker to exit", survivor, deadline_s=60)
-    wait_for(lambda: store.finished(run_id), "every comparison to finish", survivor)
+    exit_s = wait_for(lambda: not victim.alive, "the terminated worker to exit", run.survivor, deadline_s=60)
+    wait_for(lambda: store.finished(run.run_id), "every comparison to finish", run.survivor)
     result = figures(
-        report, "worker SIGTERM (warm shutdown)", store, [run_id], fleet, (started, stopped_at), exit_s=round(exit_s, 2)
+        report, "worker SIGTERM (warm shutdown)", store, [run.run_id], run.fleet, (run.started, stopped_at),
+        exit_s=round(exit_s, 2),
     )
 
-    assert in_hand == ids[8:12]
+    assert run.batch == ids[8:12]
     assert victim.popen.returncode == 0, victim.tail()
-    assert_clean(result, store, [run_id], fleet)
-    assert {r.id: (r.status, r.attempts) for r in store.rows(run_id)} == {i: ("done", 1) for i in ids}
-    assert {i: recorded(victim)[i] for i in in_hand} == dict.fromkeys(in_hand, 1)  # finished by the victim itself
+    assert_clean(result, store, [run.run_id], run.fleet)
+    assert {r.id: (r.status, r.attempts) for r in store.rows(run.run_id)} == {i: ("done", 1) for i in ids}
+    assert {i: recorded(victim)[i] for i in run.batch} == dict.fromkeys(run.batch, 1)  # finished by the victim itself
     assert exit_s < 30
     store.dispose()
 
@@ -177,7 +181,7 @@ def test_redis_restart_loses_no_comparison(pg_url, weights_dir, images, servers,
     started = time.monotonic()
     enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.row(ids[4]).status == "running", "the slow pair's batch to be claimed", worker)
-    waiting = metrics.queue_depth(redis_client.Redis.from_url(redis.url), store_queue_of(store.url))
+    waiting = metrics.queue_depth(redis_client.Redis.from_url(redis.url), store_queue_at(store.url))
     restarted_at = time.monotonic()
     redis.restart()
     wait_for(lambda: store.finished(run_id), "every comparison to finish", worker)
@@ -257,8 +261,8 @@ def test_poison_messages_end_as_errors_and_the_worker_keeps_serving(
     run_id, ids = store.create_run(good[:5] + [poison] + good[5:])
 
     started = time.monotonic()
-    publish_raw(redis.url, store_queue_of(store.url), b'"not a list"', task_id="str-body")
-    publish_raw(redis.url, store_queue_of(store.url), b'[[], {"comparison_ids": [1]}, {}]', task_id=None)
+    publish_raw(redis.url, store_queue_at(store.url), b'"not a list"', task_id="str-body")
+    publish_raw(redis.url, store_queue_at(store.url), b'[[], {"comparison_ids": [1]}, {}]', task_id=None)
     enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.finished(run_id), "the first run to finish", worker)
     after_run, after_ids = store.create_run(write_pairs(images, 4, prefix="after", first_seed=600))
