@@ -1,12 +1,14 @@
 """Throughput and memory of lpips-gate against the bare reference `lpips` model, same process,
 same weights, same generated pairs. Prints a table and writes JSON.
 
-    python bench/compare.py [--quick] [--json bench.json] [--nets alex vgg] [--sizes 64 256 1024]
+    python bench/compare.py [--quick] [--json bench.json] [--nets alex vgg] [--sizes 64 256 1024] [--no-service]
 
 (a) `compare --pairs` path, decoding included (Engine.compare_files over PNG files)
 (b) one reference against many candidates (the reference-feature cache)
-(c) bf16 on the CPU, with its largest deviation from fp32
-(d) peak memory (RSS, each side measured in a fresh subprocess)"""
+(c) the service end to end, submit -> rows stored, one worker (bench/service.py: needs the local
+    PostgreSQL and Redis; the first net at 256px, or 64px with --quick)
+bf16/fp16 with their largest deviation from fp32, and (d) peak memory (RSS, each side measured in a
+fresh subprocess) at the largest size."""
 
 from __future__ import annotations
 
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precisions", nargs="*", default=["bf16"], help="lower precisions to measure (none: skip)")
+    parser.add_argument("--no-service", action="store_true", help="skip (c), the service end to end")
     args = parser.parse_args()
     if args.device == "cuda":
         torch.backends.cudnn.allow_tf32 = False  # both sides in true fp32, as the engine runs it
@@ -166,9 +169,17 @@ def main() -> None:
                     row["ours_peak_rss_mb"] = peak_rss_mb("ours", net, size, n)
                 rows.append(row)
                 print_row(row)
+    service_row = None
+    if not args.no_service and args.device == "cpu":
+        import service  # imports this module: loaded only when (c) runs
+
+        service_row = service.measure(net=args.nets[0], size=64 if args.quick else 256,
+                                      n=8 if args.quick else 64, repeat=1 if args.quick else 3)
+        service.print_row(service_row)
+    result = {"engine": rows, "service": service_row}
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
-    print(json.dumps(rows))
+        args.json.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
 
 
 def print_row(row: dict) -> None:
@@ -176,10 +187,11 @@ def print_row(row: dict) -> None:
     low = "".join(f"{p} {row[p + '_pairs_s']:7.1f}/s ({ratio(p + '_pairs_s', 'reference_pairs_s')}, "
                   f"max|d-fp32| {row[p + '_max_abs_diff_vs_fp32']:.4f}{', emulated' * row[p + '_emulated']})  "
                   for p in ("bf16", "fp16") if p + "_pairs_s" in row)
+    peak = (f"peak MB {row['ours_peak_rss_mb']:.0f} vs {row['reference_peak_rss_mb']:.0f}  "
+            if "ours_peak_rss_mb" in row else "")
     print(f"{row['net']:5} {row['size']:5}px  reference {row['reference_pairs_s']:7.1f}/s  "
           f"ours {row['ours_pairs_s']:7.1f}/s ({ratio('ours_pairs_s', 'reference_pairs_s')})  {low}"
-          f"one-ref ({ratio('one_ref_ours_pairs_s', 'one_ref_reference_pairs_s')})  "
-          f"peak MB {row.get('ours_peak_rss_mb', '-')} vs {row.get('reference_peak_rss_mb', '-')}  "
+          f"one-ref ({ratio('one_ref_ours_pairs_s', 'one_ref_reference_pairs_s')})  {peak}"
           f"|d-ref| {row['max_abs_diff_vs_reference']:.1e}", flush=True)
 
 

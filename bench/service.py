@@ -76,16 +76,9 @@ def with_worker(settings: Settings, env: dict, log: Path):
     return worker
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--net", default="alex")
-    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (medians are reported)")
-    parser.add_argument("--quick", action="store_true", help="8 pairs at 64 px, one round: checks that it works")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    n, size, repeat = (8, 64, 1) if args.quick else (args.pairs, args.size, args.repeat)
+def measure(*, net: str = "alex", size: int = 256, n: int = 64, repeat: int = 3) -> dict:
+    """One row: the service (submit -> rows stored, one worker) and the embedded mode against the bare
+    reference, `repeat` interleaved rounds after a warm-up round."""
     database = f"lpips_gate_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(ADMIN, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as c:
@@ -101,14 +94,13 @@ def main() -> None:
             rounds = [root / f"round{k}" for k in range(repeat + 1)]
             pairs = [folders(folder, n, size, seed=k) for k, folder in enumerate(rounds)]
             service = Settings(database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-                               broker_url=BROKER, image_root=root, net=args.net,
-                               heartbeat_file=root / "heartbeat")
+                               broker_url=BROKER, image_root=root, net=net, heartbeat_file=root / "heartbeat")
             upgrade(service.database_url)
             env = dict(os.environ, LPIPS_GATE_DATABASE_URL=service.database_url, LPIPS_GATE_BROKER_URL=BROKER,
-                       LPIPS_GATE_IMAGE_ROOT=str(root), LPIPS_GATE_NET=args.net,
+                       LPIPS_GATE_IMAGE_ROOT=str(root), LPIPS_GATE_NET=net,
                        LPIPS_GATE_HEARTBEAT_FILE=str(root / "heartbeat"))
             worker = with_worker(service, env, root / "worker.log")
-            reference = bench.reference_model(args.net, service)
+            reference = bench.reference_model(net, service)
             try:
                 timed_run(service, rounds[0], "bench-warm-up")
                 for k in range(1, repeat + 1):  # interleaved, so a busy moment of the machine hits both
@@ -121,7 +113,7 @@ def main() -> None:
                 if os.environ.get("BENCH_WORKER_LOG"):
                     Path(os.environ["BENCH_WORKER_LOG"]).write_text((root / "worker.log").read_text())
             embedded = Settings(database_url=f"sqlite:///{root / 'embedded.db'}", broker_url=None, image_root=root,
-                                net=args.net)
+                                net=net)
             # One run, as `lpips-gate submit` without a broker would do it: models load in the process
             embedded_rate, embedded_d = timed_run(embedded, rounds[-1], "bench-embedded")
     finally:
@@ -132,16 +124,34 @@ def main() -> None:
             c.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         redis.Redis.from_url(BROKER).flushdb()
     ref_rate, service_rate = statistics.median(reference_rates), statistics.median(service_rates)
-    row = {"net": args.net, "size": size, "pairs": n, "rounds": repeat, "reference_pairs_s": ref_rate,
-           "service_pairs_s": service_rate, "embedded_pairs_s": embedded_rate,
-           "service_ratio": service_rate / ref_rate, "embedded_ratio": embedded_rate / ref_rate,
-           "service_ratio_per_round": [s / r for s, r in zip(service_rates, reference_rates)],
-           "max_abs_diff_service_vs_reference": max(diffs),
-           "max_abs_diff_embedded_vs_reference": float(np.max(np.abs(np.array(embedded_d) - ref_d)))}
+    return {"net": net, "size": size, "pairs": n, "rounds": repeat, "reference_pairs_s": ref_rate,
+            "service_pairs_s": service_rate, "embedded_pairs_s": embedded_rate,
+            "service_ratio": service_rate / ref_rate, "embedded_ratio": embedded_rate / ref_rate,
+            "service_ratio_per_round": [s / r for s, r in zip(service_rates, reference_rates)],
+            "max_abs_diff_service_vs_reference": max(diffs),
+            "max_abs_diff_embedded_vs_reference": float(np.max(np.abs(np.array(embedded_d) - ref_d)))}
+
+
+def print_row(row: dict) -> None:
     rounds_text = " ".join(f"{x:.2f}" for x in row["service_ratio_per_round"])
-    print(f"{args.net} {size}px x{n}, median of {repeat}: reference {ref_rate:.1f}/s  service (submit -> rows, "
-          f"1 worker) {service_rate:.1f}/s ({row['service_ratio']:.2f}x; rounds {rounds_text})  "
-          f"embedded {embedded_rate:.1f}/s ({row['embedded_ratio']:.2f}x)")
+    print(f"{row['net']:5} {row['size']:5}px  reference {row['reference_pairs_s']:7.1f}/s  service (submit -> rows, "
+          f"1 worker, x{row['pairs']}, median of {row['rounds']}) {row['service_pairs_s']:.1f}/s "
+          f"({row['service_ratio']:.2f}x; rounds {rounds_text})  "
+          f"embedded {row['embedded_pairs_s']:.1f}/s ({row['embedded_ratio']:.2f}x)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--net", default="alex")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (medians are reported)")
+    parser.add_argument("--quick", action="store_true", help="8 pairs at 64 px, one round: checks that it works")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    n, size, repeat = (8, 64, 1) if args.quick else (args.pairs, args.size, args.repeat)
+    row = measure(net=args.net, size=size, n=n, repeat=repeat)
+    print_row(row)
     if args.json:
         args.json.write_text(json.dumps(row, indent=1))
     print(json.dumps(row))

@@ -182,8 +182,7 @@ class Engine:
         found = {k: self.cache.get(k) if self.cache is not None else None for k in keys}
         first = {b.ref_key: b.ref for b in reversed(batch)}
         missing = [k for k in keys if found[k] is None]
-        images = torch.stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device)
-        both = self.model.features(images)
+        both = self.model.features(_stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device))
         computed = both.take(slice(0, len(missing)))
         for row, key in enumerate(missing):
             found[key] = computed.take(slice(row, row + 1))
@@ -225,6 +224,15 @@ class _Once:
             except BaseException as exc:  # noqa: BLE001  (handed to every caller of this key)
                 future.set_exception(exc)
         return future.result()
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """One channels_last batch, the layout the network runs in: decoded images already have it, so
+    each is one contiguous copy (torch.stack would build NCHW, and the network convert it back)."""
+    batch = torch.empty((len(images), *images[0].shape), memory_format=torch.channels_last)
+    for row, image in zip(batch, images):
+        row.copy_(image)
+    return batch
 
 
 def _concat(parts: Iterable[Features]) -> Features:

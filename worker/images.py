@@ -83,7 +83,8 @@ class SizeMismatchError(ImageError):
 
 
 def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE, exposure: float = 0.0) -> torch.Tensor:
-    """Decode one image to a float32 (3, H, W) RGB tensor in [-1, 1], or raise `ImageError`.
+    """Decode one image to a float32 (3, H, W) RGB tensor in [-1, 1], or raise `ImageError`. Its memory is
+    the decoded (H, W, 3) array, the channels_last layout the networks run in, so nothing is transposed.
 
     OpenEXR (by its magic bytes) is tone-mapped by `worker.hdr` (exposure in stops, clamp, sRGB curve);
     `exposure` applies to EXR only.
@@ -111,7 +112,7 @@ def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE,
         pixels = _unit_range(path, image)
     pixels *= 2  # in numpy, single-threaded: torch would fan each small op out over every core
     pixels -= 1  # from every decode thread at once, and oversubscribe the CPU
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) over the decoded (H, W, 3): channels_last
 
 
 def load_pair(

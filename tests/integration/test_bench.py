@@ -9,11 +9,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_benchmark_reports_every_figure(tmp_path):
+    """One command: (a), (b), bf16 and (c), the service end to end on the local PostgreSQL and Redis."""
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--quick", "--nets", "alex",
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    (row,) = json.loads(out.read_text())
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (row,) = result["engine"]
     assert (row["net"], row["size"], row["pairs"], row["device"]) == ("alex", 64, 4, "cpu")
     for key in ("reference_pairs_s", "ours_pairs_s", "bf16_pairs_s", "one_ref_reference_pairs_s",
                 "one_ref_ours_pairs_s"):
@@ -21,6 +23,11 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert row["max_abs_diff_vs_reference"] <= 1e-5
     assert row["bf16_max_abs_diff_vs_fp32"] <= 0.01
     assert done.stdout.splitlines()[0].startswith("alex     64px  reference")
+    service = result["service"]
+    assert (service["net"], service["size"], service["pairs"]) == ("alex", 64, 8)
+    assert service["service_pairs_s"] > 0 and service["max_abs_diff_service_vs_reference"] <= 1e-5
+    assert done.stdout.splitlines()[1].startswith("alex     64px  reference")
+    assert "service (submit -> rows, 1 worker, x8, median of 1)" in done.stdout.splitlines()[1]
 
 
 def test_quick_service_benchmark_stores_every_pair_with_the_reference_distances(tmp_path):
