@@ -8,7 +8,8 @@ same weights, same generated pairs. Prints a table and writes JSON.
 (c) the service end to end, submit -> rows stored, one worker (bench/service.py: needs the local
     PostgreSQL and Redis; the first net at 256px, or 64px with --quick)
 bf16/fp16 with their largest deviation from fp32, and (d) peak memory (RSS, each side measured in a
-fresh subprocess) at the largest size."""
+fresh subprocess) at the largest size. Both sides share glibc's default allocator settings unless
+--keep-freed-memory gives both the worker's (see worker.engine.keep_freed_memory)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import lpips  # noqa: E402
 
 from gate.settings import Settings  # noqa: E402
 from worker import weights  # noqa: E402
-from worker.engine import Engine, emulated_precision  # noqa: E402
+from worker.engine import Engine, emulated_precision, keep_freed_memory  # noqa: E402
 
 
 def make_pairs(folder: Path, n: int, size: int, *, one_ref: bool = False, seed: int = 0) -> list[tuple[Path, Path]]:
@@ -108,14 +109,17 @@ def ours(settings, net, pairs, precision="fp32", device="cpu"):
 
 def peak_rss_mb(side: str, net: str, size: int, n: int) -> float:
     """Peak resident memory of a fresh process doing one side's work (VmHWM: ru_maxrss would carry
-    this process's own peak across exec)."""
+    this process's own peak across exec); ours keeps freed memory, as the worker and the CLI do."""
     code = f"""
 import sys, tempfile; sys.path.insert(0, {str(Path(__file__).parent)!r})
 from pathlib import Path
 import compare as b
 s = b.Settings(); d = Path(tempfile.mkdtemp()); pairs = b.make_pairs(d, {n}, {size})
-fn, _ = (b.bare_reference(b.reference_model({net!r}, s), pairs, 8) if {side!r} == 'reference'
-         else b.ours(s, {net!r}, pairs))
+if {side!r} == 'reference':
+    fn, _ = b.bare_reference(b.reference_model({net!r}, s), pairs, 8)
+else:
+    b.keep_freed_memory()
+    fn, _ = b.ours(s, {net!r}, pairs)
 fn()
 print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)
 """
@@ -132,7 +136,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precisions", nargs="*", default=["bf16"], help="lower precisions to measure (none: skip)")
     parser.add_argument("--no-service", action="store_true", help="skip (c), the service end to end")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="this process (both sides) keeps freed memory, as the worker and the CLI do")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if args.device == "cuda":
         torch.backends.cudnn.allow_tf32 = False  # both sides in true fp32, as the engine runs it
     settings = Settings(max_batch=8)  # the batch the reference runs with
@@ -150,6 +158,7 @@ def main() -> None:
                 fp32_run, fp32_out = ours(settings, net, pairs, device=args.device)
                 ref_rate, fp32_rate = rates([ref_run, fp32_run], n, repeat)
                 row = {"net": net, "size": size, "pairs": n, "device": args.device,
+                       "keep_freed_memory": args.keep_freed_memory,
                        "reference_pairs_s": ref_rate, "ours_pairs_s": fp32_rate}
                 row["max_abs_diff_vs_reference"] = float(np.max(np.abs(np.array(fp32_out) - ref_out)))
                 for precision in args.precisions:

@@ -1,6 +1,9 @@
 """The engine: input order kept across size groups, one forward pass per batch, the reference
 cache running the backbone once per distinct reference, results equal to the bare metric."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +103,27 @@ def test_a_reference_shared_by_a_window_is_decoded_once(engine, tmp_path, monkey
     assert loaded.count(missing) == 1  # its error is handed to both pairs
     assert [o.error for o in outcomes[-2:]] == [f"{missing}: file not found"] * 2
     assert all(o.error is None for o in outcomes[:-2])
+
+
+FAULTS_PER_BATCH = """
+import resource, sys, torch
+from worker.engine import keep_freed_memory
+from worker.perceptual import LPIPS
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+model = LPIPS("alex", trunk_state=None, allow_random=True, precision="bf16")
+x = torch.rand(16, 3, 256, 256) * 2 - 1
+model.features(x), model.features(x)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    model.features(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+"""
+
+
+def test_keep_freed_memory_stops_every_batch_faulting_its_buffers_in_again():
+    """Each in a fresh process: glibc's defaults hand a bf16 batch's freed buffers back to the OS."""
+    faults = {mode: float(subprocess.run([sys.executable, "-c", FAULTS_PER_BATCH, mode], capture_output=True,
+                                         text=True, check=True).stdout) for mode in ("default", "keep")}
+    assert faults["default"] > 5000
+    assert faults["keep"] < 50

@@ -115,7 +115,7 @@ class LPIPS(nn.Module):
             while raw:  # one layer at a time, releasing each raw activation once it is used
                 r = raw.pop(0).float()
                 if with_stats:
-                    stats.append(layer_stats(r))
+                    stats.append(layer_stats(r))  # before the normaliser overwrites r
                 layers.append(norm(r))
                 del r
         return Features(layers, stats)

@@ -12,6 +12,11 @@ def l2(x: torch.Tensor) -> torch.Tensor:
     return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + EPS)  # no x**2 temporary
 
 
+def l2_(x: torch.Tensor) -> torch.Tensor:
+    """`l2` in x's own memory: a fresh layer-sized tensor costs page faults that take longer than the divide."""
+    return x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).add_(EPS))
+
+
 def instance(x: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit std per channel over space."""
     mean, std = x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True, unbiased=False)
@@ -33,4 +38,5 @@ def none(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-NORMALISERS = {"l2": l2, "instance": instance, "layer": layer, "unit-variance": unit_variance, "none": none}
+# Each may overwrite its argument: LPIPS.features hands over activations it no longer needs.
+NORMALISERS = {"l2": l2_, "instance": instance, "layer": layer, "unit-variance": unit_variance, "none": none}

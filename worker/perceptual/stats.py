@@ -13,13 +13,15 @@ def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
     and the count of NaN/Inf values; moments are over finite values only."""
     flat = _rows(x.detach().float())
     mean = flat.mean(dim=1)
-    std = (flat - mean[:, None]).square_().mean(dim=1).sqrt_()  # two passes: several times faster than std_mean
+    scratch = flat - mean[:, None]  # the one layer-sized temporary: fresh memory costs page faults
+    std = scratch.square_().mean(dim=1).sqrt_()  # two passes: several times faster than std_mean
     if torch.isfinite(std).all():  # NaN/Inf anywhere in a row would make its std non-finite
         low, high = flat.amin(dim=1), flat.amax(dim=1)  # on the CPU several times faster than aminmax
         nonfinite = torch.zeros(flat.shape[0], dtype=torch.long)
     else:
         mean, std, low, high, nonfinite = _masked_moments(flat, torch.isfinite(flat))
-    sparsity = flat.abs().lt_(SPARSE).sum(dim=1) / flat.shape[1]  # a float mask sums far faster than a bool one
+    near_zero = torch.abs(flat, out=scratch).lt_(SPARSE)  # a float mask sums far faster than a bool one
+    sparsity = near_zero.sum(dim=1) / flat.shape[1]
     rows = zip(sparsity.tolist(), mean.tolist(), std.tolist(), low.tolist(), high.tolist(), nonfinite.tolist())
     return [dict(zip(KEYS, row)) for row in rows]
 
