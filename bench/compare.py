@@ -193,13 +193,13 @@ def main() -> None:
 
 def print_row(row: dict) -> None:
     ratio = lambda a, b: f"{row[a] / row[b]:.2f}x" if a in row else "-"
-    low = "".join(f"{p} {row[p + '_pairs_s']:7.1f}/s ({ratio(p + '_pairs_s', 'reference_pairs_s')}, "
+    low = "".join(f"{p} {row[p + '_pairs_s']:7.3g}/s ({ratio(p + '_pairs_s', 'reference_pairs_s')}, "
                   f"max|d-fp32| {row[p + '_max_abs_diff_vs_fp32']:.4f}{', emulated' * row[p + '_emulated']})  "
                   for p in ("bf16", "fp16") if p + "_pairs_s" in row)
     peak = (f"peak MB {row['ours_peak_rss_mb']:.0f} vs {row['reference_peak_rss_mb']:.0f}  "
             if "ours_peak_rss_mb" in row else "")
-    print(f"{row['net']:5} {row['size']:5}px  reference {row['reference_pairs_s']:7.1f}/s  "
-          f"ours {row['ours_pairs_s']:7.1f}/s ({ratio('ours_pairs_s', 'reference_pairs_s')})  {low}"
+    print(f"{row['net']:5} {row['size']:5}px  reference {row['reference_pairs_s']:7.3g}/s  "
+          f"ours {row['ours_pairs_s']:7.3g}/s ({ratio('ours_pairs_s', 'reference_pairs_s')})  {low}"
           f"one-ref ({ratio('one_ref_ours_pairs_s', 'one_ref_reference_pairs_s')})  {peak}"
           f"|d-ref| {row['max_abs_diff_vs_reference']:.1e}", flush=True)
 
