@@ -310,7 +310,8 @@ def _unit_range(path: StrPath, image: Image.Image) -> np.ndarray:
     if mode in _GRAY_8BIT_MODES:
         straight = image.convert("LA") if mode == "La" else image  # un-premultiply; Pillow has no La -> L
         return _three_channels(_scaled(straight.convert("L"), 255))
-    return _scaled(image.convert("RGB"), 255)  # drops alpha; RGBa is un-premultiplied by Pillow
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # convert would copy an RGB image
+    return _scaled(rgb, 255)  # drops alpha; RGBa is un-premultiplied by Pillow
 
 
 def _scaled(image: Image.Image, full_scale: int) -> np.ndarray:
