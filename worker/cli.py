@@ -74,7 +74,7 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
             precision, exposure, map_png, as_json):
     """LPIPS distance between REF and CAND, or of every pair in --pairs."""
     from worker import weights as weights_mod
-    from worker.engine import Engine, emulated_precision, keep_freed_memory
+    from worker.engine import Engine, emulated_precision, tune_process
     from worker.heatmap import heatmap_png
 
     if pairs_csv is not None and (ref or cand):
@@ -86,7 +86,7 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
     labels = read_pairs(pairs_csv) if pairs_csv else [(str(ref), str(cand))]
     folder = pairs_csv.parent if pairs_csv else Path()
     pairs = [(folder / r, folder / c) for r, c in labels]
-    keep_freed_memory()
+    tune_process()
     try:
         engine = Engine.from_settings(settings, net=net, version=version, precision=precision, device=device,
                                       resize=resize, exposure=exposure, lin=not no_lin, normalise=normalise,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import structlog
 
 from gate.logs import configure
-from worker.engine import keep_freed_memory
+from worker.engine import tune_process
 from worker.runtime import Models
 from worker.tasks import Keeper, Processor, Store, beat, heartbeat_interval_s, worker_name
 
@@ -22,7 +22,7 @@ def run_comparisons(settings, comparison_ids: list[int]) -> None:
     if not ids:
         return
     _logs_to_stderr(settings)
-    keep_freed_memory()
+    tune_process()
     name = worker_name("embedded:")
     store = Store(settings.database_url, retry_s=settings.store_retry_s)
     again: list[int] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -73,6 +74,17 @@ def keep_freed_memory(*, mmap_threshold: int = 32 << 20, trim_threshold: int = 1
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
     return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_trim_threshold, trim_threshold))
+
+
+SWITCH_INTERVAL_S = 5e-4
+
+
+def tune_process() -> None:
+    """For a process that computes LPIPS (the worker, the embedded mode, `compare`): keep freed memory,
+    and have Python hand the GIL over within 0.5 ms instead of 5, so the forward pass's short torch
+    calls do not queue behind decode threads (alex 64px: 0.70x -> 0.77x the reference; 256px unchanged)."""
+    keep_freed_memory()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def resolve_device(device: str) -> torch.device:

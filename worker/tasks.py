@@ -420,13 +420,13 @@ class WorkerProcess:
     def start(self, **_signal: Any) -> None:
         import torch
 
-        from worker.engine import keep_freed_memory
+        from worker.engine import tune_process
 
         name = worker_name()
         structlog.contextvars.bind_contextvars(worker=name)
         if self.threads:
             torch.set_num_threads(self.threads)
-        keep_freed_memory()
+        tune_process()
         device = _pin_device(self.settings.device)
         store = Store(self.settings.database_url, retry_s=self.settings.store_retry_s)
         models = Models(

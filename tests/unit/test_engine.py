@@ -107,10 +107,12 @@ def test_a_reference_shared_by_a_window_is_decoded_once(engine, tmp_path, monkey
 
 FAULTS_PER_BATCH = """
 import resource, sys, torch
-from worker.engine import keep_freed_memory
+from worker.engine import SWITCH_INTERVAL_S, keep_freed_memory, tune_process
 from worker.perceptual import LPIPS
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
+    tune_process()
+    assert sys.getswitchinterval() == SWITCH_INTERVAL_S
 model = LPIPS("alex", trunk_state=None, allow_random=True, precision="bf16")
 x = torch.rand(16, 3, 256, 256) * 2 - 1
 model.features(x), model.features(x)
