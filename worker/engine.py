@@ -124,6 +124,7 @@ class Engine:
                  decode_threads: int | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        images.check_resize(resize)
         if device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = False  # on by default: fp32 convolutions with a 10-bit mantissa
         self.model = model.to(device)
@@ -146,14 +147,14 @@ class Engine:
     def _decode(self, index: int, ref: Path, cand: Path, refs: _Once) -> _Decoded:
         start = time.perf_counter()
         ref_image, ref_hash = refs(ref)
-        cand_image = images.load_image(cand, max_pixels=self.max_pixels, min_size=self.min_size,
-                                       exposure=self.exposure)
+        cand_image, cand_hash = self._load(cand)
         a, b = images.match_sizes(ref, cand, ref_image, cand_image, resize=self.resize)
         key = f"{ref_hash}:{tuple(a.shape)}"
-        pair_key = f"{key}:{images.content_hash(cand)}:{tuple(b.shape)}"
+        pair_key = f"{key}:{cand_hash}:{tuple(b.shape)}"
         return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3)
 
-    def _load_ref(self, path: Path) -> tuple[torch.Tensor, str]:
+    def _load(self, path: Path) -> tuple[torch.Tensor, str]:
+        """Decoded pixels and the sha256 of the file: its identity for the cache and for dedup."""
         image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=self.exposure)
         return image, images.content_hash(path)
 
@@ -164,7 +165,7 @@ class Engine:
         chunks = [list(range(i, min(i + window, len(pairs)))) for i in range(0, len(pairs), window)]
 
         def submit(chunk: list[int]) -> list[Future]:
-            refs = _Once(self._load_ref)  # a reference shared by pairs of a window is decoded once
+            refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
             return [self._pool.submit(self._decode, i, *map(Path, pairs[i]), refs) for i in chunk]
 
         pending = submit(chunks[0]) if chunks else []

@@ -115,27 +115,12 @@ def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE,
     return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) over the decoded (H, W, 3): channels_last
 
 
-def load_pair(
-    ref: StrPath,
-    cand: StrPath,
-    *,
-    max_pixels: int,
-    min_size: int = SAFE_MIN_SIZE,
-    resize: Resize = "none",
-    exposure: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a (reference, candidate) pair of equal size; `resize` names the side that is resized to the other."""
-    _check_resize(resize)
-    ref_image = load_image(ref, max_pixels=max_pixels, min_size=min_size, exposure=exposure)
-    cand_image = load_image(cand, max_pixels=max_pixels, min_size=min_size, exposure=exposure)
-    return match_sizes(ref, cand, ref_image, cand_image, resize=resize)
-
-
 def match_sizes(
     ref: StrPath, cand: StrPath, ref_image: torch.Tensor, cand_image: torch.Tensor, *, resize: Resize = "none"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The second half of `load_pair`, for callers that decoded the images themselves."""
-    _check_resize(resize)
+    """A decoded reference and candidate of one size: equal shapes pass as they are; otherwise `resize`
+    names the side resized to the other, and without one `SizeMismatchError` names both files."""
+    check_resize(resize)
     if ref_image.shape == cand_image.shape:
         return ref_image, cand_image
     if resize == "ref":
@@ -145,7 +130,7 @@ def match_sizes(
     raise SizeMismatchError(ref, cand, _width_height(ref_image), _width_height(cand_image))
 
 
-def _check_resize(resize: str) -> None:
+def check_resize(resize: str) -> None:
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
 

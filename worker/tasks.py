@@ -36,6 +36,7 @@ from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison
 from worker import metrics
+from worker.engine import tune_process
 from worker.images import ImageError, resolve_under
 from worker.runtime import Counters, Measurement, Models
 
@@ -419,8 +420,6 @@ class WorkerProcess:
 
     def start(self, **_signal: Any) -> None:
         import torch
-
-        from worker.engine import tune_process
 
         name = worker_name()
         structlog.contextvars.bind_contextvars(worker=name)

@@ -25,6 +25,12 @@ def engine():
     return Engine.from_settings(Settings(max_batch=8), net="alex", device="cpu")
 
 
+def test_unknown_resize_mode_is_refused_before_reading():
+    with pytest.raises(ValueError) as caught:
+        Engine.from_settings(Settings(), net="alex", device="cpu", resize="both")
+    assert str(caught.value) == "resize must be one of ('none', 'ref', 'cand'), got 'both'"
+
+
 def count_images(engine):
     seen = []
     engine.model.trunk.features[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))

