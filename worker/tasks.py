@@ -257,18 +257,23 @@ class Processor:
             metrics.pair_finished(outcome, m.net, (m.decode_ms + m.model_ms) / 1e3 if outcome == "done" else None)
 
     def _release(self, reason: str, retry: list[int]) -> None:
-        """Hand back what this process still holds; if the store is down, the keeper does it later."""
+        """Hand back what this process still holds; if the store is down, the keeper does it later.
+        Under the lock until the rows are queued: a sweep in between would find them running and held
+        by no task, and re-send them as leftovers in one message, slow pair and batch-mates together."""
         with self.lock:
-            held, self.held = sorted(self.held), set()
-        try:
-            self.store.run(
-                lambda session: [repo.record_error(session, comparison_id=i, reason=reason, final=False) for i in held],
-                what="release",
-                retry=False,
-            )
-            retry.extend(held)
-        except STORE_ERRORS as exc:
-            log.error("could not hand comparisons back; the keeper will", ids=held, error=str(exc.orig).strip())
+            held = sorted(self.held)
+            try:
+                self.store.run(
+                    lambda session: [repo.record_error(session, comparison_id=i, reason=reason, final=False)
+                                     for i in held],
+                    what="release",
+                    retry=False,
+                )
+                retry.extend(held)
+            except STORE_ERRORS as exc:
+                log.error("could not hand comparisons back; the keeper will", ids=held, error=str(exc.orig).strip())
+            finally:
+                self.held = set()
 
     def release_leftovers(self) -> list[int]:
         """Rows running under this process's name that no task holds: their task ended while the
