@@ -64,16 +64,18 @@ def emulated_precision(precision: str, device: torch.device, cpuinfo: Path = Pat
     return f"{precision} on this CPU is emulated (no {' or '.join(wanted)}): expect it slower than fp32"
 
 
-def keep_freed_memory(*, mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
+def keep_freed_memory(*, trim_threshold: int = 1 << 30) -> bool:
     """Have glibc keep freed layer-sized buffers for the next batch instead of handing them back to the OS,
-    which faults them in again page by page: about 12,000 page faults a 16-image alex batch, 10-15% of
-    its bf16 time here. For processes that only compute LPIPS (the worker, the CLI); the process keeps
-    up to `trim_threshold` of freed memory. False where the C library is not glibc."""
+    which faults them in again page by page (12,000 faults a 16-image alex batch at 256px; vgg's fp32
+    layers at 256px took longer to fault in than to normalise). glibc maps any buffer over its mmap
+    threshold, which cannot exceed 32 MiB, and unmaps it when freed, so nothing is mapped: buffers come
+    from the heap, whose top goes back to the OS only beyond `trim_threshold`. For processes that only
+    compute LPIPS (the worker, the CLI), on their main thread. False where the C library is not glibc."""
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "mallopt"):
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_trim_threshold, trim_threshold))
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, trim_threshold))
 
 
 SWITCH_INTERVAL_S = 5e-4

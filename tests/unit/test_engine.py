@@ -122,7 +122,7 @@ if sys.argv[1] == "keep":
     tune_process()
     assert sys.getswitchinterval() == SWITCH_INTERVAL_S
 model = LPIPS("alex", trunk_state=None, allow_random=True, precision="bf16")
-x = torch.rand(16, 3, 256, 256) * 2 - 1
+x = torch.rand(int(sys.argv[2]), 3, 256, 256) * 2 - 1
 model.features(x), model.features(x)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
@@ -131,12 +131,22 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
 """
 
 
+def faults_per_batch(mode: str, images: int, **env: str) -> float:
+    done = subprocess.run([sys.executable, "-c", FAULTS_PER_BATCH, mode, str(images)], capture_output=True,
+                          text=True, check=True, env={**os.environ, **env})
+    return float(done.stdout)
+
+
 def test_keep_freed_memory_stops_every_batch_faulting_its_buffers_in_again():
-    """Two fresh processes that differ only by the call. glibc's threshold is pinned at its initial 128 KiB,
+    """Fresh processes that differ only by the call. glibc's threshold is pinned at its initial 128 KiB,
     because the threshold it moves by itself made the count without the call vary from host to host
-    (1,200 to 15,000 a batch); beyond 32 MiB, or once its heap is trimmed, glibc hands buffers back anyway."""
-    env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}
-    faults = {mode: float(subprocess.run([sys.executable, "-c", FAULTS_PER_BATCH, mode], capture_output=True,
-                                         text=True, check=True, env=env).stdout) for mode in ("default", "keep")}
-    assert faults["default"] > 20_000  # 39,000 here: the batch's buffers, page by page
-    assert faults["keep"] < 50
+    (1,200 to 15,000 a batch)."""
+    pinned = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}
+    assert faults_per_batch("default", 16, **pinned) > 20_000  # 39,000 here: the batch's buffers, page by page
+    assert faults_per_batch("keep", 16, **pinned) < 50
+
+
+def test_keep_freed_memory_keeps_buffers_beyond_the_largest_mmap_threshold():
+    """48 images: the input and the first layer in fp32 exceed 32 MiB, which glibc always maps and unmaps."""
+    assert faults_per_batch("default", 48) > 20_000
+    assert faults_per_batch("keep", 48) < 50
