@@ -7,8 +7,8 @@ same weights, same generated pairs. Prints a table and writes JSON.
 (b) one reference against many candidates (the reference-feature cache)
 (c) the service end to end, submit -> rows stored, one worker (bench/service.py: needs the local
     PostgreSQL and Redis; the first net at 256px, or 64px with --quick)
-bf16/fp16 with their largest deviation from fp32, and (d) peak memory (RSS, each side measured in a
-fresh subprocess) at the largest size. Both sides share glibc's default allocator settings unless
+bf16/fp16, in rounds interleaved with both fp32 sides, with their largest deviation from fp32, and
+(d) peak memory (RSS, each side measured in a fresh subprocess) at the largest size. Both sides share glibc's default allocator settings unless
 --keep-freed-memory gives both the worker's (see worker.engine.keep_freed_memory)."""
 
 from __future__ import annotations
@@ -156,14 +156,14 @@ def main() -> None:
                 pairs = make_pairs(folder, n, size)
                 ref_run, ref_out = bare_reference(reference, pairs, 8, args.device)
                 fp32_run, fp32_out = ours(settings, net, pairs, device=args.device)
-                ref_rate, fp32_rate = rates([ref_run, fp32_run], n, repeat)
+                lows = [ours(settings, net, pairs, precision=p, device=args.device) for p in args.precisions]
+                ref_rate, fp32_rate, *low_rates = rates([ref_run, fp32_run, *(run for run, _ in lows)], n, repeat)
                 row = {"net": net, "size": size, "pairs": n, "device": args.device,
                        "keep_freed_memory": args.keep_freed_memory,
                        "reference_pairs_s": ref_rate, "ours_pairs_s": fp32_rate}
                 row["max_abs_diff_vs_reference"] = float(np.max(np.abs(np.array(fp32_out) - ref_out)))
-                for precision in args.precisions:
-                    low_run, low_out = ours(settings, net, pairs, precision=precision, device=args.device)
-                    row[f"{precision}_pairs_s"] = rates([low_run], n, repeat)[0]
+                for precision, (_, low_out), low_rate in zip(args.precisions, lows, low_rates):
+                    row[f"{precision}_pairs_s"] = low_rate
                     row[f"{precision}_max_abs_diff_vs_fp32"] = float(np.max(np.abs(np.array(low_out) - fp32_out)))
                     row[f"{precision}_emulated"] = emulated_precision(precision, torch.device(args.device)) is not None
                 one = make_pairs(folder, 64 if not args.quick else 4, size, one_ref=True, seed=1) if size <= 256 else None
