@@ -8,8 +8,9 @@ same weights, same generated pairs. Prints a table and writes JSON.
 (c) the service end to end, submit -> rows stored, one worker (bench/service.py: needs the local
     PostgreSQL and Redis; the first net at 256px, or 64px with --quick)
 bf16/fp16, in rounds interleaved with both fp32 sides, with their largest deviation from fp32, and
-(d) peak memory (RSS, each side measured in a fresh subprocess) at the largest size. Both sides share glibc's default allocator settings unless
---keep-freed-memory gives both the worker's (see worker.engine.keep_freed_memory)."""
+(d) peak memory (RSS, each side measured in a fresh subprocess) at the largest size. Both sides share
+glibc's default allocator settings unless --keep-freed-memory gives both the worker's (see
+worker.engine.keep_freed_memory)."""
 
 from __future__ import annotations
 
