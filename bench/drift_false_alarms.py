@@ -1,4 +1,4 @@
-"""How often does `gate.drift.detect` cry wolf, and how soon does it catch a real shift?
+"""How often does `gate.judging.drift.detect` cry wolf, and how soon does it catch a real shift?
 
 Simulates seeds of suites whose distances are realistic LPIPS values (~0.1), judged as the gate
 judges them, and reports three things per distribution:
@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from gate.drift import detect
-from gate.policy import DriftPolicy
+from gate.judging.drift import detect
+from gate.judging.policy import DriftPolicy
 
 DISTRIBUTIONS = {
     # median 0.1, a long right tail like real suites

@@ -28,11 +28,12 @@ from sqlalchemy.pool import NullPool
 sys.path.insert(0, str(Path(__file__).parent))
 import compare as bench  # noqa: E402
 
-from gate.commands.service import open_store, poll_until_finished, submit_run  # noqa: E402
+from gate.runs.service import poll_until_finished, submit_run  # noqa: E402
 from gate.settings import Settings  # noqa: E402
 from gate.store import repository as repo  # noqa: E402
 from gate.store import session_scope  # noqa: E402
 from gate.store.migrate import upgrade  # noqa: E402
+from gate.store.opening import open_store  # noqa: E402
 
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BROKER = "redis://127.0.0.1:6379/14"
@@ -54,9 +55,9 @@ def folders(root: Path, n: int, size: int, *, seed: int) -> list[tuple[Path, Pat
 
 def timed_run(settings: Settings, root: Path, label: str) -> tuple[float, list[float]]:
     start = time.perf_counter()
-    run_id, ids = submit_run(settings, root / "ref", root / "cand", suite=label, threshold=None, net=None,
-                             version=None, precision=None, maps=False)
     with open_store(settings) as engine:
+        run_id, ids = submit_run(settings, engine, root / "ref", root / "cand", suite=label, threshold=None,
+                                 net=None, version=None, precision=None, maps=False)
         poll_until_finished(engine, run_id, timeout=600, interval=POLL_S)
         elapsed = time.perf_counter() - start
         with session_scope(engine) as session:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from platformdirs import user_cache_path, user_data_path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gate.vocabulary import Device, Net, Precision
 
 
 def _default_database_url() -> str:
@@ -24,11 +25,11 @@ class Settings(BaseSettings):
     weights_dir: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "weights")
     image_root: Path = Field(default_factory=Path.cwd)  # the only folder task paths may point into
 
-    net: Literal["alex", "vgg", "squeeze"] = "alex"
+    net: Net = "alex"
     version: str = "0.1"
-    fallback_net: Literal["alex", "vgg", "squeeze"] | None = "alex"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    fallback_net: Net | None = "alex"
+    device: Device = "auto"
+    precision: Precision = "fp32"
     allow_random_weights: bool = False  # tests only: never on in production
 
     max_pixels: int = 64_000_000  # per image: larger is treated as a decompression bomb
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     fault_nonfinite_primary: bool = False  # the primary backbone's distances come out NaN
     fault_slow_suffix: str | None = None  # a forward pass holding a cand that ends with this sleeps fault_slow_s first
     fault_slow_s: float = 5.0
+
+    @property
+    def embedded_store(self) -> bool:
+        """The default database (no LPIPS_GATE_DATABASE_URL): the only one created on first use."""
+        return "database_url" not in self.model_fields_set
 
     @property
     def pairs_per_message(self) -> int:

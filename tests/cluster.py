@@ -17,7 +17,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import func, select
 
-from gate.queue import TASK_COMPARE
+from gate.runs.queue import TASK_COMPARE
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo

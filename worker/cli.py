@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from gate.cli import UsageFailure
+from gate.errors import GateError
 from gate.tonemap import HDR_SUFFIXES, tonemap_policy
 
 # Kept in step with PRESETS, NORMALISERS and REDUCTIONS by a unit test.
@@ -45,9 +45,9 @@ def read_pairs(csv_path: Path) -> list[tuple[str, str]]:
         with open(csv_path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as exc:
-        raise UsageFailure(f"{csv_path}: cannot read ({exc.strerror})") from exc
+        raise GateError(f"{csv_path}: cannot read ({exc.strerror})") from exc
     if not rows or not {"ref", "cand"} <= set(rows[0]):
-        raise UsageFailure(f"{csv_path}: needs a header 'ref,cand' and at least one row")
+        raise GateError(f"{csv_path}: needs a header 'ref,cand' and at least one row")
     return [(r["ref"], r["cand"]) for r in rows]
 
 
@@ -78,11 +78,11 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
     from worker.heatmap import heatmap_png
 
     if pairs_csv is not None and (ref or cand):
-        raise UsageFailure("give either REF CAND or --pairs, not both")
+        raise GateError("give either REF CAND or --pairs, not both")
     if pairs_csv is None and not (ref and cand):
-        raise UsageFailure("give REF and CAND, or --pairs PAIRS.csv")
+        raise GateError("give REF and CAND, or --pairs PAIRS.csv")
     if map_png and pairs_csv:
-        raise UsageFailure("--map works with a single pair")
+        raise GateError("--map works with a single pair")
     labels = read_pairs(pairs_csv) if pairs_csv else [(str(ref), str(cand))]
     folder = pairs_csv.parent if pairs_csv else Path()
     pairs = [(folder / r, folder / c) for r, c in labels]
@@ -92,7 +92,7 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
                                       resize=resize, exposure=exposure, lin=not no_lin, normalise=normalise,
                                       reduction=reduction)
     except (weights_mod.WeightsError, ValueError, FileNotFoundError) as exc:
-        raise UsageFailure(str(exc)) from exc
+        raise GateError(str(exc)) from exc
     slow = emulated_precision(engine.model.precision, engine.device)
     if slow:
         click.echo(f"Warning: {slow}", err=True)
@@ -177,5 +177,5 @@ def weights_import(settings, path, net):
     try:
         result = weights_mod.import_file(settings.weights_dir, net, path)
     except (weights_mod.WeightsError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-        raise UsageFailure(f"{path}: {exc}") from exc
+        raise GateError(f"{path}: {exc}") from exc
     click.echo(f"{net}: {result.sha256} from {result.source}")

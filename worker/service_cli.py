@@ -10,7 +10,7 @@ import tempfile
 
 import click
 
-from gate.cli import EXIT_ERROR, EXIT_OK, UsageFailure
+from gate.errors import EXIT_ERROR, EXIT_OK, GateError
 
 POOLS = ("prefork", "solo")
 
@@ -19,7 +19,7 @@ def plan(*, pool: str, concurrency: int | None, gpus: int, cpus: int) -> tuple[i
     """(pool processes, torch threads per process): one process per GPU, or one on the CPU with
     every thread; an explicit concurrency shares the CPU threads out."""
     if pool == "solo" and concurrency not in (None, 1):
-        raise UsageFailure(f"--pool solo runs one task at a time: --concurrency must be 1, got {concurrency}")
+        raise GateError(f"--pool solo runs one task at a time: --concurrency must be 1, got {concurrency}")
     processes = concurrency or max(1, gpus)
     return processes, max(1, cpus // processes)
 
@@ -64,14 +64,14 @@ def gpu_count(device: str) -> int:
 def worker(settings, concurrency, pool, device, precision):
     """Consume comparisons from the broker (LPIPS_GATE_BROKER_URL) until stopped."""
     if not settings.broker_url:
-        raise UsageFailure(
+        raise GateError(
             "no broker configured (LPIPS_GATE_BROKER_URL); without one, `lpips-gate submit` computes in-process"
         )
     if device:
         settings = settings.model_copy(update={"device": device})
     gpus = gpu_count(settings.device)
     if settings.device == "cuda" and gpus == 0:
-        raise UsageFailure("--device cuda asked for, but no CUDA device is available")
+        raise GateError("--device cuda asked for, but no CUDA device is available")
     processes, threads = plan(pool=pool, concurrency=concurrency, gpus=gpus, cpus=os.cpu_count() or 1)
 
     queue = _store_queue(settings)
@@ -113,12 +113,12 @@ def worker(settings, concurrency, pool, device, precision):
 
 def _store_queue(settings) -> str:
     """The queue of this worker's store: workers only take messages of the database they write to."""
-    from gate.queue import StoreNotReady, store_queue_at
+    from gate.runs.queue import StoreNotReady, store_queue_at
 
     try:
         return store_queue_at(settings.database_url)
     except StoreNotReady as exc:
-        raise UsageFailure(str(exc)) from exc
+        raise GateError(str(exc)) from exc
 
 
 def _serve_metrics(settings, queue: str) -> None:
@@ -131,7 +131,7 @@ def _serve_metrics(settings, queue: str) -> None:
     try:
         metrics.serve(settings, queue=queue)
     except OSError as exc:
-        raise UsageFailure(f"metrics port {settings.metrics_port}: {exc.strerror}") from exc
+        raise GateError(f"metrics port {settings.metrics_port}: {exc.strerror}") from exc
 
 
 def _celery_logs_like_ours(settings) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from gate.logs import get_logger
-from gate.queue import TASK_COMPARE, enqueue, make_celery
+from gate.runs.queue import TASK_COMPARE, enqueue, make_celery
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison
@@ -488,7 +488,7 @@ def _pin_device(device: str) -> str:
 
 
 def create_app(settings, *, queue: str, precision: str | None = None, threads: int | None = None) -> Celery:
-    """The worker's Celery app consuming `queue` (the store's: `gate.queue.store_queue`) with the
+    """The worker's Celery app consuming `queue` (the store's: `gate.runs.queue.store_queue`) with the
     compare task; models load in each pool process."""
     app = make_celery(settings, queue=queue)
     app.conf.worker_proc_alive_timeout = 300  # a pool process loads its models before it reports up

@@ -22,11 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-COMPARISON_STATUSES = ("queued", "running", "done", "error")
-VERDICTS = ("pass", "fail", "error")
-ALERT_RULES = ("distance", "sparsity", "variance", "nonfinite", "drift")
-ALERT_STATES = ("open", "resolved")
-STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")
+from gate.vocabulary import ALERT_RULES, ALERT_STATES, COMPARISON_STATUSES, STAT_KEYS, VERDICTS
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -36,14 +36,14 @@ class NotFound(LookupError):
     """A run or comparison id that is not in the database."""
 
 
-def _insert(session: Session, model: type) -> Any:
+def insert_for(session: Session, model: type) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect not in ("postgresql", "sqlite"):
         raise ValueError(f"database dialect {dialect!r}: only postgresql and sqlite are supported")
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
 
 
-def _finite(value: float | None) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
     """NaN/inf become NULL on both dialects (SQLite would store NaN as NULL anyway)."""
     return None if value is None or not math.isfinite(value) else float(value)
 
@@ -54,7 +54,7 @@ def _finite(value: float | None) -> float | None:
 def get_or_create_suite(session: Session, *, name: str) -> Suite:
     if not name:
         raise ValueError("suite name: must not be empty")
-    stmt = _insert(session, Suite).values(name=name, created_at=utcnow())
+    stmt = insert_for(session, Suite).values(name=name, created_at=utcnow())
     session.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
     return session.scalars(select(Suite).where(Suite.name == name)).one()
 
@@ -85,7 +85,7 @@ def create_run(
     )
     session.add(run)
     session.flush()
-    stmt = _insert(session, Comparison).on_conflict_do_nothing(index_elements=["run_id", "ref", "cand"])
+    stmt = insert_for(session, Comparison).on_conflict_do_nothing(index_elements=["run_id", "ref", "cand"])
     now = utcnow()
     session.execute(
         stmt,
@@ -250,14 +250,14 @@ def record_results(session: Session, *, results: Sequence[Mapping[str, Any]]) ->
         update_done,
         [
             {"new_id": r["comparison_id"], **{f"new_{key}": r.get(key) for key in RESULT_FIELDS},
-             "new_distance": _finite(r["distance"])}
+             "new_distance": finite_or_none(r["distance"])}
             for r in todo
         ],
     )
     rows = [row for r in todo for row in layer_rows[r["comparison_id"]]]
     if rows:
         conflict = ["comparison_id", "layer_index"]
-        session.execute(_insert(session, LayerMetric).on_conflict_do_nothing(index_elements=conflict), rows)
+        session.execute(insert_for(session, LayerMetric).on_conflict_do_nothing(index_elements=conflict), rows)
     return written
 
 
@@ -267,11 +267,11 @@ def _layer_row(comparison_id: int, position: int, layer: Mapping[str, Any]) -> d
             "comparison_id": comparison_id,
             "layer_index": int(layer["index"]),
             "name": layer["name"],
-            "distance": _finite(layer["distance"]),
+            "distance": finite_or_none(layer["distance"]),
         }
         for side in ("ref", "cand"):
             stats = layer[f"{side}_stats"]
-            row |= {f"{side}_{key}": _finite(stats[key]) for key in STAT_KEYS if key != "nonfinite"}
+            row |= {f"{side}_{key}": finite_or_none(stats[key]) for key in STAT_KEYS if key != "nonfinite"}
             row[f"{side}_nonfinite"] = int(stats["nonfinite"])
     except KeyError as exc:
         raise ValueError(f"layers[{position}]: missing key {exc.args[0]!r}") from exc
@@ -344,7 +344,7 @@ def store_key(session: Session) -> str:
 
 def heartbeat(session: Session, *, worker: str, hostname: str, pid: int) -> None:
     values = {"name": worker, "hostname": hostname, "pid": pid, "last_seen": utcnow()}
-    stmt = _insert(session, Worker).values(values)
+    stmt = insert_for(session, Worker).values(values)
     session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
 
 
@@ -421,122 +421,3 @@ def recent_distances(
     if up_to_run_id is not None:
         stmt = stmt.where(Run.id <= up_to_run_id)
     return list(session.scalars(stmt))
-
-
-# --- alerts ------------------------------------------------------------------------------------
-
-
-def alert_fingerprint(*, rule: str, suite_name: str, labels: Mapping[str, Any]) -> str:
-    """Stable across processes and label order: the identity of one alert over its lifetime."""
-    key = json.dumps([rule, suite_name, labels], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def upsert_open_alert(
-    session: Session,
-    *,
-    rule: str,
-    suite_name: str,
-    labels: Mapping[str, Any],
-    value: float | None,
-    threshold: float | None,
-    run_id: int | None,
-    annotations: Mapping[str, str] | None = None,
-) -> tuple[Alert, bool]:
-    """Open an alert, or refresh the open one with the same fingerprint; True when newly opened."""
-    if rule not in ALERT_RULES:
-        raise ValueError(f"rule: must be one of {ALERT_RULES}, got {rule!r}")
-    fingerprint = alert_fingerprint(rule=rule, suite_name=suite_name, labels=labels)
-    suite = get_or_create_suite(session, name=suite_name)
-    now = utcnow()
-    seen = {
-        "value": _finite(value),
-        "threshold": _finite(threshold),
-        "run_id": run_id,
-        "last_seen_at": now,
-        "annotations": dict(annotations or {}),
-    }
-    opened = session.scalar(
-        _insert(session, Alert)
-        .values(
-            rule=rule,
-            suite_id=suite.id,
-            fingerprint=fingerprint,
-            labels=dict(labels),
-            state="open",
-            opened_at=now,
-            **seen,
-        )
-        .on_conflict_do_nothing(index_elements=["fingerprint"], index_where=OPEN_ALERT)
-        .returning(Alert.id)
-    )
-    refresh = update(Alert).where(Alert.fingerprint == fingerprint, Alert.state == "open").values(seen)
-    alert_id = opened if opened is not None else session.scalars(refresh.returning(Alert.id)).one()
-    return session.get_one(Alert, alert_id, populate_existing=True), opened is not None
-
-
-def resolve_alerts(
-    session: Session, *, suite_name: str, rule: str, keep_fingerprints: Sequence[str]
-) -> list[Alert]:
-    """Resolve the suite's open alerts of `rule` that did not fire again (not in keep)."""
-    suite_id = select(Suite.id).where(Suite.name == suite_name).scalar_subquery()
-    stmt = (
-        update(Alert)
-        .where(
-            Alert.suite_id == suite_id,
-            Alert.rule == rule,
-            Alert.state == "open",
-            Alert.fingerprint.not_in(keep_fingerprints),
-        )
-        .values(state="resolved", resolved_at=utcnow())
-        .returning(Alert.id)
-    )
-    resolved = select(Alert).where(Alert.id.in_(session.scalars(stmt).all())).order_by(Alert.id)
-    return list(session.scalars(resolved, execution_options={"populate_existing": True}))
-
-
-def resolve_fingerprints(
-    session: Session, *, fingerprints: Sequence[str], up_to_run_id: int | None = None
-) -> list[Alert]:
-    """Resolve the open alerts with these fingerprints; with `up_to_run_id`, one last seen on a later
-    run stays open (a late run's evidence does not overrule a newer one's)."""
-    stmt = update(Alert).where(Alert.state == "open", Alert.fingerprint.in_(fingerprints))
-    if up_to_run_id is not None:
-        stmt = stmt.where((Alert.run_id <= up_to_run_id) | Alert.run_id.is_(None))
-    ids = session.scalars(stmt.values(state="resolved", resolved_at=utcnow()).returning(Alert.id)).all()
-    resolved = select(Alert).where(Alert.id.in_(ids)).order_by(Alert.id)
-    return list(session.scalars(resolved, execution_options={"populate_existing": True}))
-
-
-def last_delivered_openings(session: Session, *, fingerprints: Sequence[str]) -> dict[str, datetime]:
-    """When each fingerprint last opened at the receiver: its latest alert that was ever delivered
-    (only a delivered alert's resolution is sent, so a notified one was delivered firing)."""
-    if not fingerprints:
-        return {}
-    stmt = (
-        select(Alert.fingerprint, func.max(Alert.opened_at))
-        .where(Alert.fingerprint.in_(set(fingerprints)), Alert.last_notified_at.is_not(None))
-        .group_by(Alert.fingerprint)
-    )
-    return {fingerprint: opened_at for fingerprint, opened_at in session.execute(stmt)}
-
-
-def alerts_to_notify(session: Session) -> list[Alert]:
-    """Open alerts, and resolved ones delivered firing whose resolution was not: what a sender may owe.
-    A resolved alert the receiver never saw firing is owed nothing."""
-    undelivered = Alert.last_notified_at.is_not(None) & (Alert.last_notified_at < Alert.resolved_at)
-    stmt = select(Alert).where((Alert.state == "open") | ((Alert.state == "resolved") & undelivered))
-    return list(session.scalars(stmt.order_by(Alert.id)))
-
-
-def list_alerts(session: Session, *, suite_name: str | None = None, open_only: bool = False) -> list[Alert]:
-    stmt = select(Alert).order_by(Alert.id)
-    if suite_name is not None:
-        stmt = stmt.join(Suite, Alert.suite_id == Suite.id).where(Suite.name == suite_name)
-    if open_only:
-        stmt = stmt.where(Alert.state == "open")
-    return list(session.scalars(stmt))
-
-
-def mark_notified(session: Session, *, alert_ids: Sequence[int]) -> None:
-    session.execute(update(Alert).where(Alert.id.in_(alert_ids)).values(last_notified_at=utcnow()))

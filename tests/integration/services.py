@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from gate.queue import make_celery, store_queue_at
+from gate.runs.queue import make_celery, store_queue_at
 from gate.settings import Settings
 
 STARTUP_TIMEOUT_S = 30

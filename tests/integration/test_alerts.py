@@ -14,13 +14,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
-from gate.alerts import RESEND_VALIDITY
+from gate.alerts.lifecycle import RESEND_VALIDITY
 from gate.cli import main
-from gate.daemon import Daemon
+from gate.judging.daemon import Daemon
 from gate.logs import configure
+from gate.alerts import store as alert_store
 from gate.store import repository as repo
 from gate.store.models import Alert, utcnow
-from gate.webhook import rfc3339
+from gate.alerts.alertmanager import rfc3339
 from tests.integration.test_gate import DISTANCE_LABELS, SUITE, finished_run, judge, policies, settings_for
 
 
@@ -69,7 +70,7 @@ def receiver():
 
 def _distance_alert(session_factory):
     with session_factory() as session:
-        [alert] = repo.list_alerts(session)
+        [alert] = alert_store.list_alerts(session)
         return alert
 
 
@@ -175,7 +176,7 @@ def test_a_repeat_opening_within_the_cooldown_is_held_back(session_factory, engi
     for run_id in runs:
         judge(session_factory, run_id, policies(), settings)
     with session_factory() as session:
-        first, second = repo.list_alerts(session)
+        first, second = alert_store.list_alerts(session)
     assert (first.state, second.state, second.last_notified_at) == ("resolved", "open", None)
     sent = [(alert["annotations"]["run"], "endsAt" in alert) for _, _, body in receiver.take() for alert in body]
     assert sent == [(str(runs[0]), True), (str(runs[0]), True)]  # opened (lapsing), then resolved
@@ -335,7 +336,7 @@ def test_alerts_lists_open_and_resolved_alerts_as_json(session_factory, db_url) 
     for run_id in (failing, other, passing):
         judge(session_factory, run_id, other_policies, settings)
     with session_factory() as session:
-        resolved, still_open = repo.list_alerts(session)
+        resolved, still_open = alert_store.list_alerts(session)
 
     everything = _alerts_cli(db_url, "--json")
     assert (everything.exit_code, everything.stderr) == (0, "")

@@ -19,10 +19,11 @@ import redis
 from click.testing import CliRunner, Result
 from PIL import Image
 
-import gate.commands.gate
+import gate.cli.judging
 from gate.cli import main
-from gate.report import IMAGE_WIDTH_PX
+from gate.report.html import IMAGE_WIDTH_PX
 from gate.store import make_engine, session_scope
+from gate.alerts import store as alert_store
 from gate.store import repository as repo
 from tests.unit.test_report import _screenshot, _solid_box
 
@@ -82,7 +83,7 @@ def _alerts(db_url: str) -> list[tuple]:
     engine = make_engine(db_url)
     try:
         with session_scope(engine) as session:
-            return [(a.rule, a.state, a.labels, a.annotations, a.run_id) for a in repo.list_alerts(session)]
+            return [(a.rule, a.state, a.labels, a.annotations, a.run_id) for a in alert_store.list_alerts(session)]
     finally:
         engine.dispose()
 
@@ -218,17 +219,17 @@ def _stored_heatmap(db_url: str) -> Image.Image:
     return image
 
 
-def test_check_submits_and_waits_through_the_public_producer_api() -> None:
-    """`check` shares submit's and wait's code through their public functions, not their private helpers."""
-    tree = ast.parse(Path(gate.commands.gate.__file__).read_text(encoding="utf-8"))
-    imported = [
-        alias.name
+def test_the_check_command_calls_one_service_and_nothing_private() -> None:
+    """The CLI parses, calls gate.runs.check and prints: it reaches no private helper of a service."""
+    tree = ast.parse(Path(gate.cli.judging.__file__).read_text(encoding="utf-8"))
+    imported = {
+        (node.module, alias.name)
         for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module == "gate.commands.service"
+        if isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("gate.cli")
         for alias in node.names
-    ]
-    assert {"submit_run", "poll_until_finished", "summary_text"} <= set(imported)
-    assert [name for name in imported if name.startswith("_")] == []
+    }
+    assert ("gate.runs.check", "check") in imported
+    assert [name for _module, name in imported if name.startswith("_")] == []
 
 
 # --- refused up front --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Judging runs (gate.verdict) and the daemon (gate.daemon) against real PostgreSQL and SQLite: runs
+"""Judging runs (gate.judging.verdict) and the daemon (gate.judging.daemon) against real PostgreSQL and SQLite: runs
 are written through the repository as a worker would, then judged; checked by verdicts, alert rows
 and their exact labels and values."""
 
@@ -19,14 +19,15 @@ from click.testing import CliRunner
 from sqlalchemy.orm import Session, sessionmaker
 
 from gate.cli import main
-from gate.daemon import Daemon
+from gate.judging.daemon import Daemon
 from gate.logs import configure, get_logger
-from gate.policy import DriftPolicy, Policy, PolicySet, SuitePolicies
+from gate.judging.policy import DriftPolicy, Policy, PolicySet, SuitePolicies
 from gate.settings import Settings
 from gate.store import make_engine
+from gate.alerts import store as alert_store
 from gate.store import repository as repo
 from gate.store.models import Run
-from gate.verdict import EvaluationError, drift_by_net, evaluate_run, judge_run, pair_results, policy_lookup
+from gate.judging.verdict import EvaluationError, drift_by_net, evaluate_run, judge_run, pair_results, policy_lookup
 
 SUITE = "render"
 HEALTHY = {"sparsity": 0.5, "mean": 0.5, "std": 1.0, "min": 0.0, "max": 4.0, "nonfinite": 0}
@@ -97,7 +98,7 @@ def alert_rows(session_factory: sessionmaker) -> list[tuple]:
     with session_factory() as session:
         return [
             (a.rule, a.state, a.labels, a.value, a.threshold, a.annotations, a.run_id)
-            for a in repo.list_alerts(session)
+            for a in alert_store.list_alerts(session)
         ]
 
 
@@ -135,7 +136,7 @@ def test_a_repeated_failure_keeps_one_alert_and_a_passing_run_resolves_it(sessio
     assert alert_rows(session_factory) == [("distance", "open", DISTANCE_LABELS, 0.4, 0.1, annotations, again)]
     assert judge(session_factory, passing, policies(), settings)["verdict"] == "pass"
     with session_factory() as session:
-        [alert] = repo.list_alerts(session)
+        [alert] = alert_store.list_alerts(session)
         assert (alert.state, alert.value, alert.run_id, alert.resolved_at >= alert.opened_at) == (
             "resolved",
             0.4,
@@ -158,10 +159,10 @@ def test_judging_a_run_twice_records_and_alerts_once(session_factory, db_url) ->
     first = judge(session_factory, run_id, policies(), settings)
     with session_factory() as session:
         evaluated_at = session.get(Run, run_id).evaluated_at
-        [alert] = repo.list_alerts(session)
+        [alert] = alert_store.list_alerts(session)
     assert judge(session_factory, run_id, policies(), settings) == first
     with session_factory() as session:
-        [again] = repo.list_alerts(session)
+        [again] = alert_store.list_alerts(session)
         assert session.get(Run, run_id).evaluated_at == evaluated_at
         assert (again.id, again.last_seen_at) == (alert.id, alert.last_seen_at)
 
@@ -183,7 +184,7 @@ def test_concurrent_judges_of_one_run_apply_its_alerts_once(session_factory, eng
     second.join(30)
     assert done["summary"]["verdict"] == "fail"
     with session_factory() as session:
-        [alert] = repo.list_alerts(session)
+        [alert] = alert_store.list_alerts(session)
         assert alert.last_seen_at == alert.opened_at  # opened once, never refreshed
 
 
@@ -260,7 +261,7 @@ def _suite_runs(session_factory: sessionmaker, suite: str, batches: list[np.ndar
             run_id = finished_run(session, [float(d) for d in batch], suite=suite)
         judge(session_factory, run_id, _drift_policies(suite), settings_for(url))
         with session_factory() as session:
-            drift = [a.state for a in repo.list_alerts(session, suite_name=suite) if a.rule == "drift"]
+            drift = [a.state for a in alert_store.list_alerts(session, suite_name=suite) if a.rule == "drift"]
         states.append(drift[-1] if drift else "-")
     return states
 
@@ -283,7 +284,7 @@ def test_a_shift_opens_drift_within_the_window_and_a_stable_suite_stays_quiet(se
     assert "open" in shifted_states[before : before + DRIFT.window // RUN_SIZE]
     assert stable_states == ["-"] * (before + after)
     with session_factory() as session:
-        [drift] = [a for a in repo.list_alerts(session, suite_name="shifted") if a.rule == "drift"]
+        [drift] = [a for a in alert_store.list_alerts(session, suite_name="shifted") if a.rule == "drift"]
         last_stable = max(run.id for run in session.query(Run).join(Run.suite).filter_by(name="stable"))
         stable_check = drift_by_net(
             session,

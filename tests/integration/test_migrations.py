@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import Column, Integer, MetaData, inspect
 
 from gate.cli import main
-from gate.queue import StoreNotReady, store_queue
+from gate.runs.queue import StoreNotReady, store_queue
 from gate.store import repository as repo
 from gate.store.db import make_engine, session_scope
 from gate.store.migrate import current_revision, downgrade, head_revision, upgrade

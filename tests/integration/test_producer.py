@@ -21,8 +21,8 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from gate.cli import main
-from gate.queue import store_queue_at
-from gate.commands.service import submit_run
+from gate.runs.queue import store_queue_at
+from gate.runs.service import submit_run
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
@@ -141,10 +141,10 @@ def test_submit_stores_the_run_options_and_settings_defaults(pg_url: str, images
 def test_submit_run_stores_and_queues_without_the_cli(pg_url: str, images: Path, broker: redis.Redis) -> None:
     settings = Settings(database_url=pg_url, image_root=images, broker_url=BROKER_URL, max_batch=2,
                         message_batches=1, net="vgg")
-    submitted = submit_run(settings, images / "ref", images / "new", suite="api", threshold=0.3, net=None,
+    engine = make_engine(pg_url)
+    submitted = submit_run(settings, engine, images / "ref", images / "new", suite="api", threshold=0.3, net=None,
                            version="0.0", precision=None, maps=True)
     assert submitted == (1, [1, 2, 3])
-    engine = make_engine(pg_url)
     with session_scope(engine) as session:
         run = repo.get_run(session, run_id=1)
         stored = (run.suite.name, run.threshold, run.net, run.version, run.precision, run.options)
@@ -442,9 +442,9 @@ def test_hdr_runs_record_their_tone_map(pg_url: str, tmp_path: Path, broker: red
         (tmp_path / side).mkdir()
         (tmp_path / side / "shot.exr").write_bytes(b"v/1\x01")  # pairing reads names only; workers decode
     settings = Settings(database_url=pg_url, image_root=tmp_path, broker_url=BROKER_URL)
-    run_id, _ = submit_run(settings, tmp_path / "ref", tmp_path / "cand", suite="hdr", threshold=None, net=None,
-                           version=None, precision=None, maps=False)
     engine = make_engine(pg_url)
+    run_id, _ = submit_run(settings, engine, tmp_path / "ref", tmp_path / "cand", suite="hdr", threshold=None,
+                           net=None, version=None, precision=None, maps=False)
     with session_scope(engine) as session:
         options = repo.get_run(session, run_id=run_id).options
     engine.dispose()

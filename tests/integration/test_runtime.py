@@ -17,8 +17,8 @@ import structlog
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from gate.executors import run_executor
-from gate.queue import make_celery, store_queue_at
+from gate.runs.executors import load_executor
+from gate.runs.queue import make_celery, store_queue_at
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
@@ -252,7 +252,7 @@ def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root,
     settings = _settings(weights_dir, image_root, database_url=db_url, fault_poison_suffix=POISON, max_attempts=3)
     bad = [("../outside.png", pairs[0][1]), (pairs[0][0], "missing.png")]
     ids = _new_run(db_url, pairs + bad, maps=True)
-    run_executor("embedded", settings, ids)  # through the entry point, as `lpips-gate submit` does
+    load_executor("embedded")(settings, ids)  # through the entry point, as `lpips-gate submit` does
     rows, layers = _rows(db_url, ids)
     done = [r for r in rows if r.status == "done"]
     version = Engine.from_settings(settings).weights_version
@@ -275,7 +275,7 @@ def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root,
         f"{pairs[0][0]} missing.png": ("error", 1, "missing.png: file not found"),
     }
     finished = [(r.id, r.status, r.finished_at) for r in rows]
-    run_executor("embedded", settings, ids)  # a repeat finds nothing queued and writes nothing
+    load_executor("embedded")(settings, ids)  # a repeat finds nothing queued and writes nothing
     again, layers_again = _rows(db_url, ids)
     assert ([(r.id, r.status, r.finished_at) for r in again], layers_again) == (finished, layers)
 
@@ -292,7 +292,7 @@ def test_embedded_without_maps_stores_no_heatmap_and_keeps_stdout_clean(
     pg_url, weights_dir, image_root, pairs, expected, unconfigured_logging, capfd
 ):
     ids = _new_run(pg_url, pairs[:2], maps=False)
-    run_executor("embedded", _settings(weights_dir, image_root, database_url=pg_url), ids)
+    load_executor("embedded")(_settings(weights_dir, image_root, database_url=pg_url), ids)
     assert capfd.readouterr() == ("", "")  # stdout is the command's answer; info lines are a worker's, not a CLI's
     rows, _ = _rows(pg_url, ids)
     assert [(r.status, r.heatmap_png) for r in rows] == [("done", None)] * 2
@@ -302,7 +302,7 @@ def test_embedded_without_maps_stores_no_heatmap_and_keeps_stdout_clean(
 def test_embedded_refuses_ids_that_are_not_positive_ints(weights_dir, image_root):
     settings = _settings(weights_dir, image_root)
     with pytest.raises(ValueError, match=r"^comparison_ids: expected positive ints, got '3'$"):
-        run_executor("embedded", settings, [1, "3"])
+        load_executor("embedded")(settings, [1, "3"])
 
 
 # --- leftovers and the sweeper ------------------------------------------------------------------

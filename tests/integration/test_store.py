@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gate.alerts import store as alert_store
 from gate.store import repository as repo
 from gate.store.db import session_scope
 from gate.store.models import Alert, Comparison, LayerMetric, Suite, Worker, utcnow
@@ -387,7 +388,7 @@ def test_distances_for_the_run_and_the_drift_baseline(session_factory) -> None:
 
 
 def _raise_distance_alert(session: Session, labels: dict, value: float, run_id: int | None = None):
-    return repo.upsert_open_alert(
+    return alert_store.upsert_open_alert(
         session, rule="distance", suite_name="smoke", labels=labels, value=value, threshold=0.2, run_id=run_id
     )
 
@@ -405,7 +406,7 @@ def test_upsert_open_alert_opens_once_then_refreshes(session_factory) -> None:
         {"pair": "a.png", "net": "alex"},
         "open",
     )
-    assert first.fingerprint == repo.alert_fingerprint(
+    assert first.fingerprint == alert_store.alert_fingerprint(
         rule="distance", suite_name="smoke", labels={"net": "alex", "pair": "a.png"}
     )
     with session_factory() as session:
@@ -416,7 +417,7 @@ def test_resolve_reopen_list_and_notify(session_factory) -> None:
     with session_factory.begin() as session:
         kept, _ = _raise_distance_alert(session, {"pair": "a"}, 0.3)
         gone, _ = _raise_distance_alert(session, {"pair": "b"}, 0.3)
-        repo.upsert_open_alert(
+        alert_store.upsert_open_alert(
             session,
             rule="sparsity",
             suite_name="smoke",
@@ -425,7 +426,7 @@ def test_resolve_reopen_list_and_notify(session_factory) -> None:
             threshold=0.95,
             run_id=None,
         )
-        repo.upsert_open_alert(
+        alert_store.upsert_open_alert(
             session,
             rule="distance",
             suite_name="other",
@@ -435,26 +436,26 @@ def test_resolve_reopen_list_and_notify(session_factory) -> None:
             run_id=None,
         )
     with session_factory.begin() as session:
-        resolved = repo.resolve_alerts(
+        resolved = alert_store.resolve_alerts(
             session, suite_name="smoke", rule="distance", keep_fingerprints=[kept.fingerprint]
         )
         assert [(a.id, a.state, a.resolved_at is not None) for a in resolved] == [(gone.id, "resolved", True)]
     with session_factory.begin() as session:
         reopened, opened = _raise_distance_alert(session, {"pair": "b"}, 0.5)
         assert (opened, reopened.id != gone.id, reopened.fingerprint) == (True, True, gone.fingerprint)
-        repo.mark_notified(session, alert_ids=[kept.id, reopened.id])
+        alert_store.mark_notified(session, alert_ids=[kept.id, reopened.id])
     with session_factory() as session:
-        assert [(a.rule, a.labels, a.state) for a in repo.list_alerts(session, suite_name="smoke")] == [
+        assert [(a.rule, a.labels, a.state) for a in alert_store.list_alerts(session, suite_name="smoke")] == [
             ("distance", {"pair": "a"}, "open"),
             ("distance", {"pair": "b"}, "resolved"),
             ("sparsity", {"layer": "features.1"}, "open"),
             ("distance", {"pair": "b"}, "open"),
         ]
-        assert len(repo.list_alerts(session)) == 5
-        assert [a.id for a in repo.list_alerts(session, open_only=True)] == [kept.id, 3, 4, reopened.id]
-        notified = [a.id for a in repo.list_alerts(session) if a.last_notified_at is not None]
+        assert len(alert_store.list_alerts(session)) == 5
+        assert [a.id for a in alert_store.list_alerts(session, open_only=True)] == [kept.id, 3, 4, reopened.id]
+        notified = [a.id for a in alert_store.list_alerts(session) if a.last_notified_at is not None]
         assert notified == [kept.id, reopened.id]
-        assert repo.resolve_alerts(session, suite_name="smoke", rule="drift", keep_fingerprints=[]) == []
+        assert alert_store.resolve_alerts(session, suite_name="smoke", rule="drift", keep_fingerprints=[]) == []
 
 
 def test_partial_unique_index_allows_one_open_alert_per_fingerprint(session_factory) -> None:
@@ -471,7 +472,7 @@ def test_partial_unique_index_allows_one_open_alert_per_fingerprint(session_fact
 
 def test_upsert_open_alert_rejects_unknown_rule(session_factory) -> None:
     with session_factory() as session, pytest.raises(ValueError, match=r"^rule: must be one of \("):
-        repo.upsert_open_alert(
+        alert_store.upsert_open_alert(
             session, rule="latency", suite_name="smoke", labels={}, value=1.0, threshold=0.5, run_id=None
         )
 

@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from gate.cli import UsageFailure, main
-from gate.queue import TASK_COMPARE, enqueue
+from gate.cli import main
+from gate.errors import GateError
+from gate.runs.queue import TASK_COMPARE, enqueue
 from gate.settings import Settings
 from gate.store.migrate import upgrade
 from tests.cluster import (
@@ -250,7 +251,7 @@ def test_worker_plan_defaults(pool, concurrency, gpus, cpus, expected):
 
 
 def test_worker_refuses_bad_arguments_with_exit_2():
-    with pytest.raises(UsageFailure, match=r"^--pool solo runs one task at a time: --concurrency must be 1, got 2$"):
+    with pytest.raises(GateError, match=r"^--pool solo runs one task at a time: --concurrency must be 1, got 2$"):
         plan(pool="solo", concurrency=2, gpus=0, cpus=2)
     no_broker = CliRunner().invoke(main, ["worker"], env={"LPIPS_GATE_BROKER_URL": None})
     message = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 
-from gate.queue import TASK_COMPARE, enqueue, store_queue_at
+from gate.runs.queue import TASK_COMPARE, enqueue, store_queue_at
 from tests.corpus import make_corpus
 from tests.integration.services import PrivateRedis, producer, write_pairs
 from tests.cluster import (

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import redis as redis_client
 
-from gate.queue import enqueue, store_queue_at
+from gate.runs.queue import enqueue, store_queue_at
 from gate.store.migrate import upgrade
 from tests.cluster import (
     ALEX_LAYERS,

@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.pool import NullPool
 
 from gate.cli import main
-from gate.queue import enqueue
+from gate.runs.queue import enqueue
 from gate.settings import Settings
 from tests.integration.services import PrivateRedis, free_port, producer, write_pairs
 from tests.cluster import (

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from gate.drift import detect, kolmogorov_sf, ks_2samp, psi, psi_noise_floor, wasserstein_1d
-from gate.policy import DriftPolicy
+from gate.judging.drift import detect, kolmogorov_sf, ks_2samp, psi, psi_noise_floor, wasserstein_1d
+from gate.judging.policy import DriftPolicy
 
 
 def _distances(seed: int, n: int, shift: float = 0.0) -> np.ndarray:

@@ -16,7 +16,7 @@ def test_cli_choices_match_the_engine():
 
 
 def test_help_and_the_gate_package_import_no_torch():
-    code = ("import sys, gate.cli, gate.store, gate.queue, gate.settings;"
+    code = ("import sys, gate.cli, gate.store, gate.runs.queue, gate.settings;"
             "from click.testing import CliRunner;"
             "r = CliRunner().invoke(gate.cli.main, ['--help']);"
             "assert r.exit_code == 0, r.output;"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gate.pairing import PairingError, pair_dirs
+from gate.runs.pairing import PairingError, pair_dirs
 
 
 def _touch(folder: Path, *names: str) -> None:

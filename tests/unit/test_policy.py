@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from gate.policy import (
+from gate.judging.policy import (
     DriftPolicy,
     Policy,
     PolicyError,

@@ -1,14 +1,13 @@
 import pytest
 
-from gate.drift import DriftResult
-from gate.policy import DriftPolicy, Policy
-from gate.rules import (
+from gate.judging.drift import DriftResult
+from gate.judging.policy import DriftPolicy, Policy
+from gate.judging.rules import (
     Condition,
     LayerResult,
     PairResult,
     RunSummary,
     evaluate,
-    fingerprint,
     verdicts,
 )
 
@@ -210,25 +209,3 @@ def test_drift_condition_per_backbone_and_none_without_enough_samples():
 def test_evaluate_orders_rules_and_counts_every_checked_condition():
     rules = [c.rule for c in evaluate(_layered_run(), GATE)]
     assert rules == ["distance"] + ["sparsity"] * 4 + ["variance"] * 4 + ["nonfinite"] * 4
-
-
-# --- fingerprints ----------------------------------------------------------------------------
-
-
-def test_fingerprint_is_sha256_of_sorted_json_and_ignores_label_order():
-    expected = "852f3b3f3fdb8d99b099e238bf25b6cb58d4356d79c3b385aa4dc2cccaa3f012"
-    # sha256 of '{"labels":{"net":"alex","suite":"render"},"rule":"distance"}'
-    assert fingerprint("distance", {"suite": "render", "net": "alex"}) == expected
-    assert fingerprint("distance", {"net": "alex", "suite": "render"}) == expected
-    assert fingerprint("drift", {"net": "alex", "suite": "render"}) != expected
-
-
-def test_a_condition_fingerprint_ignores_its_annotations():
-    one = Condition("sparsity", {"layer": "relu1"}, 0.99, 0.98, True, {"image": "a.png"})
-    other = Condition("sparsity", {"layer": "relu1"}, 0.5, 0.98, False, {"image": "b.png"})
-    assert one.fingerprint == other.fingerprint == fingerprint("sparsity", {"layer": "relu1"})
-
-
-def test_fingerprint_rejects_non_text_labels():
-    with pytest.raises(ValueError, match=r"^labels: values must be strings, 'layer_index' is not$"):
-        fingerprint("sparsity", {"layer_index": 0})

@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from gate.webhook import OutgoingAlert, WebhookError, alertname, send, to_alertmanager
+from gate.alerts.alertmanager import OutgoingAlert, WebhookError, alertname, send, to_alertmanager
 
 OPENED = datetime(2025, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 FIRING = OutgoingAlert(

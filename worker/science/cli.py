@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from gate.cli import UsageFailure
+from gate.errors import GateError
 from worker.cli import NET_NAMES
 
 
@@ -30,7 +30,7 @@ def usage_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, weights.WeightsError, FileNotFoundError) as exc:  # DataError, TrainedHeadsError are ValueErrors
-        raise UsageFailure(str(exc)) from exc
+        raise GateError(str(exc)) from exc
 
 
 @contextmanager
@@ -150,7 +150,7 @@ def train_heads(settings, folder, net, epochs, name, lr, batch, seed, overwrite,
         data_fingerprint = bapps.fingerprint(folder, subsets)
         name = name or f"data-{data_fingerprint[:12]}"
         if saved_heads.heads_path(settings.weights_dir, net, name).exists() and not overwrite:
-            raise UsageFailure(f"{saved_heads.heads_path(settings.weights_dir, net, name)} exists; pass --overwrite to replace it")
+            raise GateError(f"{saved_heads.heads_path(settings.weights_dir, net, name)} exists; pass --overwrite to replace it")
         model, weights_version, target = _metric(settings, net, "0.1", device, lin=False)
         with progress(sum(len(s) for s in subsets), "features") as update:
             means = training.layer_means(model, subsets, batch=settings.max_batch, max_pixels=settings.max_pixels,
@@ -199,7 +199,7 @@ def analyze(settings, folder, net, version, device, batch, report, as_json):
             report.write_text(analysis.html_report(result, title=f"LPIPS feature analysis: {folder.name}",
                                                    provenance=provenance))
         except OSError as exc:
-            raise UsageFailure(f"{report}: cannot write ({exc.strerror})") from exc
+            raise GateError(f"{report}: cannot write ({exc.strerror})") from exc
     if as_json:
         click.echo(json.dumps({**result.to_json(), **provenance}))
         return
@@ -240,6 +240,6 @@ def export_onnx_command(settings, out, net, version, opset):
         try:
             export_onnx(model, out, metadata=metadata, opset=opset)
         except OSError as exc:
-            raise UsageFailure(f"{out}: cannot write ({exc.strerror})") from exc
+            raise GateError(f"{out}: cannot write ({exc.strerror})") from exc
     click.echo(f"wrote {out}: {net} version {version}, weights {weights_version}; inputs in0, in1 (N,3,H,W) "
                f"in [-1, 1] with H, W >= {images.MIN_SIZE[net]}; output distance (N,)")

@@ -24,19 +24,20 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.logs import get_logger
-from gate.policy import PolicySet, policy_for
-from gate.rules import Condition
+from gate.judging.policy import PolicySet, policy_for
+from gate.judging.rules import Condition
 from gate.settings import Settings
+from gate.alerts import store as alert_store
 from gate.store import repository as repo
 from gate.store import session_scope
 from gate.store.models import Alert, utcnow
-from gate.webhook import OutgoingAlert, WebhookError, send, to_alertmanager
+from gate.alerts.alertmanager import OutgoingAlert, WebhookError, send, to_alertmanager
 
 RESEND_VALIDITY = 4  # a firing alert lapses after this many missed re-sends (Prometheus' factor)
 
 Cooldown = Callable[[Alert], float]  # seconds before an alert may open again at the receiver
 
-log = get_logger("gate.alerts")
+log = get_logger("gate.alerts.lifecycle")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def apply(session: Session, *, run_id: int, suite: str, conditions: Sequence[Con
     """Open or refresh an alert per firing condition; resolve those whose condition cleared."""
     opened, repeated = [], []
     for condition in (c for c in conditions if c.firing):
-        alert, is_new = repo.upsert_open_alert(
+        alert, is_new = alert_store.upsert_open_alert(
             session,
             rule=condition.rule,
             suite_name=suite,
@@ -68,9 +69,9 @@ def apply(session: Session, *, run_id: int, suite: str, conditions: Sequence[Con
         )
         (opened if is_new else repeated).append(alert)
     cleared = [
-        repo.alert_fingerprint(rule=c.rule, suite_name=suite, labels=c.labels) for c in conditions if not c.firing
+        alert_store.alert_fingerprint(rule=c.rule, suite_name=suite, labels=c.labels) for c in conditions if not c.firing
     ]
-    resolved = repo.resolve_fingerprints(session, fingerprints=cleared, up_to_run_id=run_id) if cleared else []
+    resolved = alert_store.resolve_fingerprints(session, fingerprints=cleared, up_to_run_id=run_id) if cleared else []
     changes = Changes(tuple(opened), tuple(repeated), tuple(resolved))
     _log_changes(changes)
     return changes
@@ -135,9 +136,9 @@ def owed(
     if not settings.webhook_url:
         return ()
     now = utcnow()
-    candidates = repo.alerts_to_notify(session) if alerts is None else alerts
+    candidates = alert_store.alerts_to_notify(session) if alerts is None else alerts
     unsent = [a.fingerprint for a in candidates if a.last_notified_at is None]
-    opened = repo.last_delivered_openings(session, fingerprints=unsent)
+    opened = alert_store.last_delivered_openings(session, fingerprints=unsent)
     due = [
         alert
         for alert in candidates
@@ -165,7 +166,7 @@ def deliver(engine: Engine, notices: Sequence[Notice], *, settings: Settings) ->
         log.error("webhook delivery failed, retried next tick", error=str(exc), alerts=len(notices))
         return 0
     with session_scope(engine) as session:
-        repo.mark_notified(session, alert_ids=_unchanged(session, notices))
+        alert_store.mark_notified(session, alert_ids=_unchanged(session, notices))
     return len(notices)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from gate.report import ReportPair, parse_run
+from gate.report.html import ReportPair, parse_run
 
 
 def render_junit(run: dict) -> str:

@@ -7,22 +7,19 @@ whether it fires or not, so the caller can resolve an alert when its condition c
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gate.drift import DriftResult
-from gate.policy import Policy
+from gate.judging.drift import DriftResult
+from gate.judging.policy import Policy
+from gate.vocabulary import COMPARISON_STATUSES, STAT_KEYS
 
 Verdict = Literal["pass", "fail", "error"]
 Lookup = Callable[[str, str], Policy]  # (net, weights_version) -> the policy that judges it
 PolicySource = Policy | Lookup
-STATUSES = ("queued", "running", "done", "error")  # as the store records a comparison
-STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")
 SIDES = ("ref", "cand")
 
 
@@ -58,8 +55,8 @@ class PairResult:
     layers: tuple[LayerResult, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"{self.label}: status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if self.status not in COMPARISON_STATUSES:
+            raise ValueError(f"{self.label}: status {self.status!r} is not one of {', '.join(COMPARISON_STATUSES)}")
         if self.status == "done" and (self.net is None or self.weights_version is None):
             raise ValueError(f"{self.label}: a done comparison needs its net and weights_version")
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -89,7 +86,7 @@ class RunVerdict:
 @dataclass(frozen=True)
 class Condition:
     """One checked rule for one label set; `annotations` carry what changes run to run (the worst
-    image), so the identity in `labels`, and hence the fingerprint, stays stable."""
+    image), so the identity in `labels`, and hence the alert's fingerprint, stays stable."""
 
     rule: str
     labels: dict[str, str]
@@ -97,19 +94,6 @@ class Condition:
     threshold: float
     firing: bool
     annotations: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.rule, self.labels)
-
-
-def fingerprint(rule: str, labels: Mapping[str, str]) -> str:
-    """sha256 of the rule and labels as sorted JSON: the same alert hashes alike across runs and processes."""
-    not_text = sorted(key for key, value in labels.items() if not isinstance(value, str))
-    if not_text:
-        raise ValueError(f"labels: values must be strings, {not_text[0]!r} is not")
-    canonical = json.dumps({"labels": dict(labels), "rule": rule}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def verdicts(pairs: Iterable[PairResult], policy: PolicySource) -> RunVerdict:

@@ -1,18 +1,22 @@
-"""The one `lpips-gate` command. Light commands live in `gate`; engine commands (torch) arrive as
-entry-point plugins in the group `lpips_gate.commands`, loaded only when invoked."""
+"""The `lpips-gate` group. Light commands live in `gate.cli`; engine commands (torch) arrive as
+entry-point plugins in the group `lpips_gate.commands`, loaded only when invoked. Services raise
+GateError; the group turns it into a message on stderr and exit 2."""
 
 from __future__ import annotations
 
-import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 import click
 
+from gate.cli.alerts import alerts
+from gate.cli.db import db
+from gate.cli.judging import check, gate
+from gate.cli.runs import results, submit, wait
+from gate.errors import ENGINE_HINT, ENGINE_MODULES, EXIT_ERROR, GateError
 from gate.settings import Settings
 
-EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 PLUGIN_GROUP = "lpips_gate.commands"
-ENGINE_MODULES = {"torch", "torchvision", "PIL", "safetensors"}
 
 
 class UsageFailure(click.ClickException):
@@ -22,39 +26,45 @@ class UsageFailure(click.ClickException):
 
 
 class _Cli(click.Group):
-    def _plugins(self):
+    def _plugins(self) -> dict[str, EntryPoint]:
         return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
 
-    def list_commands(self, ctx):
+    def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
 
-    def format_commands(self, ctx, formatter):
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """List every command; a plugin that cannot load says why instead of breaking --help."""
         rows = []
         for name in self.list_commands(ctx):
             try:
                 command = self.get_command(ctx, name)
+                assert command is not None
                 rows.append((name, command.get_short_help_str(limit=formatter.width - 6 - len(name))))
             except Exception as exc:  # noqa: BLE001  (help must render whatever one plugin does)
                 rows.append((name, f"(unavailable: {exc})"))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
-    def get_command(self, ctx, name):
-        command = super().get_command(ctx, name)
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
         if command is not None:
             return command
-        plugin = self._plugins().get(name)
+        plugin = self._plugins().get(cmd_name)
         if plugin is None:
             return None
         try:
-            return plugin.load()
+            loaded: click.Command = plugin.load()
         except ImportError as exc:
             if exc.name not in ENGINE_MODULES:
                 raise
-            raise UsageFailure(
-                f"'{name}' needs the engine: pip install 'lpips-gate[worker]' ({exc})"
-            ) from exc
+            raise UsageFailure(f"'{cmd_name}' needs the engine: {ENGINE_HINT} ({exc})") from exc
+        return loaded
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GateError as exc:
+            raise UsageFailure(str(exc)) from exc
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,19 +77,5 @@ def main(ctx: click.Context) -> None:
         ctx.obj = Settings()
 
 
-from gate.commands.db import db  # noqa: E402  (light command groups, registered below `main`)
-from gate.commands.service import results, submit, wait  # noqa: E402
-
-main.add_command(db)
-main.add_command(submit)
-main.add_command(wait)
-main.add_command(results)
-
-from gate.commands.gate import alerts, check, gate  # noqa: E402
-
-main.add_command(check)
-main.add_command(alerts)
-main.add_command(gate)
-
-if __name__ == "__main__":
-    sys.exit(main())
+for command in (db, submit, wait, results, check, alerts, gate):
+    main.add_command(command)

@@ -9,23 +9,25 @@ up to this run, against a trailing baseline just before them or a pinned run's d
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gate import alerts
-from gate.drift import DriftResult, detect
-from gate.policy import DriftPolicy, Policy, PolicySet, policy_for, with_overrides
-from gate.rules import LayerResult, Lookup, PairResult, RunSummary, RunVerdict, evaluate, verdicts
+from gate.alerts import lifecycle as alerts
+from gate.judging.drift import DriftResult, detect
+from gate.judging.policy import DriftPolicy, Policy, PolicySet, policy_for, with_overrides
+from gate.judging.rules import LayerResult, Lookup, PairResult, RunSummary, RunVerdict, evaluate, verdicts
+from gate.errors import GateError
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
 from gate.store.models import STAT_KEYS, Comparison, LayerMetric, Run
 
 
-class EvaluationError(ValueError):
+class EvaluationError(GateError, ValueError):
     """The run cannot be judged as configured (no threshold, a pinned baseline that is not there)."""
 
 
@@ -145,3 +147,10 @@ def summary_dict(run: Run, judged: RunVerdict) -> dict[str, Any]:
         for pair, status in judged.pairs
     ]
     return {"run": run.id, "suite": run.suite.name, "verdict": judged.verdict, "pairs": pairs}
+
+
+def judge_if_possible(engine: Engine, *, run_id: int, settings: Settings) -> None:
+    """Judge a finished run with the default policies and its own threshold, so it has a verdict as
+    soon as it is seen to finish; one that cannot be judged so (no threshold) is left pending."""
+    with suppress(EvaluationError):
+        judge_run(engine, run_id=run_id, policies=PolicySet(), settings=settings)

@@ -6,39 +6,32 @@ comparisons with those ids and records the results in the store."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
-from typing import Any
 
-from gate.cli import ENGINE_MODULES
+from gate.errors import ENGINE_HINT, ENGINE_MODULES, EngineMissing
+from gate.settings import Settings
 
 EXECUTOR_GROUP = "lpips_gate.executors"
 EMBEDDED = "embedded"
-ENGINE_HINT = "pip install 'lpips-gate[worker]'"
 
-Executor = Callable[[Any, list[int]], None]
-
-
-class ExecutorUnavailable(RuntimeError):
-    """The executor is not registered, or the engine it needs is not installed."""
+Executor = Callable[[Settings, list[int]], None]
 
 
 def load_executor(name: str) -> Executor:
+    """The executor, wrapped so that an engine missing at load or call time is EngineMissing."""
     matches = entry_points(group=EXECUTOR_GROUP, name=name)
     if not matches:
-        raise ExecutorUnavailable(
-            f"no executor {name!r} in the entry-point group {EXECUTOR_GROUP}: reinstall lpips-gate"
-        )
+        raise EngineMissing(f"no executor {name!r} in the entry-point group {EXECUTOR_GROUP}: reinstall lpips-gate")
     with _engine_required(name):
-        return next(iter(matches)).load()
+        executor: Executor = next(iter(matches)).load()
 
+    def run(settings: Settings, comparison_ids: list[int]) -> None:
+        with _engine_required(name):
+            executor(settings, list(comparison_ids))
 
-def run_executor(name: str, settings: Any, comparison_ids: Sequence[int]) -> None:
-    """Run the comparisons in this process; an engine missing at load or call time is reported as such."""
-    executor = load_executor(name)
-    with _engine_required(name):
-        executor(settings, list(comparison_ids))
+    return run
 
 
 @contextmanager
@@ -49,4 +42,4 @@ def _engine_required(name: str) -> Iterator[None]:
     except ImportError as exc:
         if exc.name not in ENGINE_MODULES:
             raise
-        raise ExecutorUnavailable(f"the {name} mode needs the engine: {ENGINE_HINT}") from exc
+        raise EngineMissing(f"the {name} mode needs the engine: {ENGINE_HINT}") from exc

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from gate import alerts
+from gate.alerts import lifecycle as alerts
 from gate.logs import get_logger
-from gate.policy import PolicySet
+from gate.judging.policy import PolicySet
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
-from gate.verdict import EvaluationError, judge_run
+from gate.judging.verdict import EvaluationError, judge_run
 
-log = get_logger("gate.daemon")
+log = get_logger("gate.judging.daemon")
 
 
 @dataclass

@@ -29,20 +29,7 @@ def downgrade_command(settings: Settings, revision: str) -> None:
 
 
 def _migrate(direction: str, url: str, revision: str) -> None:
-    # Imported here: Alembic and SQLAlchemy would slow every other command, and gate.cli imports us.
-    from alembic.util import CommandError
-    from sqlalchemy import make_url
-    from sqlalchemy.exc import OperationalError
+    from gate.store.opening import migrate_store  # Alembic: only for this command
 
-    from gate.cli import UsageFailure
-    from gate.store import migrate
-
-    shown = make_url(url).render_as_string(hide_password=True)
-    try:
-        getattr(migrate, direction)(url, revision)
-        reached = migrate.current_revision(url) or "base"
-    except CommandError as exc:
-        raise UsageFailure(f"revision {revision!r}: {exc}") from exc
-    except OperationalError as exc:
-        raise UsageFailure(f"database {shown}: {exc.orig}") from exc
+    shown, reached = migrate_store(url, direction=direction, revision=revision)
     click.echo(f"{shown}: at revision {reached}")

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from gate.policy import DriftPolicy
+from gate.judging.policy import DriftPolicy
 
 PSI_EPSILON = 1e-4  # share given to an empty bin so the log stays finite
 NULL_DRAWS = 100_000  # simulated PSIs behind each noise floor: 100 beyond it at alpha 0.001

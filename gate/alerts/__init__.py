@@ -1,0 +1,1 @@
+"""Alerts: their lifecycle, their store operations and the Alertmanager client."""

@@ -1,0 +1,5 @@
+import sys
+
+from gate.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""`lpips-gate submit | wait | results`: the producer side (services in gate.runs.service)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gate.settings import Settings
+from gate.vocabulary import NETS, PRECISIONS, VERSIONS
+
+DEFAULT_WAIT_SECONDS = 3600.0
+
+
+@click.command()
+@click.argument("ref_dir", type=click.Path(path_type=Path))
+@click.argument("cand_dir", type=click.Path(path_type=Path))
+@click.option("--suite", required=True, help="Suite name: its runs share alerts and the drift baseline.")
+@click.option("--threshold", type=float, default=None, help="Distance above which a pair fails.")
+@click.option("--net", type=click.Choice(NETS), default=None, help="Backbone (default: LPIPS_GATE_NET).")
+@click.option("--version", type=click.Choice(VERSIONS), default=None,
+              help="LPIPS weights version (default: LPIPS_GATE_VERSION).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Network precision (default: LPIPS_GATE_PRECISION).")
+@click.option("--maps", is_flag=True, help="Also store a spatial distance map per pair.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"run": ID, "submitted": N}.')
+@click.pass_obj
+def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, threshold: float | None,
+           net: str | None, version: str | None, precision: str | None, maps: bool, as_json: bool) -> None:
+    """Compare every image under CAND_DIR with the one at the same relative path under REF_DIR.
+
+    Both folders must lie inside LPIPS_GATE_IMAGE_ROOT. With LPIPS_GATE_BROKER_URL set the pairs are
+    queued for the workers; without it they are computed here (needs lpips-gate[worker])."""
+    from gate.logs import configure
+    from gate.runs.service import dispatched, submit_run, validate_options
+    from gate.store.opening import open_store
+
+    validate_options(suite, threshold)
+    configure(settings)  # the embedded executor logs; stdout is for the answer
+    with open_store(settings) as engine:
+        run_id, ids = submit_run(settings, engine, ref_dir, cand_dir, suite=suite, threshold=threshold, net=net,
+                                 version=version, precision=precision, maps=maps)
+    text = f"run {run_id}: {len(ids)} comparisons {dispatched(settings, len(ids))}"
+    echo(as_json, {"run": run_id, "submitted": len(ids)}, text)
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_WAIT_SECONDS, show_default=True,
+              help="Seconds to wait before giving up (exit 2).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@click.pass_obj
+def wait(settings: Settings, run_id: int, timeout: float, as_json: bool) -> None:
+    """Wait until every comparison of RUN is done or failed, judge it by its threshold, then print it.
+
+    A run submitted without --threshold stays pending here: the gate daemon judges it by its policies."""
+    from gate.judging.verdict import judge_if_possible
+    from gate.logs import configure
+    from gate.runs.service import poll_until_finished, run_summary
+    from gate.store import session_scope
+    from gate.store.opening import open_store
+
+    configure(settings)  # judging may open alerts, which log
+    with open_store(settings) as engine:
+        with progress_bar(f"run {run_id}") as progress:
+            poll_until_finished(engine, run_id, timeout=timeout, progress=progress)
+        judge_if_possible(engine, run_id=run_id, settings=settings)
+        with session_scope(engine) as session:
+            summary = run_summary(session, run_id)
+    echo(as_json, summary, summary_text(summary))
+
+
+@click.command()
+@click.option("--run", "run_id", metavar="RUN", type=int, required=True, help="Run id printed by submit.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per comparison.")
+@click.pass_obj
+def results(settings: Settings, run_id: int, as_json: bool) -> None:
+    """Print the comparisons of a run, in submission order."""
+    from gate.runs.service import run_results
+    from gate.store import session_scope
+    from gate.store.opening import open_store
+
+    with open_store(settings) as engine, session_scope(engine) as session:
+        rows = run_results(session, run_id)
+    echo(as_json, rows, "\n".join(pair_line(row) for row in rows))
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """Yields `progress(finished, total)`; draws only on a terminal, so piped stderr stays clean."""
+    stderr = click.get_text_stream("stderr")
+    if not stderr.isatty():
+        yield lambda _finished, _total: None
+        return
+    with ExitStack() as stack:
+        bars: list[Any] = []  # opened at the first call, when the total is known
+
+        def advance(finished: int, total: int) -> None:
+            if not bars:
+                bars.append(stack.enter_context(click.progressbar(length=total, label=label, file=stderr)))
+            bars[0].update(finished - bars[0].pos)
+
+        yield advance
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """A run as text: its verdict (or pending), then one line per pair."""
+    lines = [f"run {summary['run']} (suite {summary['suite']}): verdict {summary['verdict'] or 'pending'}"]
+    lines += [pair_line(pair) for pair in summary["pairs"]]
+    return "\n".join(lines)
+
+
+def pair_line(pair: dict[str, Any]) -> str:
+    distance = "-" if pair["distance"] is None else f"{pair['distance']:.4f}"
+    error = f"  ({pair['error']})" if pair["error"] else ""
+    return f"{pair['status']:<7} {distance:>8}  {pair['ref']} -> {pair['cand']}{error}"
+
+
+def echo(as_json: bool, data: Any, text: str) -> None:
+    click.echo(json.dumps(data) if as_json else text)

@@ -1,1 +1,0 @@
-"""Light CLI command groups added to `lpips-gate` in gate/cli.py."""

@@ -1,0 +1,90 @@
+"""What the HTML report and JUnit show of a judged run: the summary plus thumbnails, heatmaps and
+per-layer distances read from the store, and writing both files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from gate.errors import GateError
+from gate.judging.policy import PolicySet
+from gate.judging.verdict import policy_lookup
+from gate.report.html import render_html
+from gate.report.junit import render_junit
+from gate.store import repository as repo
+from gate.store.models import Comparison, Run
+
+REPORT_IMAGE_PX = 704  # twice the report's display width: sharp on high-density screens
+
+
+def check_writable(**outputs: Path | None) -> None:
+    """Refuse before computing anything when a report could not be written afterwards."""
+    for option, path in outputs.items():
+        if path is not None and not path.absolute().parent.is_dir():
+            raise GateError(f"--{option}: {path}: its folder does not exist")
+
+
+def report_run(session: Session, summary: dict[str, Any], policies: PolicySet, image_root: Path) -> dict[str, Any]:
+    """The judged run with what the report shows: images, heatmaps and per-layer distances."""
+    run = repo.get_run(session, run_id=summary["run"])
+    comparisons = {(c.ref, c.cand): c for c in repo.list_comparisons(session, run_id=run.id)}
+    threshold = _shown_threshold(run, comparisons.values(), policies)
+    layers: dict[int, list[dict[str, Any]]] = {}
+    for row in repo.layer_metrics(session, run_id=run.id):
+        layers.setdefault(row.comparison_id, []).append({"name": row.name, "distance": row.distance})
+    pairs = []
+    for pair in summary["pairs"]:
+        comparison = comparisons[(pair["ref"], pair["cand"])]
+        pairs.append(
+            {
+                **pair,
+                "ref_png": _report_png(image_root / pair["ref"]),
+                "cand_png": _report_png(image_root / pair["cand"]),
+                "heatmap_png": comparison.heatmap_png,
+                "layers": layers.get(comparison.id, []),
+            }
+        )
+    return {**summary, "threshold": threshold, "pairs": pairs}
+
+
+def _shown_threshold(run: Run, comparisons: Iterable[Comparison], policies: PolicySet) -> float | None:
+    """The run's threshold, else the policy's for the backbone that scored its first pair."""
+    scored = [c for c in comparisons if c.net is not None and c.weights_version is not None]
+    if run.threshold is not None or not scored:
+        return run.threshold
+    lookup = policy_lookup(policies, suite=run.suite.name, threshold=None)
+    first = scored[0]
+    assert first.net is not None and first.weights_version is not None
+    return lookup(first.net, first.weights_version).max_distance
+
+
+def _report_png(path: Path) -> bytes | None:
+    """A PNG thumbnail of an input image, or None when it cannot be shown (then the report says so).
+    Pillow comes with the engine; without it only PNG inputs are embedded, as they are."""
+    try:
+        from PIL import Image
+    except ImportError:
+        data = path.read_bytes() if path.is_file() else b""
+        return data if data.startswith(b"\x89PNG\r\n\x1a\n") else None
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((REPORT_IMAGE_PX, REPORT_IMAGE_PX))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "PNG")
+    except (OSError, ValueError):
+        return None
+    return buffer.getvalue()
+
+
+def write_artefacts(run: dict[str, Any] | None, *, report: Path | None, junit: Path | None) -> None:
+    for path, render in ((report, render_html), (junit, render_junit)):
+        if path is None or run is None:
+            continue
+        try:
+            path.write_text(render(run), encoding="utf-8")
+        except OSError as exc:
+            raise GateError(f"{path}: cannot write: {exc.strerror}") from exc

@@ -1,0 +1,173 @@
+"""The producer's service: store a run comparing two folders, hand its comparisons to the broker (or
+compute them in this process without one), wait for them, and read the run back.
+
+The store is the source of truth: everything that can be refused is refused before the run is stored,
+and comparisons no worker will ever see end as errors, so nobody waits for them. Celery and the engine
+are imported only by the dispatch that needs them."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from gate.errors import GateError
+from gate.runs.pairing import PairingError, pair_dirs
+from gate.settings import Settings
+from gate.store import repository as repo
+from gate.store import session_scope
+from gate.store.models import Comparison, Run
+from gate.tonemap import HDR_SUFFIXES, tonemap_policy
+from gate.vocabulary import FINISHED
+
+POLL_SECONDS = 0.5
+Progress = Callable[[int, int], None]  # (finished, total)
+Dispatch = Callable[[Engine, int, list[int]], None]
+
+
+class RunTimedOut(GateError):
+    """The run's comparisons did not all finish in time."""
+
+
+def validate_options(suite: str, threshold: float | None) -> None:
+    if not suite.strip():
+        raise GateError("--suite: must not be empty")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise GateError(f"--threshold: must be a finite number >= 0, got {threshold}")
+
+
+def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path, *, suite: str,
+               threshold: float | None, net: str | None, version: str | None, precision: str | None,
+               maps: bool) -> tuple[int, list[int]]:
+    """Store a run comparing the two folders and hand its comparisons to the broker, or compute them
+    here without one; returns the run id and its comparison ids. Unset net, version and precision
+    come from Settings."""
+    validate_options(suite, threshold)
+    pairs = _pair(ref_dir, cand_dir, settings.image_root)
+    dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
+    with session_scope(engine) as session:
+        created = repo.create_run(session, suite_name=suite, pairs=pairs, threshold=threshold,
+                                  net=net or settings.net, version=version or settings.version,
+                                  precision=precision or settings.precision, options=_run_options(pairs, maps))
+        run_id, ids = created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
+    dispatch(engine, run_id, ids)
+    return run_id, ids
+
+
+def dispatched(settings: Settings, count: int) -> str:
+    """What `submit_run` did with `count` comparisons: the broker gets messages of pairs_per_message ids."""
+    if settings.broker_url:
+        return f"queued in {math.ceil(count / settings.pairs_per_message)} messages"
+    return "computed in-process"
+
+
+def _run_options(pairs: list[tuple[str, str]], maps: bool) -> dict[str, Any]:
+    """What the workers need beyond the pairs; HDR input records the tone map its distances depend on."""
+    options: dict[str, Any] = {"maps": maps}
+    if any(path.lower().endswith(HDR_SUFFIXES) for pair in pairs for path in pair):
+        options["tonemap"] = tonemap_policy(0.0)
+    return options
+
+
+def _pair(ref_dir: Path, cand_dir: Path, image_root: Path) -> list[tuple[str, str]]:
+    try:
+        return pair_dirs(ref_dir, cand_dir, image_root=image_root)
+    except PairingError as exc:
+        raise GateError(str(exc)) from exc
+
+
+def _broker_dispatch(settings: Settings) -> Dispatch:
+    """Checks the broker before the run is stored, so an unreachable one leaves no run behind."""
+    from kombu import Connection
+    from kombu.exceptions import OperationalError
+
+    from gate.runs.queue import enqueue, make_celery, store_queue
+
+    try:
+        with Connection(settings.broker_url) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+    except OperationalError as exc:
+        raise GateError(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc
+
+    def send(engine: Engine, run_id: int, ids: list[int]) -> None:
+        try:
+            enqueue(make_celery(settings, queue=store_queue(engine)), ids, per_message=settings.pairs_per_message)
+        except OperationalError as exc:
+            _give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
+            raise GateError(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
+
+    return send
+
+
+def _give_up(engine: Engine, ids: list[int], *, reason: str) -> None:
+    """Comparisons that no worker will ever see end as errors, so `wait` does not wait for them."""
+    with session_scope(engine) as session:
+        for comparison_id in ids:
+            repo.record_error(session, comparison_id=comparison_id, reason=reason, final=True)
+
+
+def _embedded_dispatch(settings: Settings) -> Dispatch:
+    """Loads the engine before the run is stored, so a missing one leaves no run behind."""
+    from gate.runs.executors import EMBEDDED, load_executor
+
+    executor = load_executor(EMBEDDED)
+
+    def compute(_engine: Engine, _run_id: int, ids: list[int]) -> None:
+        executor(settings, ids)
+
+    return compute
+
+
+def poll_until_finished(engine: Engine, run_id: int, *, timeout: float, interval: float = POLL_SECONDS,
+                        progress: Progress | None = None) -> None:
+    """Return once every comparison of the run is done or failed, looking every `interval` seconds;
+    GateError when the run does not exist, RunTimedOut (naming the progress so far) when `timeout`
+    seconds pass first."""
+    with session_scope(engine) as session:
+        require_run(session, run_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope(engine) as session:
+            counts = repo.run_progress(session, run_id=run_id)
+        finished, total = sum(counts[status] for status in FINISHED), sum(counts.values())
+        if progress is not None:
+            progress(finished, total)
+        remaining = deadline - time.monotonic()
+        if finished == total:
+            return
+        if remaining <= 0:
+            raise RunTimedOut(f"run {run_id}: timed out after {timeout:g} s (done {finished} of {total})")
+        time.sleep(min(interval, remaining))
+
+
+def require_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise GateError(f"run {run_id}: not found")
+    return run
+
+
+def run_summary(session: Session, run_id: int) -> dict[str, Any]:
+    """The run as `wait` prints it: its verdict (None until judged) and its pairs."""
+    run = require_run(session, run_id)
+    pairs = [{"ref": c.ref, "cand": c.cand, "status": c.status, "distance": c.distance, "error": c.error}
+             for c in repo.list_comparisons(session, run_id=run_id)]
+    return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "pairs": pairs}
+
+
+def run_results(session: Session, run_id: int) -> list[dict[str, Any]]:
+    """The run's comparisons as `results` prints them, in submission order."""
+    require_run(session, run_id)
+    return [comparison_result(c) for c in repo.list_comparisons(session, run_id=run_id)]
+
+
+def comparison_result(comparison: Comparison) -> dict[str, Any]:
+    """One comparison with the backbone and weights version that scored it."""
+    return {"ref": comparison.ref, "cand": comparison.cand, "status": comparison.status,
+            "distance": comparison.distance, "net": comparison.net, "weights_version": comparison.weights_version,
+            "attempts": comparison.attempts, "error": comparison.error}

@@ -1,0 +1,23 @@
+"""The names every layer shares: Settings, click choices, policies, the store and the engine take their
+choices from here, so a new backbone or precision is added in one place. A leaf: no imports of ours."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Net = Literal["alex", "vgg", "squeeze"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+NETS: tuple[str, ...] = get_args(Net)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+DEVICES: tuple[str, ...] = get_args(Device)
+VERSIONS = ("0.0", "0.1")  # the LPIPS linear heads' version, not the backbone's weights
+
+STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")  # per-layer feature statistics
+
+COMPARISON_STATUSES = ("queued", "running", "done", "error")
+FINISHED = ("done", "error")  # a comparison in one of these is never computed again
+VERDICTS = ("pass", "fail", "error")
+ALERT_RULES = ("distance", "sparsity", "variance", "nonfinite", "drift")
+ALERT_STATES = ("open", "resolved")
