@@ -12,14 +12,14 @@ from pathlib import Path
 
 import click
 
+from gate import vocabulary
 from gate.errors import GateError
 from gate.tonemap import HDR_SUFFIXES, tonemap_policy
 
 # Kept in step with PRESETS, NORMALISERS and REDUCTIONS by a unit test.
-NET_NAMES = ("alex", "squeeze", "vgg")
 NORMALISE_NAMES = ("instance", "l2", "layer", "none", "unit-variance")
 REDUCTION_NAMES = ("max", "mean", "mixed", "pyramid")
-NETS = click.Choice(NET_NAMES)
+NETS = click.Choice(vocabulary.NETS)
 
 
 def outcome_json(outcome, engine) -> dict:
@@ -62,8 +62,8 @@ def read_pairs(csv_path: Path) -> list[tuple[str, str]]:
 @click.option("--reduction", type=click.Choice(REDUCTION_NAMES), default="mean", show_default=True)
 @click.option("--resize", type=click.Choice(["none", "ref", "cand"]), default="none", show_default=True,
               help="Resize ref to cand's size, or cand to ref's, when they differ.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+@click.option("--device", type=click.Choice(vocabulary.DEVICES), default=None)
+@click.option("--precision", type=click.Choice(vocabulary.PRECISIONS), default=None,
               help="Network precision; normalisation and distances stay fp32.")
 @click.option("--exposure", type=float, default=0.0, show_default=True,
               help="OpenEXR input: exposure in stops before clamping and the sRGB curve.")

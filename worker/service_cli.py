@@ -10,6 +10,7 @@ import tempfile
 
 import click
 
+from gate import vocabulary
 from gate.errors import EXIT_ERROR, EXIT_OK, GateError
 
 POOLS = ("prefork", "solo")
@@ -50,13 +51,13 @@ def gpu_count(device: str) -> int:
 )
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(vocabulary.DEVICES),
     default=None,
     help="Default: LPIPS_GATE_DEVICE (auto: the GPUs if there are any).",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
+    type=click.Choice(vocabulary.PRECISIONS),
     default=None,
     help="Compute every run at this precision (default: each run's own); rows record the one used.",
 )

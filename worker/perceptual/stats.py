@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from gate.vocabulary import STAT_KEYS
+
 SPARSE = 1e-6
-KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")
 
 
 def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
@@ -23,7 +24,7 @@ def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
     near_zero = torch.abs(flat, out=scratch).lt_(SPARSE)  # a float mask sums far faster than a bool one
     sparsity = near_zero.sum(dim=1) / flat.shape[1]
     rows = zip(sparsity.tolist(), mean.tolist(), std.tolist(), low.tolist(), high.tolist(), nonfinite.tolist())
-    return [dict(zip(KEYS, row)) for row in rows]
+    return [dict(zip(STAT_KEYS, row, strict=True)) for row in rows]
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import click
 
+from gate import vocabulary
 from gate.errors import GateError
-from worker.cli import NET_NAMES
 
 
 
-NETS = click.Choice(NET_NAMES)
-DEVICES = click.Choice(["auto", "cpu", "cuda"])
+NETS = click.Choice(vocabulary.NETS)
+DEVICES = click.Choice(vocabulary.DEVICES)
 SCORE_NAME = {"2afc": "2AFC", "jnd": "mAP"}
 
 
