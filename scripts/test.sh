@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: install, start PostgreSQL and Redis if they are down,
-# provision real weights, run every test. `.ci/run` runs exactly this.
+# provision real weights, lint and type-check, run every test. `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +21,6 @@ command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q c
 
 lpips-gate weights fetch --net alex --net vgg  # squeeze: torchvision's cache or download only
 
+ruff check .
+mypy
 python3 -m pytest "$@"
