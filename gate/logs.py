@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import structlog
+
+if TYPE_CHECKING:
+    from gate.settings import Settings
 
 SECRET_KEYS = ("password", "secret", "token", "database_url", "broker_url")
 
 
-def redact(_logger, _method, event: dict) -> dict:
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Credentials never reach a log line, whatever a caller binds."""
     for key in list(event):
         if any(s in key.lower() for s in SECRET_KEYS):
@@ -34,7 +39,7 @@ class _CurrentStderr:
 STDERR = _CurrentStderr()
 
 
-def configure(settings) -> None:
+def configure(settings: Settings) -> None:
     level = logging.getLevelName(settings.log_level.upper())
     renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
@@ -47,10 +52,10 @@ def configure(settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=STDERR),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, STDERR)),
         cache_logger_on_first_use=False,
     )
 
 
-def get_logger(name: str):
+def get_logger(name: str) -> Any:
     return structlog.get_logger(name)

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' rule, which Alertmanager enforces
 
@@ -44,13 +45,13 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def to_alertmanager(alerts: Iterable[OutgoingAlert]) -> list[dict]:
+def to_alertmanager(alerts: Iterable[OutgoingAlert]) -> list[dict[str, Any]]:
     """The POST /api/v2/alerts body; endsAt in the future keeps an alert firing until then, in the
     past marks it resolved, and without one Alertmanager keeps it for its resolve_timeout."""
     return [_postable(alert) for alert in alerts]
 
 
-def _postable(alert: OutgoingAlert) -> dict:
+def _postable(alert: OutgoingAlert) -> dict[str, Any]:
     labels = {"alertname": alertname(alert.rule), **_texts(alert.labels, "labels")}
     if "alertname" in alert.labels:
         raise ValueError("labels: 'alertname' is set from the rule; do not pass it")
@@ -78,7 +79,7 @@ def _texts(values: Mapping[str, str], name: str) -> dict[str, str]:
     return dict(values)
 
 
-def send(url: str, payload: list[dict], *, timeout: float) -> int:
+def send(url: str, payload: list[dict[str, Any]], *, timeout: float) -> int:
     """POST the payload as JSON; returns the HTTP status, raises WebhookError unless it is 2xx."""
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"webhook url: expected http:// or https://, got {url!r}")
@@ -92,7 +93,7 @@ def send(url: str, payload: list[dict], *, timeout: float) -> int:
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
+            status: int = response.status
     except urllib.error.HTTPError as exc:
         detail = exc.read(500).decode("utf-8", "replace").strip()
         raise WebhookError(f"webhook {url}: HTTP {exc.code} {exc.reason}: {detail}") from None

@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from gate.store.models import ALERT_RULES, OPEN_ALERT, Alert, Suite, utcnow
+from gate.store.models import OPEN_ALERT, Alert, Suite, utcnow
 from gate.store.repository import finite_or_none, get_or_create_suite, insert_for
+from gate.vocabulary import ALERT_RULES
 
 
 def alert_fingerprint(*, rule: str, suite_name: str, labels: Mapping[str, Any]) -> str:

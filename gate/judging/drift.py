@@ -8,12 +8,16 @@ units, the mass moved)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
 from gate.judging.policy import DriftPolicy
+
+Sample = Iterable[float] | np.ndarray  # a 1-D sample of distances
+FloatArray = np.ndarray
 
 PSI_EPSILON = 1e-4  # share given to an empty bin so the log stays finite
 NULL_DRAWS = 100_000  # simulated PSIs behind each noise floor: 100 beyond it at alpha 0.001
@@ -37,7 +41,7 @@ class DriftResult:
         return self.ks_p is not None
 
 
-def _sample(values, name: str, *, min_size: int = 1) -> np.ndarray:
+def _sample(values: Sample, name: str, *, min_size: int = 1) -> FloatArray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array, got shape {array.shape}")
@@ -69,7 +73,7 @@ def kolmogorov_sf(lam: float) -> float:
     return min(1.0, max(0.0, 2 * (x - x**4 + x**9)))
 
 
-def ks_2samp(a, b) -> tuple[float, float]:
+def ks_2samp(a: Sample, b: Sample) -> tuple[float, float]:
     """Two-sample KS: the exact statistic sup|F_a - F_b| and its asymptotic p-value with
     Stephens' effective-n correction, which keeps it usable down to ~5 samples a side."""
     a, b = _sample(a, "a"), _sample(b, "b")
@@ -80,7 +84,7 @@ def ks_2samp(a, b) -> tuple[float, float]:
     return statistic, pvalue
 
 
-def psi(expected, actual, bins: int = 10) -> float:
+def psi(expected: Sample, actual: Sample, bins: int = 10) -> float:
     """Population stability index over quantile bins of `expected` (the baseline), so each
     baseline bin holds about the same share; tied quantiles merge bins."""
     expected, actual = _sample(expected, "expected"), _sample(actual, "actual")
@@ -139,14 +143,14 @@ def _bin_shares(values: np.ndarray, inner_edges: np.ndarray, n_bins: int) -> np.
     return np.maximum(counts / values.size, PSI_EPSILON)
 
 
-def wasserstein_1d(a, b) -> float:
+def wasserstein_1d(a: Sample, b: Sample) -> float:
     """Earth mover's distance between two samples: the area between their empirical CDFs."""
     a, b = _sample(a, "a"), _sample(b, "b")
     points, cdf_a, cdf_b = _ecdfs(a, b)
     return float(np.sum(np.abs(cdf_a - cdf_b)[:-1] * np.diff(points)))
 
 
-def detect(baseline, recent, policy: DriftPolicy) -> DriftResult:
+def detect(baseline: Sample, recent: Sample, policy: DriftPolicy) -> DriftResult:
     """Judge the last `policy.window` distances against the last `policy.baseline_size` baseline ones."""
     baseline = _sample(baseline, "baseline", min_size=0)[-policy.baseline_size :]
     recent = _sample(recent, "recent", min_size=0)[-policy.window :]
