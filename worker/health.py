@@ -79,8 +79,6 @@ def _broker(settings) -> str:
 
 
 def model(settings, *, fixtures: Path = FIXTURES) -> Check:
-    if settings.allow_random_weights:
-        return Check("model", False, "random weights are allowed (LPIPS_GATE_ALLOW_RANDOM_WEIGHTS): tests only")
     nets = list(dict.fromkeys(n for n in (settings.net, settings.fallback_net) if n))
     results = [_net_health(settings, net, fixtures) for net in nets]
     return Check("model", all(ok for ok, _ in results), "; ".join(detail for _, detail in results))
@@ -106,10 +104,11 @@ def _net_health(settings, net: str, fixtures: Path) -> tuple[bool, str]:
 
 
 def golden_distance(settings, net: str, fixtures: Path = FIXTURES) -> tuple[float, float, str]:
-    """(measured, expected, which pair) on the shipped fixture pair, or the generated one without it."""
-    from worker.engine import Engine
+    """(measured, expected, which pair) on the shipped fixture pair, or the generated one without it;
+    the engine is built as the worker's are (`worker.runtime.build_engine`)."""
+    from worker.runtime import build_engine
 
-    engine = Engine.from_settings(settings, net=net, version="0.1", precision="fp32")
+    engine = build_engine(settings, net=net, version="0.1", precision="fp32")
     if all((fixtures / name).is_file() for name in FIXTURE_PAIR):
         pair = tuple(fixtures / name for name in FIXTURE_PAIR)
         return _distance(engine, pair), FIXTURE_DISTANCES[net], "ex_ref/ex_p0"
