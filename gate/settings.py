@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     fallback_net: Net | None = "alex"
     device: Device = "auto"
     precision: Precision = "fp32"
-    allow_random_weights: bool = False  # tests only: never on in production
 
     max_pixels: int = 64_000_000  # per image: larger is treated as a decompression bomb
     max_batch: int = 16  # pairs per forward pass
@@ -54,14 +53,6 @@ class Settings(BaseSettings):
     alert_resend_s: float = Field(default=60.0, gt=0)  # open alerts re-sent this often, each valid 4x as long
     log_json: bool = True
     log_level: str = "INFO"
-
-    # Fault injection, TEST-ONLY (tests/integration/test_worker.py, test_runtime.py): never set in production.
-    fault_oom_above_batch: int | None = None  # a forward pass of more pairs than this raises CUDA OOM
-    fault_broken_primary: bool = False  # loading the primary backbone (`net`) fails as if its weights were bad
-    fault_poison_suffix: str | None = None  # a pair whose cand ends with this fails transiently, every time
-    fault_nonfinite_primary: bool = False  # the primary backbone's distances come out NaN
-    fault_slow_suffix: str | None = None  # a forward pass holding a cand that ends with this sleeps fault_slow_s first
-    fault_slow_s: float = 5.0
 
     @property
     def embedded_store(self) -> bool:

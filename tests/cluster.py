@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -24,17 +25,23 @@ from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric
 from gate.store.models import Worker as WorkerRow
 from tests.integration.services import private_folder, remove
+from tests.support.faults import FAULTS_ENV, Faults
 from worker.engine import Engine
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: tests.support must be importable by a worker
 DEADLINE_S = 150  # per wait: a worker start is most of it on a busy 2-core machine
 ALEX_LAYERS = 5
 
 
-def worker_env(settings: dict) -> dict[str, str]:
-    """This environment without any LPIPS_GATE_ variable, plus `settings` as LPIPS_GATE_ variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LPIPS_GATE_")}
+def worker_env(settings: dict, faults: Faults | None = None) -> dict[str, str]:
+    """This environment without any LPIPS_GATE_ variable or faults, plus `settings` as LPIPS_GATE_
+    variables and `faults` for tests.support.faulty_worker (which then needs this checkout importable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LPIPS_GATE_") and k != FAULTS_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     env.update({f"LPIPS_GATE_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
+    if faults is not None:
+        env[FAULTS_ENV] = faults.to_env()
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
 
 
@@ -89,13 +96,15 @@ def publish_raw(
 
 
 class Worker:
-    """`lpips-gate worker` in its own process group, stdout and stderr in one log file."""
+    """`lpips-gate worker` in its own process group, stdout and stderr in one log file; with faults in
+    its environment (`worker_env(..., faults)`), the same command through tests.support.faulty_worker."""
 
     def __init__(self, env: dict[str, str], log_path: Path, args: Iterable[str] = ("--concurrency", "1")):
         self.log_path = log_path
+        command = [sys.executable, "-m", "tests.support.faulty_worker"] if FAULTS_ENV in env else ["lpips-gate"]
         with open(log_path, "wb") as log:
             self.popen = subprocess.Popen(
-                ["lpips-gate", "worker", *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [*command, "worker", *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     @property

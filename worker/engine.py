@@ -98,17 +98,18 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_model(settings, *, net: str, version: str = "0.1", precision: str = "fp32", lin: bool = True,
-                normalise: str = "l2", reduction: str = "mean") -> tuple[LPIPS, str]:
+                normalise: str = "l2", reduction: str = "mean", random_weights: bool = False) -> tuple[LPIPS, str]:
     """The metric with provisioned, sha256-checked weights, and the weights version to store with its
-    results: the trunk's id, plus `+heads:<sha256[:12]>` when `version` names trained heads."""
-    if settings.allow_random_weights:
+    results: the trunk's id, plus `+heads:<sha256[:12]>` when `version` names trained heads.
+    `random_weights` (version "random") is for tests whose distances do not matter; no setting reaches it."""
+    if random_weights:
         state, trunk_version = None, "random"
     else:
         state, provisioned = weights.load(settings.weights_dir, net)
         trunk_version = provisioned.version
     heads, suffix = resolve_heads(settings.weights_dir, net, version, trunk_version) if lin else (None, "")
     model = LPIPS(net, version, trunk_state=state, heads_state=heads, lin=lin, normalise=normalise,
-                  reduction=reduction, precision=precision, allow_random=settings.allow_random_weights)
+                  reduction=reduction, precision=precision, random_weights=random_weights)
     return model, trunk_version + suffix
 
 
@@ -119,7 +120,10 @@ def decode_threads_for(device: torch.device) -> int:
 
 
 class Engine:
-    """On CUDA it turns cuDNN's TF32 off for the process: fp32 distances are computed in fp32."""
+    """On CUDA it turns cuDNN's TF32 off for the process: fp32 distances are computed in fp32.
+
+    `before_batch`, when set, is called with the candidate paths of each forward pass just before it
+    runs; what it raises fails that pass as the network would (the tests inject faults through it)."""
 
     def __init__(self, model: LPIPS, *, weights_version: str, device: torch.device, max_pixels: int,
                  max_batch: int, cache: FeatureCache | None = None, resize: str = "none", exposure: float = 0.0,
@@ -134,6 +138,7 @@ class Engine:
         self.max_pixels, self.max_batch, self.resize, self.exposure = max_pixels, max_batch, resize, exposure
         self.cache = cache
         self.min_size = images.MIN_SIZE[model.net]
+        self.before_batch: Callable[[list[str]], None] | None = None
         self._pool = ThreadPoolExecutor(decode_threads or decode_threads_for(device), thread_name_prefix="decode")
 
     @classmethod
@@ -205,6 +210,8 @@ class Engine:
 
     def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool) -> None:
         """References not in the cache and all candidates go through the network in one forward pass."""
+        if self.before_batch is not None:
+            self.before_batch([outcomes[item.index].cand for item in batch])
         start = time.perf_counter()
         keys = dict.fromkeys(b.ref_key for b in batch)
         found = {k: self.cache.get(k) if self.cache is not None else None for k in keys}

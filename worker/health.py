@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,10 +19,9 @@ import numpy as np
 
 CHECKS = ("live", "ready", "model")
 TOLERANCE = 1e-4
-# The LPIPS authors' example pair (shared/fixtures/lpips-examples, expected.json): v0.1, fp32.
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lpips-examples"
+# The LPIPS authors' example pair, shipped in the package with its v0.1 fp32 distances (expected.json).
+FIXTURES = Path(__file__).resolve().parent / "golden"
 FIXTURE_PAIR = ("ex_ref.png", "ex_p0.png")
-FIXTURE_DISTANCES = {"alex": 0.721881, "vgg": 0.568613}
 # Where the fixtures are not installed: `generated_pair`, measured once with the same weights.
 GENERATED_DISTANCES = {"alex": 0.445126, "vgg": 0.439893}
 
@@ -79,8 +79,6 @@ def _broker(settings) -> str:
 
 
 def model(settings, *, fixtures: Path = FIXTURES) -> Check:
-    if settings.allow_random_weights:
-        return Check("model", False, "random weights are allowed (LPIPS_GATE_ALLOW_RANDOM_WEIGHTS): tests only")
     nets = list(dict.fromkeys(n for n in (settings.net, settings.fallback_net) if n))
     results = [_net_health(settings, net, fixtures) for net in nets]
     return Check("model", all(ok for ok, _ in results), "; ".join(detail for _, detail in results))
@@ -94,7 +92,7 @@ def _net_health(settings, net: str, fixtures: Path) -> tuple[bool, str]:
         return False, f"{net}: no weights in {settings.weights_dir}"
     if not row["verified"]:
         return False, f"{net}: {row['path']} does not match its sha256 {row['sha256'][:12]}"
-    if net not in FIXTURE_DISTANCES:
+    if net not in GENERATED_DISTANCES:  # the nets of expected.json, too
         return True, f"{net}: weights verified ({row['sha256'][:12]}); no golden pair for {net}"
     try:
         distance, expected, source = golden_distance(settings, net, fixtures)
@@ -106,15 +104,22 @@ def _net_health(settings, net: str, fixtures: Path) -> tuple[bool, str]:
 
 
 def golden_distance(settings, net: str, fixtures: Path = FIXTURES) -> tuple[float, float, str]:
-    """(measured, expected, which pair) on the shipped fixture pair, or the generated one without it."""
-    from worker.engine import Engine
+    """(measured, expected, which pair) on the shipped fixture pair, or the generated one without it;
+    the engine is built as the worker's are (`worker.runtime.build_engine`)."""
+    from worker.runtime import build_engine
 
-    engine = Engine.from_settings(settings, net=net, version="0.1", precision="fp32")
-    if all((fixtures / name).is_file() for name in FIXTURE_PAIR):
+    engine = build_engine(settings, net=net, version="0.1", precision="fp32")
+    if all((fixtures / name).is_file() for name in (*FIXTURE_PAIR, "expected.json")):
         pair = tuple(fixtures / name for name in FIXTURE_PAIR)
-        return _distance(engine, pair), FIXTURE_DISTANCES[net], "ex_ref/ex_p0"
+        return _distance(engine, pair), fixture_distance(fixtures, net), "ex_ref/ex_p0"
     with tempfile.TemporaryDirectory() as folder:
         return _distance(engine, generated_pair(Path(folder))), GENERATED_DISTANCES[net], "generated"
+
+
+def fixture_distance(fixtures: Path, net: str) -> float:
+    """The reference distance of FIXTURE_PAIR for `net`, from the expected.json beside the images."""
+    pairs = json.loads((fixtures / "expected.json").read_text(encoding="utf-8"))["pairs"]
+    return next(p[net] for p in pairs if (p["ref"], p["cand"]) == FIXTURE_PAIR)
 
 
 def _distance(engine, pair) -> float:

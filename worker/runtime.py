@@ -76,70 +76,6 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-@dataclass(frozen=True)
-class Faults:
-    """TEST-ONLY fault injection, read from the `fault_*` settings (see gate/settings.py)."""
-
-    primary: str = "alex"  # settings.net
-    oom_above_batch: int | None = None
-    broken_primary: bool = False
-    poison_suffix: str | None = None
-    nonfinite_primary: bool = False
-    slow_suffix: str | None = None
-    slow_s: float = 0.0
-
-    @classmethod
-    def from_settings(cls, settings) -> Faults:
-        return cls(
-            settings.net,
-            settings.fault_oom_above_batch,
-            settings.fault_broken_primary,
-            settings.fault_poison_suffix,
-            settings.fault_nonfinite_primary,
-            settings.fault_slow_suffix,
-            settings.fault_slow_s,
-        )
-
-    @property
-    def any(self) -> bool:
-        return (
-            self.oom_above_batch is not None
-            or self.broken_primary
-            or self.poison_suffix is not None
-            or self.nonfinite_primary
-            or self.slow_suffix is not None
-        )
-
-    def check_batch(self, cands: Sequence[str]) -> None:
-        if self.oom_above_batch is not None and len(cands) > self.oom_above_batch:
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory (injected: a forward pass of {len(cands)} pairs > "
-                f"fault_oom_above_batch={self.oom_above_batch})"
-            )
-        if self.slow_suffix and any(c.endswith(self.slow_suffix) for c in cands):
-            time.sleep(self.slow_s)
-        poisoned = [c for c in cands if self.poison_suffix and c.endswith(self.poison_suffix)]
-        if poisoned:
-            raise RuntimeError(f"injected transient fault: {poisoned[0]} ends with {self.poison_suffix!r}")
-
-    def check_load(self, net: str) -> None:
-        if self.broken_primary and net == self.primary:
-            raise weights.WeightsError(f"injected: the weights of {net!r} are unusable (fault_broken_primary)")
-
-
-class FaultyEngine(Engine):
-    """The engine with `Faults` applied to every forward pass (tests only)."""
-
-    faults: Faults = Faults()
-
-    def _batch(self, batch, outcomes, with_map):
-        self.faults.check_batch([outcomes[item.index].cand for item in batch])
-        super()._batch(batch, outcomes, with_map)
-        if self.faults.nonfinite_primary and self.model.net == self.faults.primary:
-            for item in batch:
-                outcomes[item.index].distance = math.nan
-
-
 class Extractor:
     """One engine, robust: `measure` yields a Measurement per pair, in input order, whatever fails."""
 
@@ -232,6 +168,25 @@ class Extractor:
         )
 
 
+EngineFactory = Callable[..., Engine]
+_engine_factory: EngineFactory = Engine.from_settings
+
+
+def use_engine_factory(factory: EngineFactory) -> EngineFactory:
+    """Have every `Models` of this process (and the pool processes it forks) build its engines with
+    `factory`, called as `Engine.from_settings` is: (settings, *, net, version, precision, device).
+    The seam for wrapping or instrumenting the engine (the tests' fault injection); returns the
+    factory it replaces, so a caller can put it back."""
+    global _engine_factory
+    previous, _engine_factory = _engine_factory, factory
+    return previous
+
+
+def build_engine(settings, **options) -> Engine:
+    """An engine from this process's factory (`Engine.from_settings` unless replaced)."""
+    return _engine_factory(settings, **options)
+
+
 class Models:
     """Extractors per (net, version, precision), loaded once per process; `measure` falls back to
     `settings.fallback_net` when the asked backbone cannot load or gives a non-finite distance."""
@@ -247,7 +202,6 @@ class Models:
     ):
         self.settings, self.counters = settings, counters or Counters()
         self.device, self.precision = device, precision  # None: settings' device, the run's precision
-        self.faults = Faults.from_settings(settings)
         self._loaded: dict[tuple[str, str, str], Extractor] = {}
         self._failed: dict[tuple[str, str, str], tuple[float, Exception]] = {}
         self._clock = clock
@@ -272,13 +226,7 @@ class Models:
         return self._loaded[key]
 
     def _load(self, net: str, version: str, precision: str) -> Extractor:
-        self.faults.check_load(net)
-        options = {"net": net, "version": version, "precision": precision, "device": self.device}
-        if self.faults.any:
-            engine = FaultyEngine.from_settings(self.settings, **options)
-            engine.faults = self.faults
-        else:
-            engine = Engine.from_settings(self.settings, **options)
+        engine = build_engine(self.settings, net=net, version=version, precision=precision, device=self.device)
         slow = emulated_precision(precision, engine.device)
         if slow:
             log.warning("slow precision", reason=slow)

@@ -1,4 +1,4 @@
-"""`lpips-gate compare` end to end: real weights, the shared fixtures, bad input, exit codes."""
+"""`lpips-gate compare` end to end: real weights, the LPIPS example images, bad input, exit codes."""
 
 import json
 import shutil
@@ -13,8 +13,7 @@ from PIL import Image
 from gate.cli import main
 from gate.settings import Settings
 from tests.corpus import make_corpus
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lpips-examples"
+from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 
 
 @pytest.fixture(scope="module")

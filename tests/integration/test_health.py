@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from gate.cli import main
 from gate.settings import Settings
 from tests.integration.services import copy_weights, free_port
+from tests.support.faults import Faults, injected
 from worker import health
 from worker.health import Check
 
@@ -105,9 +107,11 @@ def test_tampered_missing_or_random_weights_are_unhealthy(weights_dir, tmp_path)
     assert health.model(Settings(weights_dir=tmp_path / "empty", net="vgg", fallback_net=None)) == Check(
         "model", False, f"vgg: no weights in {tmp_path / 'empty'}"
     )
-    assert health.model(Settings(weights_dir=weights_dir, allow_random_weights=True)) == Check(
-        "model", False, "random weights are allowed (LPIPS_GATE_ALLOW_RANDOM_WEIGHTS): tests only"
-    )
+    with injected(Faults(random_weights=True)):  # verified files, but the engine runs untrained backbones
+        random = health.model(Settings(weights_dir=weights_dir))
+    assert not random.ok
+    off = r"alex: golden ex_ref/ex_p0 \S+ vs 0\.721881 off by \S+ > 0\.0001"
+    assert re.fullmatch(off, random.detail), random.detail
 
 
 def test_health_command_exits_0_when_healthy_and_2_otherwise(pg_url, tmp_path):

@@ -24,12 +24,14 @@ from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric, Worker, utcnow
 from tests.integration.services import PrivateRedis, copy_weights, private_folder, remove, write_pairs
+from tests.support.faults import Faults, injected
 from worker.engine import Engine
 from worker.runtime import Counters, Extractor, Models
 from worker.tasks import Processor, Store, Sweeper, comparison_ids, worker_name
 
 POISON = ".poison.png"
 ALEX_LAYERS = 5
+NO_FAULTS = Faults()
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,10 @@ def expected(weights_dir, image_root, pairs) -> dict[str, list[float]]:
     }
 
 
-def _measure(settings: Settings, paths, *, net: str = "alex") -> tuple[list, Counters]:
-    models = Models(settings)
-    measured = list(models.measure(paths, net=net, version="0.1", precision="fp32"))
+def _measure(settings: Settings, paths, *, net: str = "alex", faults: Faults = NO_FAULTS) -> tuple[list, Counters]:
+    with injected(faults):
+        models = Models(settings)
+        measured = list(models.measure(paths, net=net, version="0.1", precision="fp32"))
     return measured, models.counters
 
 
@@ -85,21 +88,22 @@ def _measure(settings: Settings, paths, *, net: str = "alex") -> tuple[list, Cou
 
 
 def test_oom_halves_the_batch_until_it_fits_and_only_for_that_call(weights_dir, image_root, pairs, expected):
-    settings = _settings(weights_dir, image_root, max_batch=8, fault_oom_above_batch=2)
-    models = Models(settings)
-    good = _paths(image_root, pairs[:5])
-    first = list(models.measure(good, net="alex", version="0.1", precision="fp32"))
-    assert [m.distance for m in first] == pytest.approx(expected["alex"][:5], abs=1e-6)
-    assert models.counters.oom_halvings == 2  # 5 pairs -> a pass of 5 (OOM) -> 4 (OOM) -> 2 fits
-    extractor = models.get("alex", "0.1", "fp32")
-    assert extractor.engine.max_batch == 8  # restored for the next task
-    list(models.measure(good, net="alex", version="0.1", precision="fp32"))
-    assert (models.counters.oom_halvings, models.counters.retries) == (4, 0)
+    settings = _settings(weights_dir, image_root, max_batch=8)
+    with injected(Faults(oom_above_batch=2)):
+        models = Models(settings)
+        good = _paths(image_root, pairs[:5])
+        first = list(models.measure(good, net="alex", version="0.1", precision="fp32"))
+        assert [m.distance for m in first] == pytest.approx(expected["alex"][:5], abs=1e-6)
+        assert models.counters.oom_halvings == 2  # 5 pairs -> a pass of 5 (OOM) -> 4 (OOM) -> 2 fits
+        extractor = models.get("alex", "0.1", "fp32")
+        assert extractor.engine.max_batch == 8  # restored for the next task
+        list(models.measure(good, net="alex", version="0.1", precision="fp32"))
+        assert (models.counters.oom_halvings, models.counters.retries) == (4, 0)
 
 
 def test_oom_at_batch_one_is_a_transient_failure(weights_dir, image_root, pairs):
-    settings = _settings(weights_dir, image_root, max_batch=2, fault_oom_above_batch=0)
-    measured, counters = _measure(settings, _paths(image_root, pairs[:1]))
+    settings = _settings(weights_dir, image_root, max_batch=2)
+    measured, counters = _measure(settings, _paths(image_root, pairs[:1]), faults=Faults(oom_above_batch=0))
     reason = (
         "transient failure after 2 tries: OutOfMemoryError: CUDA out of memory (injected: a forward pass "
         "of 1 pairs > fault_oom_above_batch=0)"
@@ -109,8 +113,8 @@ def test_oom_at_batch_one_is_a_transient_failure(weights_dir, image_root, pairs)
 
 
 def test_a_poisoned_pair_is_isolated_and_handed_back(weights_dir, image_root, pairs, expected):
-    settings = _settings(weights_dir, image_root, fault_poison_suffix=POISON)
-    measured, counters = _measure(settings, _paths(image_root, pairs))
+    settings = _settings(weights_dir, image_root)
+    measured, counters = _measure(settings, _paths(image_root, pairs), faults=Faults(poison_suffix=POISON))
     poisoned = measured.pop(5)
     reason = (
         f"transient failure after 2 tries: RuntimeError: injected transient fault: "
@@ -138,9 +142,9 @@ def test_bad_input_is_final_and_never_retried(weights_dir, image_root, pairs):
 
 
 def test_a_primary_that_cannot_load_falls_back(weights_dir, image_root, pairs, expected):
-    settings = _settings(weights_dir, image_root, net="vgg", fallback_net="alex", fault_broken_primary=True)
+    settings = _settings(weights_dir, image_root, net="vgg", fallback_net="alex")
     good = _paths(image_root, pairs[:4])
-    measured, counters = _measure(settings, good, net="vgg")
+    measured, counters = _measure(settings, good, net="vgg", faults=Faults(broken_primary=True))
     alex_version = Engine.from_settings(settings, net="alex").weights_version
     assert {(m.net, m.weights_version, m.precision) for m in measured} == {("alex", alex_version, "fp32")}
     assert [m.distance for m in measured] == pytest.approx(expected["alex"][:4], abs=1e-6)
@@ -148,20 +152,21 @@ def test_a_primary_that_cannot_load_falls_back(weights_dir, image_root, pairs, e
 
 
 def test_without_a_fallback_a_broken_primary_hands_every_pair_back(weights_dir, image_root, pairs):
-    settings = _settings(weights_dir, image_root, net="vgg", fallback_net=None, fault_broken_primary=True)
-    measured, _ = _measure(settings, _paths(image_root, pairs[:2]), net="vgg")
+    settings = _settings(weights_dir, image_root, net="vgg", fallback_net=None)
+    measured, _ = _measure(settings, _paths(image_root, pairs[:2]), net="vgg", faults=Faults(broken_primary=True))
     reason = "no backbone could be loaded: injected: the weights of 'vgg' are unusable (fault_broken_primary)"
     assert [(m.error, m.final) for m in measured] == [(reason, False)] * 2
 
 
 def test_non_finite_distances_are_recomputed_by_the_fallback(weights_dir, image_root, pairs, expected):
     good = _paths(image_root, pairs[:3])
-    settings = _settings(weights_dir, image_root, net="vgg", fallback_net="alex", fault_nonfinite_primary=True)
-    measured, counters = _measure(settings, good, net="vgg")
+    settings = _settings(weights_dir, image_root, net="vgg", fallback_net="alex")
+    nonfinite = Faults(nonfinite_primary=True)
+    measured, counters = _measure(settings, good, net="vgg", faults=nonfinite)
     assert [m.net for m in measured] == ["alex"] * 3
     assert [m.distance for m in measured] == pytest.approx(expected["alex"][:3], abs=1e-6)
     assert counters.fallbacks == 3
-    alone, _ = _measure(settings.model_copy(update={"fallback_net": None}), good, net="vgg")
+    alone, _ = _measure(settings.model_copy(update={"fallback_net": None}), good, net="vgg", faults=nonfinite)
     assert [(m.net, math.isnan(m.distance)) for m in alone] == [("vgg", True)] * 3
 
 
@@ -249,10 +254,12 @@ def _rows(url: str, ids) -> tuple[list[Comparison], int]:
 
 
 def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root, pairs, expected, unconfigured_logging):
-    settings = _settings(weights_dir, image_root, database_url=db_url, fault_poison_suffix=POISON, max_attempts=3)
+    settings = _settings(weights_dir, image_root, database_url=db_url, max_attempts=3)
     bad = [("../outside.png", pairs[0][1]), (pairs[0][0], "missing.png")]
     ids = _new_run(db_url, pairs + bad, maps=True)
-    load_executor("embedded")(settings, ids)  # through the entry point, as `lpips-gate submit` does
+    poisoned = Faults(poison_suffix=POISON)
+    with injected(poisoned):
+        load_executor("embedded")(settings, ids)  # through the entry point, as `lpips-gate submit` does
     rows, layers = _rows(db_url, ids)
     done = [r for r in rows if r.status == "done"]
     version = Engine.from_settings(settings).weights_version
@@ -275,7 +282,8 @@ def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root,
         f"{pairs[0][0]} missing.png": ("error", 1, "missing.png: file not found"),
     }
     finished = [(r.id, r.status, r.finished_at) for r in rows]
-    load_executor("embedded")(settings, ids)  # a repeat finds nothing queued and writes nothing
+    with injected(poisoned):
+        load_executor("embedded")(settings, ids)  # a repeat finds nothing queued and writes nothing
     again, layers_again = _rows(db_url, ids)
     assert ([(r.id, r.status, r.finished_at) for r in again], layers_again) == (finished, layers)
 

@@ -27,8 +27,7 @@ from worker.science import synthetic
 from worker.science.bapps import find_subsets, read_judgement
 from worker.science.evaluate import two_afc
 from worker.engine import build_model
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lpips-examples"
+from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ from tests.integration.services import (
     producer,
     write_pairs,
 )
+from tests.support.faults import Faults
 from worker.engine import Engine
 from worker.service_cli import plan
 
@@ -60,8 +61,8 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     good = write_pairs(root, 55, size=128, poison=(12,), poison_suffix=SLOW)  # holds its batch for 2 s
     poison = write_pairs(root, 1, size=128, prefix="q", poison=(0,), poison_suffix=POISON)
     escapes = [("../outside.png", good[0][1]), ("/etc/hostname", good[0][1])]
-    settings = base_settings(pg_url, redis.url, weights_dir, root, fault_poison_suffix=POISON,
-                             fault_slow_suffix=SLOW, fault_slow_s=2)
+    settings = base_settings(pg_url, redis.url, weights_dir, root)
+    faults = Faults(poison_suffix=POISON, slow_suffix=SLOW, slow_s=2)
     store = StoreView(pg_url)
     run_id, ids = store.create_run(good + poison + escapes)
     app = producer(redis.url, pg_url)
@@ -69,7 +70,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
         app.send_task(TASK_COMPARE, queue=app.conf.task_default_queue, **malformed)
     assert enqueue(app, ids, per_message=4) == 15
 
-    first = workers(worker_env(settings), "first")
+    first = workers(worker_env(settings, faults), "first")
     # Killed inside a known batch: a fast batch could be recorded but not yet logged when the kill lands
     wait_for(lambda: store.row(ids[12]).status == "running", "the slow pair's batch to be claimed", first)
     killed_at = time.monotonic()
@@ -77,7 +78,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(pg_url, weights_di
     orphans, at_kill = store.running(run_id), store.progress(run_id)
     names_before = store.worker_names()
 
-    second = workers(worker_env(settings), "second")
+    second = workers(worker_env(settings, faults), "second")
     started = wait_for(lambda: store.worker_names() - names_before, "the new worker's heartbeat", second)
     wait_for(lambda: store.finished(run_id), "every comparison to finish", second)
     recovery_s = time.monotonic() - killed_at
@@ -161,14 +162,13 @@ def test_oom_and_a_broken_primary_in_a_solo_worker(pg_url, weights_dir, tmp_path
         net="vgg",
         fallback_net="alex",
         max_batch=8,
-        fault_broken_primary=1,
-        fault_oom_above_batch=2,
         metrics_port=port,
     )
+    faults = Faults(broken_primary=True, oom_above_batch=2)
     store = StoreView(pg_url)
     run_id, ids = store.create_run(pairs, net="vgg")
     enqueue(producer(redis.url, pg_url), ids, per_message=8)
-    worker = workers(worker_env(settings), "faults", "--pool", "solo")  # the one-process pool, too
+    worker = workers(worker_env(settings, faults), "faults", "--pool", "solo")  # the one-process pool, too
     wait_for(lambda: store.finished(run_id), "every comparison to finish", worker)
 
     rows = store.rows(run_id)

@@ -10,6 +10,7 @@ pin each one down exactly (the scenarios show the same through real workers).
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -19,6 +20,7 @@ from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
 from tests.integration.services import write_pairs
+from tests.support.faults import Faults, injected
 from worker.runtime import Counters, Models
 from worker.tasks import Processor, Store, envelope_error
 
@@ -43,18 +45,10 @@ def soft_time_limit(seconds: float):
 
 
 @pytest.fixture
-def slow_settings(tmp_path) -> Settings:
+def slow_settings(tmp_path) -> Iterator[Settings]:
     """Random weights (distances do not matter here) and a pair that sleeps far past any limit."""
-    return Settings(
-        allow_random_weights=True,
-        device="cpu",
-        image_root=tmp_path,
-        max_batch=4,
-        retry_tries=3,
-        retry_base_s=0.0,
-        fault_slow_suffix=SLOW,
-        fault_slow_s=30,
-    )
+    with injected(Faults(random_weights=True, slow_suffix=SLOW, slow_s=30)):
+        yield Settings(device="cpu", image_root=tmp_path, max_batch=4, retry_tries=3, retry_base_s=0.0)
 
 
 def test_a_soft_time_limit_is_not_retried_as_a_transient_failure(tmp_path, slow_settings):

@@ -5,7 +5,7 @@ report.py), and asserts lost = 0 and duplicated = 0.
 
 Duplicates are counted twice over: rows (one per comparison, one layer row per backbone layer) and
 the "comparison done" log lines whose `recorded` is true, per comparison id, over every worker. A
-test-only slow pair (LPIPS_GATE_FAULT_SLOW_SUFFIX) holds a worker inside a known batch, so a fault
+test-only slow pair (tests/support/faults.py) holds a worker inside a known batch, so a fault
 always strikes mid-batch instead of whenever a poll happens to look."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tests.cluster import (
 )
 from tests.integration.services import PrivatePostgres, PrivateRedis, producer, write_pairs
 from tests.reliability.report import count
+from tests.support.faults import Faults
 from worker import metrics
 
 SLOW = ".slow.png"
@@ -107,9 +108,10 @@ def slow_batch_in_hand(pg_url, weights_dir, images, servers, workers, *, good: i
     redis = servers(PrivateRedis)
     made = write_pairs(images, good)
     pairs = made[:slow_at] + [slow_pair(images)] + made[slow_at:]
-    settings = base_settings(pg_url, redis.url, weights_dir, images, fault_slow_suffix=SLOW, fault_slow_s=slow_s)
+    settings = base_settings(pg_url, redis.url, weights_dir, images)
+    slow = Faults(slow_suffix=SLOW, slow_s=slow_s)
     store = StoreView(pg_url)
-    fleet = [workers(worker_env(settings), "a"), workers(worker_env(settings), "b")]
+    fleet = [workers(worker_env(settings, slow), "a"), workers(worker_env(settings, slow), "b")]
     ready(*fleet)
     run_id, ids = store.create_run(pairs)
     started = time.monotonic()
@@ -172,9 +174,9 @@ def test_redis_restart_loses_no_comparison(pg_url, weights_dir, images, servers,
     redis = servers(PrivateRedis)
     good = write_pairs(images, 32)
     pairs = good[:4] + [slow_pair(images)] + good[4:]
-    settings = base_settings(pg_url, redis.url, weights_dir, images, fault_slow_suffix=SLOW, fault_slow_s=2)
+    settings = base_settings(pg_url, redis.url, weights_dir, images)
     store = StoreView(pg_url)
-    worker = workers(worker_env(settings), "worker")
+    worker = workers(worker_env(settings, Faults(slow_suffix=SLOW, slow_s=2)), "worker")
     ready(worker)
     run_id, ids = store.create_run(pairs)
 
@@ -254,9 +256,9 @@ def test_poison_messages_end_as_errors_and_the_worker_keeps_serving(
     redis = servers(PrivateRedis)
     good = write_pairs(images, 8)
     (poison,) = write_pairs(images, 1, prefix="bad", first_seed=500, poison=(0,), poison_suffix=POISON)
-    settings = base_settings(pg_url, redis.url, weights_dir, images, fault_poison_suffix=POISON)
+    settings = base_settings(pg_url, redis.url, weights_dir, images)
     store = StoreView(pg_url)
-    worker = workers(worker_env(settings), "worker")
+    worker = workers(worker_env(settings, Faults(poison_suffix=POISON)), "worker")
     ready(worker)
     run_id, ids = store.create_run(good[:5] + [poison] + good[5:])
 
@@ -299,13 +301,11 @@ def test_slow_task_past_its_soft_time_limit(pg_url, weights_dir, images, servers
         redis.url,
         weights_dir,
         images,
-        fault_slow_suffix=SLOW,
-        fault_slow_s=120,
         task_soft_time_limit=4,
         task_time_limit=150,
     )
     store = StoreView(pg_url)
-    worker = workers(worker_env(settings), "worker")
+    worker = workers(worker_env(settings, Faults(slow_suffix=SLOW, slow_s=120)), "worker")
     ready(worker)
     run_id, ids = store.create_run(pairs)
 

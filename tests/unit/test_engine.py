@@ -121,7 +121,7 @@ if sys.argv[1] == "keep":
     assert keep_freed_memory()
     tune_process()
     assert sys.getswitchinterval() == SWITCH_INTERVAL_S
-model = LPIPS("alex", trunk_state=None, allow_random=True, precision="bf16")
+model = LPIPS("alex", trunk_state=None, random_weights=True, precision="bf16")
 x = torch.rand(int(sys.argv[2]), 3, 256, 256) * 2 - 1
 model.features(x), model.features(x)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -1,9 +1,7 @@
-"""ONNX export: the whole metric in onnxruntime matches PyTorch on the shared fixtures, at two sizes
+"""ONNX export: the whole metric in onnxruntime matches PyTorch on the LPIPS example images, at two sizes
 and two batch sizes from one exported file."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,8 +14,7 @@ from worker.images import load_image
 from worker.perceptual import LPIPS
 from worker.science.export import MetricGraph, export_onnx
 from worker.engine import build_model
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lpips-examples"
+from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +55,7 @@ def test_fixtures_match_pytorch_and_the_reference_values(session, alex, fixtures
     got = run(ort, ref, cand)
     assert got.shape == (2,)
     assert np.abs(got - alex(ref, cand).numpy()).max() <= 1e-4
-    assert np.abs(got - np.array([0.721881, 0.137566])).max() <= 1e-4  # shared expected.json
+    assert np.abs(got - np.array([0.721881, 0.137566])).max() <= 1e-4  # worker/golden/expected.json
 
 
 def test_a_second_size_and_batch_from_the_same_file(session, alex, fixtures):

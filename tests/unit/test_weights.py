@@ -150,7 +150,7 @@ def test_provisioned_real_weights_are_verified():
 def test_the_metric_refuses_to_run_without_weights():
     with pytest.raises(ValueError, match=r"^no backbone weights for 'vgg': run `lpips-gate weights fetch --net vgg`"):
         LPIPS("vgg", trunk_state=None)
-    assert LPIPS("alex", trunk_state=None, allow_random=True).net == "alex"
+    assert LPIPS("alex", trunk_state=None, random_weights=True).net == "alex"
 
 
 def test_heads_load_strictly_and_refuse_negative_weights():

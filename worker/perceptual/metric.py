@@ -69,7 +69,7 @@ class LPIPS(nn.Module):
         normalise: str = "l2",
         reduction: str = "mean",
         precision: str = "fp32",
-        allow_random: bool = False,
+        random_weights: bool = False,
     ):
         super().__init__()
         if net not in PRESETS:
@@ -80,7 +80,7 @@ class LPIPS(nn.Module):
             raise ValueError(f"unknown reduction {reduction!r}; choose one of {sorted(REDUCTIONS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
-        if trunk_state is None and not allow_random:
+        if trunk_state is None and not random_weights:
             raise ValueError(
                 f"no backbone weights for {net!r}: run `lpips-gate weights fetch --net {net}` "
                 "(random weights are for tests only)"
