@@ -10,7 +10,7 @@ same weights, same generated pairs. Prints a table and writes JSON.
 bf16/fp16, in rounds interleaved with both fp32 sides, with their largest deviation from fp32, and
 (d) peak memory (RSS, each side measured in a fresh subprocess) at the largest size. Both sides share
 glibc's default allocator settings unless --keep-freed-memory gives both the worker's (see
-worker.engine.keep_freed_memory)."""
+worker.tuning.keep_freed_memory)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ import lpips  # noqa: E402
 
 from gate.settings import Settings  # noqa: E402
 from worker import weights  # noqa: E402
-from worker.engine import Engine, emulated_precision, keep_freed_memory  # noqa: E402
+from worker.engine import Engine, emulated_precision  # noqa: E402
+from worker.tuning import for_device, keep_freed_memory  # noqa: E402
 
 
 def make_pairs(folder: Path, n: int, size: int, *, one_ref: bool = False, seed: int = 0) -> list[tuple[Path, Path]]:
@@ -142,8 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()
-    if args.device == "cuda":
-        torch.backends.cudnn.allow_tf32 = False  # both sides in true fp32, as the engine runs it
+    for_device(torch.device(args.device))  # both sides in true fp32 (no TF32 on CUDA), as the engine runs it
     settings = Settings(max_batch=8)  # the batch the reference runs with
     sizes = [64] if args.quick else args.sizes
     rows = []

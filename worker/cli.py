@@ -74,8 +74,9 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
             precision, exposure, map_png, as_json):
     """LPIPS distance between REF and CAND, or of every pair in --pairs."""
     from worker import weights as weights_mod
-    from worker.engine import Engine, emulated_precision, tune_process
+    from worker.engine import Engine, emulated_precision
     from worker.heatmap import heatmap_png
+    from worker.tuning import tune_process
 
     if pairs_csv is not None and (ref or cand):
         raise GateError("give either REF CAND or --pairs, not both")

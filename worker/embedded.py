@@ -1,7 +1,8 @@
 """The embedded executor (entry point `embedded` in `lpips_gate.executors`): computes queued
 comparisons in this process, without a broker, through the worker's own `Processor`, so a row comes
-out exactly as a Celery worker would write it. Transient failures are tried again here, after the
-same delay a worker's re-sent message would wait, until `max_attempts` ends them."""
+out exactly as a Celery worker would write it; it loads no broker library. Transient failures are
+tried again here, after the same delay a worker's re-sent message would wait, until `max_attempts`
+ends them."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from collections.abc import Sequence
 import structlog
 
 from gate.logs import configure
-from worker.engine import tune_process
+from worker.keeper import Keeper, beat, heartbeat_interval_s
+from worker.processor import Processor, Store, worker_name
 from worker.runtime import Models
-from worker.tasks import Keeper, Processor, Store, beat, heartbeat_interval_s, worker_name
+from worker.tuning import tune_process
 
 
 def run_comparisons(settings, comparison_ids: list[int]) -> None:

@@ -3,9 +3,7 @@ reference-feature cache. The CLI, the Celery tasks and the embedded mode all go 
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -16,7 +14,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from worker import images, weights
+from worker import images, tuning, weights
 from worker.perceptual import LPIPS, Features
 from worker.perceptual.cache import FeatureCache
 from worker.science.trained import resolve_heads
@@ -64,31 +62,6 @@ def emulated_precision(precision: str, device: torch.device, cpuinfo: Path = Pat
     return f"{precision} on this CPU is emulated (no {' or '.join(wanted)}): expect it slower than fp32"
 
 
-def keep_freed_memory(*, trim_threshold: int = 1 << 30) -> bool:
-    """Have glibc keep freed layer-sized buffers for the next batch instead of handing them back to the OS,
-    which faults them in again page by page (12,000 faults a 16-image alex batch at 256px; vgg's fp32
-    layers at 256px took longer to fault in than to normalise). glibc maps any buffer over its mmap
-    threshold, which cannot exceed 32 MiB, and unmaps it when freed, so nothing is mapped: buffers come
-    from the heap, whose top goes back to the OS only beyond `trim_threshold`. For processes that only
-    compute LPIPS (the worker, the CLI), on their main thread. False where the C library is not glibc."""
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "mallopt"):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, trim_threshold))
-
-
-SWITCH_INTERVAL_S = 5e-4
-
-
-def tune_process() -> None:
-    """For a process that computes LPIPS (the worker, the embedded mode, `compare`): keep freed memory,
-    and have Python hand the GIL over within 0.5 ms instead of 5, so the forward pass's short torch
-    calls do not queue behind decode threads (alex 64px: 0.70x -> 0.77x the reference; 256px unchanged)."""
-    keep_freed_memory()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,7 +93,8 @@ def decode_threads_for(device: torch.device) -> int:
 
 
 class Engine:
-    """On CUDA it turns cuDNN's TF32 off for the process: fp32 distances are computed in fp32.
+    """Pairs of files in, `Outcome`s out. The constructor changes no process-wide state; `from_settings`,
+    the factory every caller uses, applies `tuning.for_device` (fp32 on CUDA without TF32).
 
     `before_batch`, when set, is called with the candidate paths of each forward pass just before it
     runs; what it raises fails that pass as the network would (the tests inject faults through it)."""
@@ -131,8 +105,6 @@ class Engine:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         images.check_resize(resize)
-        if device.type == "cuda":
-            torch.backends.cudnn.allow_tf32 = False  # on by default: fp32 convolutions with a 10-bit mantissa
         self.model = model.to(device)
         self.device, self.weights_version = device, weights_version
         self.max_pixels, self.max_batch, self.resize, self.exposure = max_pixels, max_batch, resize, exposure
@@ -147,9 +119,17 @@ class Engine:
                       exposure: float = 0.0, **options) -> "Engine":
         model, version_id = build_model(settings, net=net or settings.net, version=version or settings.version,
                                         precision=precision or settings.precision, **options)
-        return cls(model, weights_version=version_id, device=resolve_device(device or settings.device),
+        resolved = resolve_device(device or settings.device)
+        tuning.for_device(resolved)
+        return cls(model, weights_version=version_id, device=resolved,
                    max_pixels=settings.max_pixels, max_batch=settings.max_batch,
                    cache=FeatureCache(settings.feature_cache_bytes), resize=resize, exposure=exposure)
+
+    @property
+    def decode_window(self) -> int:
+        """Pairs decoded and computed together: one batch, so the next window decodes while this one
+        computes. A pass that fails, fails for a pair of the window being computed."""
+        return self.max_batch
 
     def _decode(self, index: int, ref: Path, cand: Path, refs: _Once) -> _Decoded:
         start = time.perf_counter()
@@ -168,7 +148,7 @@ class Engine:
     def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False) -> Iterator[Outcome]:
         """Outcomes in input order; a bad pair gets its error and the rest go on. Decoding of the
         next window overlaps the forward passes of this one."""
-        window = self.max_batch  # one batch a window: the next window decodes while this one computes
+        window = self.decode_window
         chunks = [list(range(i, min(i + window, len(pairs)))) for i in range(0, len(pairs), window)]
 
         def submit(chunk: list[int]) -> list[Future]:

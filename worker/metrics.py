@@ -2,21 +2,17 @@
 
 Prefork children count in prometheus_client's multiprocess mode: `lpips-gate worker` points
 PROMETHEUS_MULTIPROC_DIR at a fresh folder before this module is imported, so the parent's endpoint
-adds up every child. The queue depth is read from Redis when scraped."""
+adds up every child. The queue depth is read from Redis (`gate.runs.queue.queue_depth`) when scraped."""
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-from urllib.parse import urlsplit
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-KOMBU_PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport keeps priority p > 0 in "<queue>\x06\x16<p>"
-KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+from gate.runs.queue import queue_depth, redis_client
 
 PAIRS = Counter(
     "lpips_gate_pairs",
@@ -44,58 +40,6 @@ def pair_finished(outcome: str, net: str | None, seconds: float | None) -> None:
     PAIRS.labels(outcome, net or "none").inc()
     if seconds is not None:
         PAIR_SECONDS.observe(seconds)
-
-
-def redis_client(broker_url: str | None) -> redis.Redis | None:
-    """A client for a Redis broker; None for any other broker (or none)."""
-    if not broker_url or urlsplit(broker_url).scheme not in ("redis", "rediss"):
-        return None
-    return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
-
-
-def _priority_lists(queue: str) -> list[str]:
-    """The Redis lists kombu keeps `queue`'s messages in, one per priority step."""
-    return [queue if p == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{p}" for p in KOMBU_PRIORITY_STEPS]
-
-
-def queue_depth(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in `queue` (all priorities); reserved or delayed ones are not counted."""
-    with client.pipeline(transaction=False) as pipe:
-        for key in _priority_lists(queue):
-            pipe.llen(key)
-        return sum(pipe.execute())
-
-
-def ids_in_flight(client: redis.Redis, queue: str) -> set[int]:
-    """Comparison ids of the messages waiting in `queue` or delivered and not yet acknowledged
-    (kombu's `unacked` hash, which also holds countdown messages a worker keeps until their time)."""
-    with client.pipeline(transaction=False) as pipe:
-        for key in _priority_lists(queue):
-            pipe.lrange(key, 0, -1)
-        pipe.hvals("unacked")
-        *waiting, unacked = pipe.execute()
-    messages = [_json(raw) for batch in waiting for raw in batch]
-    for raw in unacked:
-        entry = _json(raw)  # [message, exchange, routing key]
-        if isinstance(entry, list) and len(entry) == 3 and entry[2] == queue:
-            messages.append(entry[0])
-    return {i for message in messages for i in _comparison_ids(message)}
-
-
-def _json(raw: bytes) -> object:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def _comparison_ids(message: object) -> list[int]:
-    """The ids a task message carries; none for anything that is not a well-formed compare task."""
-    try:
-        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        return [i for i in kwargs["comparison_ids"] if type(i) is int]
-    except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
-        return []
 
 
 class QueueDepth:

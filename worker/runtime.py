@@ -11,17 +11,17 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from billiard.exceptions import SoftTimeLimitExceeded
 
 from gate.logs import get_logger
 from worker import weights
 from worker.engine import Engine, Outcome, emulated_precision
 
 Pair = tuple[Path, Path]
+TimeUp = tuple[type[BaseException], ...]
 RELOAD_AFTER_S = 60.0  # a backbone that failed to load is tried again after this long
 COUNTERS = ("retries", "oom_halvings", "fallbacks")
 
@@ -46,22 +46,20 @@ class Counters:
 
 
 @dataclass
-class Measurement:
-    """One pair's result, or why it has none: `final` errors are bad input, the others may succeed
-    on a later attempt."""
+class Measurement(Outcome):
+    """One pair's outcome and what produced it (backbone, weights version, precision). `final` errors
+    are bad input, the others may succeed on a later attempt."""
 
-    ref: str
-    cand: str
-    distance: float | None = None
-    layers: list[dict] = field(default_factory=list)
-    map: torch.Tensor | None = None
-    error: str | None = None
     final: bool = True
     net: str | None = None
     weights_version: str | None = None
     precision: str | None = None
-    decode_ms: float = 0.0
-    model_ms: float = 0.0
+
+    @classmethod
+    def of(cls, outcome: Outcome, *, net: str, weights_version: str, precision: str) -> Measurement:
+        """The outcome's fields, by name, with the engine's provenance."""
+        copied = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
+        return cls(**copied, net=net, weights_version=weights_version, precision=precision)
 
     @property
     def finite(self) -> bool:
@@ -69,7 +67,7 @@ class Measurement:
 
 
 def transient_error(pair: Pair, reason: str) -> Measurement:
-    return Measurement(str(pair[0]), str(pair[1]), error=reason, final=False)
+    return Measurement(ref=str(pair[0]), cand=str(pair[1]), error=reason, final=False)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -77,7 +75,9 @@ def is_oom(exc: BaseException) -> bool:
 
 
 class Extractor:
-    """One engine, robust: `measure` yields a Measurement per pair, in input order, whatever fails."""
+    """One engine, robust: `measure` yields a Measurement per pair, in input order, whatever fails.
+    `time_up`: the exception types that say the task's time is up (a soft time limit); they pass
+    through untouched, never retried as a failure of the pass."""
 
     def __init__(
         self,
@@ -86,6 +86,7 @@ class Extractor:
         tries: int,
         base_s: float,
         counters: Counters,
+        time_up: TimeUp = (),
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ):
@@ -94,6 +95,7 @@ class Extractor:
         if base_s < 0:
             raise ValueError(f"base_s must be >= 0, got {base_s}")
         self.engine, self.tries, self.base_s, self.counters = engine, tries, base_s, counters
+        self.time_up = time_up
         self._sleep, self._rng = sleep, rng or random.Random()
 
     @property
@@ -116,7 +118,7 @@ class Extractor:
                 for outcome in self.engine.compare_files(rest, with_map=with_map):
                     done, tries = done + 1, 0
                     yield self._measurement(outcome)
-            except SoftTimeLimitExceeded:
+            except self.time_up:
                 raise  # the task's time is up, not a failure of this pass: its caller hands the pairs back
             except Exception as exc:  # noqa: BLE001  (bad input never gets here: the engine reports it per pair)
                 if is_oom(exc) and self.engine.max_batch > 1:
@@ -127,7 +129,7 @@ class Extractor:
                     self.counters.add("retries")
                     self._sleep(self.backoff(tries))
                     continue
-                window = rest[: 4 * self.engine.max_batch]  # the engine's decode window: the failure is in it
+                window = rest[: self.engine.decode_window]  # the failure is in the window being computed
                 yield from self._isolate(window, with_map, f"{type(exc).__name__}: {exc}")
                 done, tries = done + len(window), 0
 
@@ -152,19 +154,8 @@ class Extractor:
 
     def _measurement(self, outcome: Outcome) -> Measurement:
         model = self.engine.model
-        return Measurement(
-            outcome.ref,
-            outcome.cand,
-            outcome.distance,
-            outcome.layers,
-            outcome.map,
-            outcome.error,
-            True,
-            model.net,
-            self.engine.weights_version,
-            model.precision,
-            outcome.decode_ms,
-            outcome.model_ms,
+        return Measurement.of(
+            outcome, net=model.net, weights_version=self.engine.weights_version, precision=model.precision
         )
 
 
@@ -189,7 +180,8 @@ def build_engine(settings, **options) -> Engine:
 
 class Models:
     """Extractors per (net, version, precision), loaded once per process; `measure` falls back to
-    `settings.fallback_net` when the asked backbone cannot load or gives a non-finite distance."""
+    `settings.fallback_net` when the asked backbone cannot load or gives a non-finite distance.
+    `time_up` goes to every extractor."""
 
     def __init__(
         self,
@@ -198,6 +190,7 @@ class Models:
         counters: Counters | None = None,
         device: str | None = None,
         precision: str | None = None,
+        time_up: TimeUp = (),
         clock: Callable[[], float] = time.monotonic,
     ):
         self.settings, self.counters = settings, counters or Counters()
@@ -205,6 +198,7 @@ class Models:
         self._loaded: dict[tuple[str, str, str], Extractor] = {}
         self._failed: dict[tuple[str, str, str], tuple[float, Exception]] = {}
         self._clock = clock
+        self.time_up = time_up
 
     def preload(self) -> Extractor:
         """The primary backbone, or the fallback where the primary cannot load."""
@@ -231,7 +225,11 @@ class Models:
         if slow:
             log.warning("slow precision", reason=slow)
         return Extractor(
-            engine, tries=self.settings.retry_tries, base_s=self.settings.retry_base_s, counters=self.counters
+            engine,
+            tries=self.settings.retry_tries,
+            base_s=self.settings.retry_base_s,
+            counters=self.counters,
+            time_up=self.time_up,
         )
 
     def primary_or_fallback(self, net: str, version: str, precision: str) -> tuple[Extractor, Extractor | None]:

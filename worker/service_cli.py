@@ -83,7 +83,7 @@ def worker(settings, concurrency, pool, device, precision):
     _celery_logs_like_ours(settings)
     if settings.metrics_port is not None:
         _serve_metrics(settings, queue)
-    from worker.tasks import create_app  # torch: only once the arguments are known to be good
+    from worker.celery_app import create_app  # torch: only once the arguments are known to be good
 
     app = create_app(settings, queue=queue, precision=precision, threads=threads)
     get_logger("lpips_gate.worker").info(

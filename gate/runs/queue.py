@@ -7,17 +7,26 @@ other's messages, which they could only acknowledge without doing the work.
 
 A message carries only comparison ids; the store is the source of truth for what to compare, so a
 duplicated or redelivered message is harmless (claiming is atomic) and a lost one is recovered by
-re-enqueueing what the store says is still open."""
+re-enqueueing what the store says is still open.
+
+On a Redis broker the queue can be looked into (`queue_depth`, `ids_in_flight`): kombu's layout,
+read by the worker's metrics and its sweeper."""
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Sequence
+from urllib.parse import urlsplit
 
+import redis
 from celery import Celery
 from sqlalchemy import Engine
 
 TASK_COMPARE = "lpips_gate.compare"
 QUEUE_PREFIX = "lpips"
+KOMBU_PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport keeps priority p > 0 in "<queue>\x06\x16<p>"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 class StoreNotReady(RuntimeError):
@@ -89,3 +98,57 @@ def enqueue(app: Celery, comparison_ids: Sequence[int], *, per_message: int) -> 
     for chunk in chunks:
         app.send_task(TASK_COMPARE, kwargs={"comparison_ids": chunk}, queue=app.conf.task_default_queue)
     return len(chunks)
+
+
+def redis_client(broker_url: str | None) -> redis.Redis | None:
+    """A client for a Redis broker; None for any other broker (or none)."""
+    if not broker_url or urlsplit(broker_url).scheme not in ("redis", "rediss"):
+        return None
+    return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _priority_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps `queue`'s messages in, one per priority step."""
+    return [queue if p == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{p}" for p in KOMBU_PRIORITY_STEPS]
+
+
+def queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in `queue` (all priorities); reserved or delayed ones are not counted."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in _priority_lists(queue):
+            pipe.llen(key)
+        return sum(pipe.execute())
+
+
+def ids_in_flight(client: redis.Redis, queue: str) -> set[int]:
+    """Comparison ids of the messages waiting in `queue` or delivered and not yet acknowledged
+    (kombu's `unacked` hash, which also holds countdown messages a worker keeps until their time)."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in _priority_lists(queue):
+            pipe.lrange(key, 0, -1)
+        pipe.hvals("unacked")
+        *waiting, unacked = pipe.execute()
+    messages = [_json(raw) for batch in waiting for raw in batch]
+    for raw in unacked:
+        entry = _json(raw)  # [message, exchange, routing key]
+        if isinstance(entry, list) and len(entry) == 3 and entry[2] == queue:
+            messages.append(entry[0])
+    return {i for message in messages for i in _comparison_ids(message)}
+
+
+def _json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _comparison_ids(message: object) -> list[int]:
+    """The ids a task message carries; none for anything that is not a well-formed compare task."""
+    if not isinstance(message, dict):
+        return []
+    try:
+        _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        return [i for i in kwargs["comparison_ids"] if type(i) is int]
+    except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+        return []

@@ -25,9 +25,10 @@ from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric, Worker, utcnow
 from tests.integration.services import PrivateRedis, copy_weights, private_folder, remove, write_pairs
 from tests.support.faults import Faults, injected
+from worker.celery_app import celery_sweeper, comparison_ids
 from worker.engine import Engine
+from worker.processor import Processor, Store, worker_name
 from worker.runtime import Counters, Extractor, Models
-from worker.tasks import Processor, Store, Sweeper, comparison_ids, worker_name
 
 POISON = ".poison.png"
 ALEX_LAYERS = 5
@@ -383,7 +384,7 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     store = Store(pg_url, retry_s=0)
     processor = Processor(settings, store=store, models=Models(settings), name=worker_name(), requeue=print)
     queue = store_queue_at(pg_url)
-    sweep = Sweeper(settings, app=make_celery(settings, queue=queue), store=store, processor=processor)
+    sweep = celery_sweeper(settings, app=make_celery(settings, queue=queue), store=store, processor=processor)
     sweep()
     resent = orphaned + lost  # in messages of pairs_per_message ids
     assert _queued_messages(private_redis, queue) == sorted([resent[0:2], resent[2:4], resent[4:5]])

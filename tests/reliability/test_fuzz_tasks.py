@@ -1,4 +1,4 @@
-"""The queue contract's validator (`worker.tasks.comparison_ids`) against arbitrary JSON-like
+"""The queue contract's validator (`worker.celery_app.comparison_ids`) against arbitrary JSON-like
 messages: it returns the ids of a message that keeps the contract and raises its own ValueError,
 in a short message fit for one log line, for anything else; nothing else ever escapes it."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.tasks import MAX_IDS_PER_MESSAGE, comparison_ids
+from worker.celery_app import MAX_IDS_PER_MESSAGE, comparison_ids
 
 MAX_MESSAGE = 160  # the longest fixed text (59 characters) plus a value shortened to 80
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=300)

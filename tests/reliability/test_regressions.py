@@ -21,8 +21,9 @@ from gate.store import repository as repo
 from gate.store import session_scope
 from tests.integration.services import write_pairs
 from tests.support.faults import Faults, injected
+from worker.celery_app import TIME_UP, envelope_error
+from worker.processor import Processor, Store
 from worker.runtime import Counters, Models
-from worker.tasks import Processor, Store, envelope_error
 
 SLOW = ".slow.png"
 INTERRUPTED = "interrupted: SoftTimeLimitExceeded: SoftTimeLimitExceeded()"
@@ -54,7 +55,7 @@ def slow_settings(tmp_path) -> Iterator[Settings]:
 def test_a_soft_time_limit_is_not_retried_as_a_transient_failure(tmp_path, slow_settings):
     (pair,) = write_pairs(tmp_path, 1, poison=(0,), poison_suffix=SLOW)
     counters = Counters()
-    models = Models(slow_settings, counters=counters)
+    models = Models(slow_settings, counters=counters, time_up=TIME_UP)
     models.preload()
     with pytest.raises(SoftTimeLimitExceeded), soft_time_limit(0.3):
         list(models.measure([(tmp_path / pair[0], tmp_path / pair[1])], net="alex", version="0.1", precision="fp32"))
@@ -73,7 +74,7 @@ def test_an_interrupted_batch_goes_back_one_pair_per_message(tmp_path, slow_sett
     processor = Processor(
         slow_settings.model_copy(update={"database_url": sqlite_url}),
         store=store,
-        models=Models(slow_settings),
+        models=Models(slow_settings, time_up=TIME_UP),
         name="test:1",
         requeue=lambda chunk, delay_s: sent.append((chunk, delay_s)),
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import redis as redis_client
 
-from gate.runs.queue import enqueue, store_queue_at
+from gate.runs.queue import enqueue, queue_depth, store_queue_at
 from gate.store.migrate import upgrade
 from tests.cluster import (
     ALEX_LAYERS,
@@ -32,7 +32,6 @@ from tests.cluster import (
 from tests.integration.services import PrivatePostgres, PrivateRedis, producer, write_pairs
 from tests.reliability.report import count
 from tests.support.faults import Faults
-from worker import metrics
 
 SLOW = ".slow.png"
 POISON = ".poison.png"
@@ -183,7 +182,7 @@ def test_redis_restart_loses_no_comparison(pg_url, weights_dir, images, servers,
     started = time.monotonic()
     enqueue(producer(redis.url, store.url), ids, per_message=4)
     wait_for(lambda: store.row(ids[4]).status == "running", "the slow pair's batch to be claimed", worker)
-    waiting = metrics.queue_depth(redis_client.Redis.from_url(redis.url), store_queue_at(store.url))
+    waiting = queue_depth(redis_client.Redis.from_url(redis.url), store_queue_at(store.url))
     restarted_at = time.monotonic()
     redis.restart()
     wait_for(lambda: store.finished(run_id), "every comparison to finish", worker)

@@ -115,7 +115,7 @@ def test_a_reference_shared_by_a_window_is_decoded_once(engine, tmp_path, monkey
 FAULTS_PER_BATCH = """
 import ctypes, resource, sys, torch
 assert ctypes.CDLL(None).prctl(41, 1, 0, 0, 0) == 0  # PR_SET_THP_DISABLE: count 4 KiB pages on any host
-from worker.engine import SWITCH_INTERVAL_S, keep_freed_memory, tune_process
+from worker.tuning import SWITCH_INTERVAL_S, keep_freed_memory, tune_process
 from worker.perceptual import LPIPS
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
@@ -150,3 +150,14 @@ def test_keep_freed_memory_keeps_buffers_beyond_the_largest_mmap_threshold():
     """48 images: the input and the first layer in fp32 exceed 32 MiB, which glibc always maps and unmaps."""
     assert faults_per_batch("default", 48) > 20_000
     assert faults_per_batch("keep", 48) < 50
+
+
+def test_fp32_on_cuda_runs_without_tf32(monkeypatch):
+    """`Engine.from_settings` applies this to its device: cuDNN's TF32 (on by default) off on CUDA only."""
+    from worker.tuning import for_device
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    for_device(torch.device("cpu"))
+    assert torch.backends.cudnn.allow_tf32 is True
+    for_device(torch.device("cuda"))
+    assert torch.backends.cudnn.allow_tf32 is False
