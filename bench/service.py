@@ -115,6 +115,7 @@ def measure(*, net: str = "alex", size: int = 256, n: int = 64, repeat: int = 3)
                     Path(os.environ["BENCH_WORKER_LOG"]).write_text((root / "worker.log").read_text())
             embedded = Settings(database_url=f"sqlite:///{root / 'embedded.db'}", broker_url=None, image_root=root,
                                 net=net)
+            upgrade(embedded.database_url)  # only the default embedded store is created on first use
             # One run, as `lpips-gate submit` without a broker would do it: models load in the process
             embedded_rate, embedded_d = timed_run(embedded, rounds[-1], "bench-embedded")
     finally:
