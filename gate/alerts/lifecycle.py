@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.logs import get_logger
-from gate.judging.policy import PolicySet, policy_for
+from gate.judging.policy import PolicySet, effective_policy, suite_policy
 from gate.judging.rules import Condition
 from gate.settings import Settings
 from gate.alerts import store as alert_store
@@ -92,16 +92,18 @@ def _log_changes(changes: Changes) -> None:
             )
 
 
-def cooldown_from(policies: PolicySet) -> Cooldown:
-    """Each alert waits the cooldown of the policy that judged it (its suite, net and weights)."""
+def cooldown_from(fallback: PolicySet) -> Cooldown:
+    """Each alert waits the cooldown of the policy that judged its run, for its net and weights (the
+    suite's own for an alert no rule raised); `fallback` (the daemon's policies) stands in for runs
+    judged before runs recorded their policy."""
 
     def cooldown(alert: Alert) -> float:
-        labels, suite = alert.labels, alert.suite.name
-        if "net" not in labels:  # not raised by a rule: the suite's own policy
-            suite_policies = policies.suites.get(suite)
-            return (suite_policies.base if suite_policies else policies.defaults).alert_cooldown_s
-        policy = policy_for(policies, suite=suite, net=labels["net"], weights_version=labels["weights_version"])
-        return policy.alert_cooldown_s
+        recorded = None if alert.run is None else effective_policy(alert.run, fallback)
+        policy = recorded or suite_policy(fallback, suite=alert.suite.name)
+        labels = alert.labels
+        if "net" not in labels:
+            return policy.base.alert_cooldown_s
+        return policy.policy_for(labels["net"], labels["weights_version"]).alert_cooldown_s
 
     return cooldown
 

@@ -85,7 +85,7 @@ def check(
         summary = check_run(settings, request, progress=progress)
     echo(as_json, summary, summary_text(summary))
     if summary["verdict"] == "error":
-        failed = sum(pair["status"] == "error" for pair in summary["pairs"])
+        failed = sum(pair["verdict"] == "error" for pair in summary["pairs"])
         click.echo(f"run {summary['run']}: {failed} comparison(s) could not be scored", err=True)
     click.get_current_context().exit(VERDICT_EXIT_CODES[summary["verdict"]])
 

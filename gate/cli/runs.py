@@ -20,7 +20,9 @@ DEFAULT_WAIT_SECONDS = 3600.0
 @click.argument("ref_dir", type=click.Path(path_type=Path))
 @click.argument("cand_dir", type=click.Path(path_type=Path))
 @click.option("--suite", required=True, help="Suite name: its runs share alerts and the drift baseline.")
-@click.option("--threshold", type=float, default=None, help="Distance above which a pair fails.")
+@click.option("--threshold", type=float, default=None,
+              help="Distance above which a pair fails; the run is then judged by it, whoever judges it "
+                   "(without it, by the gate daemon's policies).")
 @click.option("--net", type=click.Choice(NETS), default=None, help="Backbone (default: LPIPS_GATE_NET).")
 @click.option("--version", type=click.Choice(VERSIONS), default=None,
               help="LPIPS weights version (default: LPIPS_GATE_VERSION).")
@@ -55,12 +57,13 @@ def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, thresh
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.pass_obj
 def wait(settings: Settings, run_id: int, timeout: float, as_json: bool) -> None:
-    """Wait until every comparison of RUN is done or failed, judge it by its threshold, then print it.
+    """Wait until every comparison of RUN is done or failed, judge it by its own policy, then print it.
 
-    A run submitted without --threshold stays pending here: the gate daemon judges it by its policies."""
-    from gate.judging.verdict import judge_if_possible
+    A run submitted without --threshold (or policies) stays pending here: the gate daemon judges it by
+    its policies."""
+    from gate.judging.verdict import judge_if_possible, run_summary
     from gate.logs import configure
-    from gate.runs.service import poll_until_finished, run_summary
+    from gate.runs.service import poll_until_finished
     from gate.store import session_scope
     from gate.store.opening import open_store
 
@@ -115,9 +118,10 @@ def summary_text(summary: dict[str, Any]) -> str:
 
 
 def pair_line(pair: dict[str, Any]) -> str:
+    """A pair or comparison as text: its verdict once judged, else its status."""
     distance = "-" if pair["distance"] is None else f"{pair['distance']:.4f}"
     error = f"  ({pair['error']})" if pair["error"] else ""
-    return f"{pair['status']:<7} {distance:>8}  {pair['ref']} -> {pair['cand']}{error}"
+    return f"{pair.get('verdict') or pair['status']:<7} {distance:>8}  {pair['ref']} -> {pair['cand']}{error}"
 
 
 def echo(as_json: bool, data: Any, text: str) -> None:

@@ -1,5 +1,6 @@
 """The gate daemon: every tick it judges each run whose comparisons have all finished and that has no
-verdict yet, then sends the alerts owed to the webhook (new, resolved, and open ones due again).
+verdict yet, then sends the alerts owed to the webhook (new, resolved, and open ones due again). A run
+that records its own policy (given at submission) is judged by it; the daemon's policies judge the rest.
 
 One run that cannot be judged (no threshold configured) is logged once and skipped; a database or
 webhook outage is logged and retried on the next tick. SIGTERM and SIGINT end the loop after the

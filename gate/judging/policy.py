@@ -20,12 +20,17 @@ thresholds. Layers merge field by field, most specific last:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from gate.store.models import Run
 
 NETS = ("alex", "squeeze", "vgg")
 MIN_PER_BIN = 5  # the usual chi-square rule: sparser PSI bins are dominated by empty-bin noise
@@ -36,7 +41,10 @@ class PolicyError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    """Defaults are validated too, so 3600 and 3600.0 are one value and a policy hashes the same
+    before and after its round trip through the store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, validate_default=True)
 
 
 class DriftPolicy(_Frozen):
@@ -77,10 +85,20 @@ class Policy(_Frozen):
 
 
 class SuitePolicies(_Frozen):
-    """A suite's fully merged policies: `base`, and one per `net` or `net@version` key."""
+    """A suite's fully merged policies: `base`, and one per `net` or `net@version` key. What judges a
+    run, and what a run records (as JSON) when its submitter gives a policy."""
 
     base: Policy
     nets: dict[str, Policy] = {}
+
+    def policy_for(self, net: str, weights_version: str) -> Policy:
+        """The most specific policy for a pair scored by `net` at `weights_version`."""
+        if net not in NETS:
+            raise ValueError(f"net: unknown net {net!r} (expected {', '.join(NETS)})")
+        for key in (f"{net}@{weights_version}", net):
+            if key in self.nets:
+                return self.nets[key]
+        return self.base
 
 
 class PolicySet(_Frozen):
@@ -90,15 +108,41 @@ class PolicySet(_Frozen):
 
 def policy_for(policyset: PolicySet, *, suite: str, net: str, weights_version: str) -> Policy:
     """The most specific policy for a pair scored by `net` at `weights_version`; unknown suites get the defaults."""
-    if net not in NETS:
-        raise ValueError(f"net: unknown net {net!r} (expected {', '.join(NETS)})")
-    suite_policies = policyset.suites.get(suite)
-    if suite_policies is None:
-        return policyset.defaults
-    for key in (f"{net}@{weights_version}", net):
-        if key in suite_policies.nets:
-            return suite_policies.nets[key]
-    return suite_policies.base
+    return _own(policyset, suite).policy_for(net, weights_version)
+
+
+def suite_policy(policyset: PolicySet, *, suite: str, threshold: float | None = None) -> SuitePolicies:
+    """The policies that judge a run of `suite` (the defaults for a suite the set does not name); a
+    threshold given with the run becomes every max_distance."""
+    own = _own(policyset, suite)
+    if threshold is None:
+        return own
+    return SuitePolicies(
+        base=with_overrides(own.base, max_distance=threshold),
+        nets={key: with_overrides(policy, max_distance=threshold) for key, policy in own.nets.items()},
+    )
+
+
+def _own(policyset: PolicySet, suite: str) -> SuitePolicies:
+    return policyset.suites.get(suite) or SuitePolicies(base=policyset.defaults)
+
+
+def effective_policy(run: Run, fallback: PolicySet | None) -> SuitePolicies | None:
+    """The one place that decides which policy judges `run`: the policy it records (its submitter's,
+    or the one written with its verdict), else `fallback` (the gate daemon's) for its suite and
+    threshold. None when it records none and there is no fallback: only the daemon judges such runs."""
+    if run.policy is not None:
+        return SuitePolicies.model_validate(run.policy)
+    if fallback is None:
+        return None
+    return suite_policy(fallback, suite=run.suite.name, threshold=run.threshold)
+
+
+def policy_hash(policy: SuitePolicies) -> str:
+    """sha256 (hex) of the policy's canonical JSON (sorted keys, no spaces): names the policy that
+    produced a verdict; equal policies hash alike however they were written."""
+    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def with_overrides(policy: Policy, **overrides: Any) -> Policy:

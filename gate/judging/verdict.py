@@ -1,10 +1,13 @@
-"""Judging a finished run: store rows -> RunSummary -> verdict, conditions and the alert lifecycle.
+"""Judging a finished run: store rows -> RunSummary -> verdict, conditions and the alert lifecycle,
+and the run summary every reader shows (`wait`, `check`, later the HTTP API).
 
-Evaluation is idempotent: the verdict is computed from the rows every time, but only the first
-evaluation records it and applies its conditions to the alerts (the daemon, `check` and `wait`
-may race for the same run). `judge_run` is what they call: it judges in a transaction of its own
-and tells the webhook once that has committed. Drift is judged per (net, weights_version) on the suite's most recent distances
-up to this run, against a trailing baseline just before them or a pinned run's distances."""
+One policy judges a run whoever looks first (gate.judging.policy.effective_policy): the one it
+records, else the gate daemon's. Evaluation is idempotent: the verdict is computed from the rows
+every time, but only the first evaluation records it, with the policy and its hash, and applies its
+conditions to the alerts (the daemon, `check` and `wait` may race for the same run). `judge_run` is
+what they call: it judges in a transaction of its own and tells the webhook once that has committed.
+Drift is judged per (net, weights_version) on the suite's most recent distances up to this run,
+against a trailing baseline just before them or a pinned run's distances."""
 
 from __future__ import annotations
 
@@ -17,10 +20,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.alerts import lifecycle as alerts
-from gate.judging.drift import DriftResult, detect
-from gate.judging.policy import DriftPolicy, Policy, PolicySet, policy_for, with_overrides
-from gate.judging.rules import LayerResult, Lookup, PairResult, RunSummary, RunVerdict, evaluate, verdicts
 from gate.errors import GateError
+from gate.judging.drift import DriftResult, detect
+from gate.judging.policy import DriftPolicy, PolicySet, SuitePolicies, effective_policy, policy_hash
+from gate.judging.rules import LayerResult, Lookup, PairResult, RunSummary, Verdict, evaluate, verdicts
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
@@ -28,58 +31,80 @@ from gate.store.models import STAT_KEYS, Comparison, LayerMetric, Run
 
 
 class EvaluationError(GateError, ValueError):
-    """The run cannot be judged as configured (no threshold, a pinned baseline that is not there)."""
+    """The run cannot be judged as configured (no policy, no threshold, a pinned baseline that is not there)."""
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    summary: dict[str, Any]  # {"run", "suite", "verdict", "pairs": [{"ref", "cand", "status", "distance", "error"}]}
+    summary: dict[str, Any]  # see run_summary
     notices: tuple[alerts.Notice, ...] = ()  # owed to the webhook once the transaction commits
 
 
-def judge_run(engine: Engine, *, run_id: int, policies: PolicySet, settings: Settings) -> dict[str, Any]:
+def judge_run(engine: Engine, *, run_id: int, policies: PolicySet | None, settings: Settings) -> dict[str, Any]:
     """Judge run `run_id` in a transaction of its own and tell the webhook after it commits, so other
-    judges of the run never wait on the receiver. Returns the summary (see Evaluation)."""
+    judges of the run never wait on the receiver. `policies` (the daemon's) judge it only when it
+    records no policy of its own; None judges only runs that do. Returns the run summary."""
     with session_scope(engine) as session:
         evaluation = evaluate_run(session, run_id=run_id, policies=policies, settings=settings)
     alerts.deliver(engine, evaluation.notices, settings=settings)
     return evaluation.summary
 
 
-def evaluate_run(session: Session, *, run_id: int, policies: PolicySet, settings: Settings) -> Evaluation:
-    """Judge run `run_id` in the caller's transaction; the first evaluation records the verdict,
-    applies the alerts and returns what they owe the webhook (for `alerts.deliver` after commit)."""
+def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, settings: Settings) -> Evaluation:
+    """Judge run `run_id` in the caller's transaction; the first evaluation records the verdict and
+    its policy, applies the alerts and returns what they owe the webhook (for `alerts.deliver` after
+    commit). A run judged before keeps its verdict and policy."""
     run = repo.get_run(session, run_id=run_id)
-    lookup = policy_lookup(policies, suite=run.suite.name, threshold=run.threshold)
+    policy = effective_policy(run, policies)
+    if policy is None:
+        raise EvaluationError(f"run {run_id}: no policy of its own: the gate daemon judges it by its policies")
     pairs = pair_results(session, run_id=run_id)
     try:
-        judged = verdicts(pairs, lookup)
+        judged = verdicts(pairs, policy.policy_for)
     except ValueError as exc:
         raise EvaluationError(f"run {run_id}: {exc}") from exc
-    summary = summary_dict(run, judged)
-    if not repo.record_verdict(session, run_id=run_id, verdict=judged.verdict):
+    first = repo.record_verdict(session, run_id=run_id, verdict=judged.verdict,
+                                policy=policy.model_dump(mode="json"), policy_hash=policy_hash(policy))
+    session.refresh(run)  # what is recorded: this evaluation's verdict and policy, or the first one's
+    summary = _summary(run, pairs)
+    if not first:
         return Evaluation(summary)
-    drift = drift_by_net(session, run=run, pairs=pairs, lookup=lookup)
-    conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), lookup)
+    drift = drift_by_net(session, run=run, pairs=pairs, lookup=policy.policy_for)
+    conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), policy.policy_for)
     changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=conditions)
-    cooldown = alerts.cooldown_from(policies)
+    cooldown = alerts.cooldown_from(PolicySet() if policies is None else policies)
     return Evaluation(summary, alerts.owed(session, settings=settings, cooldown=cooldown, alerts=changes.touched))
 
 
-def policy_lookup(policies: PolicySet, *, suite: str, threshold: float | None) -> Lookup:
-    """The policy per (net, weights_version); a threshold given with the run overrides max_distance."""
+def run_summary(session: Session, run_id: int) -> dict[str, Any]:
+    """The run as every reader shows it: {"run", "suite", "verdict", "policy" (the hash of the policy
+    that produced the verdict), "pairs": [{"ref", "cand", "status" (the comparison's), "verdict"
+    (the pair's), "distance", "error"}]}. Verdicts and hash are None until judged; pair verdicts also
+    for runs judged before runs recorded their policy. NotFound for an unknown run."""
+    run = repo.get_run(session, run_id=run_id)
+    return _summary(run, pair_results(session, run_id=run_id, with_layers=False))
 
-    def lookup(net: str, weights_version: str) -> Policy:
-        policy = policy_for(policies, suite=suite, net=net, weights_version=weights_version)
-        return with_overrides(policy, max_distance=threshold)
 
-    return lookup
+def _summary(run: Run, pairs: tuple[PairResult, ...]) -> dict[str, Any]:
+    """Pair verdicts come from the policy recorded with the run's verdict, so they agree with it."""
+    pair_verdicts: list[Verdict | None] = [None] * len(pairs)
+    if run.verdict is not None and run.policy is not None:
+        recorded = SuitePolicies.model_validate(run.policy)
+        pair_verdicts = [verdict for _pair, verdict in verdicts(pairs, recorded.policy_for).pairs]
+    shown = [
+        {"ref": pair.ref, "cand": pair.cand, "status": pair.status, "verdict": verdict, "distance": pair.distance,
+         "error": pair.error}
+        for pair, verdict in zip(pairs, pair_verdicts, strict=True)
+    ]
+    return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "policy": run.policy_hash,
+            "pairs": shown}
 
 
-def pair_results(session: Session, *, run_id: int) -> tuple[PairResult, ...]:
-    """The run's comparisons with their layers; NULL statistics are the non-finite ones."""
+def pair_results(session: Session, *, run_id: int, with_layers: bool = True) -> tuple[PairResult, ...]:
+    """The run's comparisons, with their layers unless a verdict is all that is wanted; NULL
+    statistics are the non-finite ones."""
     layers: dict[int, list[LayerResult]] = defaultdict(list)
-    for row in repo.layer_metrics(session, run_id=run_id):
+    for row in repo.layer_metrics(session, run_id=run_id) if with_layers else ():
         layers[row.comparison_id].append(_layer_result(row))
     return tuple(_pair_result(c, layers[c.id]) for c in repo.list_comparisons(session, run_id=run_id))
 
@@ -141,16 +166,8 @@ def _pinned_distances(session: Session, *, run_id: int, net: str, version: str) 
     ]
 
 
-def summary_dict(run: Run, judged: RunVerdict) -> dict[str, Any]:
-    pairs = [
-        {"ref": pair.ref, "cand": pair.cand, "status": status, "distance": pair.distance, "error": pair.error}
-        for pair, status in judged.pairs
-    ]
-    return {"run": run.id, "suite": run.suite.name, "verdict": judged.verdict, "pairs": pairs}
-
-
 def judge_if_possible(engine: Engine, *, run_id: int, settings: Settings) -> None:
-    """Judge a finished run with the default policies and its own threshold, so it has a verdict as
-    soon as it is seen to finish; one that cannot be judged so (no threshold) is left pending."""
+    """`wait`: judge a finished run that records its own policy, so it has a verdict as soon as it is
+    seen to finish; the others stay pending for the gate daemon, as does one its policy cannot judge."""
     with suppress(EvaluationError):
-        judge_run(engine, run_id=run_id, policies=PolicySet(), settings=settings)
+        judge_run(engine, run_id=run_id, policies=None, settings=settings)

@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from gate.errors import GateError
-from gate.judging.policy import PolicySet
-from gate.judging.verdict import policy_lookup
+from gate.judging.policy import effective_policy
 from gate.report.html import render_html
 from gate.report.junit import render_junit
 from gate.store import repository as repo
@@ -28,11 +27,12 @@ def check_writable(**outputs: Path | None) -> None:
             raise GateError(f"--{option}: {path}: its folder does not exist")
 
 
-def report_run(session: Session, summary: dict[str, Any], policies: PolicySet, image_root: Path) -> dict[str, Any]:
-    """The judged run with what the report shows: images, heatmaps and per-layer distances."""
+def report_run(session: Session, summary: dict[str, Any], image_root: Path) -> dict[str, Any]:
+    """The judged run (gate.judging.verdict.run_summary) with what the report shows: images, heatmaps
+    and per-layer distances."""
     run = repo.get_run(session, run_id=summary["run"])
     comparisons = {(c.ref, c.cand): c for c in repo.list_comparisons(session, run_id=run.id)}
-    threshold = _shown_threshold(run, comparisons.values(), policies)
+    threshold = _shown_threshold(run, comparisons.values())
     layers: dict[int, list[dict[str, Any]]] = {}
     for row in repo.layer_metrics(session, run_id=run.id):
         layers.setdefault(row.comparison_id, []).append({"name": row.name, "distance": row.distance})
@@ -51,15 +51,15 @@ def report_run(session: Session, summary: dict[str, Any], policies: PolicySet, i
     return {**summary, "threshold": threshold, "pairs": pairs}
 
 
-def _shown_threshold(run: Run, comparisons: Iterable[Comparison], policies: PolicySet) -> float | None:
-    """The run's threshold, else the policy's for the backbone that scored its first pair."""
+def _shown_threshold(run: Run, comparisons: Iterable[Comparison]) -> float | None:
+    """The run's threshold, else the max_distance its policy sets for the backbone that scored its first pair."""
     scored = [c for c in comparisons if c.net is not None and c.weights_version is not None]
-    if run.threshold is not None or not scored:
+    policy = effective_policy(run, None)
+    if run.threshold is not None or not scored or policy is None:
         return run.threshold
-    lookup = policy_lookup(policies, suite=run.suite.name, threshold=None)
     first = scored[0]
     assert first.net is not None and first.weights_version is not None
-    return lookup(first.net, first.weights_version).max_distance
+    return policy.policy_for(first.net, first.weights_version).max_distance
 
 
 def _report_png(path: Path) -> bytes | None:

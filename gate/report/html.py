@@ -26,7 +26,8 @@ class ReportLayer(_Strict):
 class ReportPair(_Strict):
     ref: str
     cand: str
-    status: Literal["pass", "fail", "error"]
+    status: Literal["done", "error"]  # the comparison's: a judged run's have all finished
+    verdict: Literal["pass", "fail", "error"]
     distance: float | None = None
     error: str | None = None
     ref_png: bytes | None = None
@@ -43,8 +44,8 @@ class ReportPair(_Strict):
 
     @model_validator(mode="after")
     def _scored_when_judged(self) -> ReportPair:
-        if self.status != "error" and self.distance is None:
-            raise ValueError(f"a {self.status} pair needs its distance")
+        if self.verdict != "error" and self.distance is None:
+            raise ValueError(f"a {self.verdict} pair needs its distance")
         return self
 
     @property
@@ -56,6 +57,7 @@ class ReportRun(_Strict):
     run: int | str
     suite: str
     verdict: Literal["pass", "fail", "error"]
+    policy: str | None = None  # the hash of the policy that produced the verdict
     threshold: float | None = None
     pairs: list[ReportPair]
 
@@ -72,7 +74,7 @@ def parse_run(run: dict) -> ReportRun:
 
 def render_html(run: dict) -> str:
     report = parse_run(run)
-    pairs = sorted(report.pairs, key=lambda pair: SEVERITY[pair.status])
+    pairs = sorted(report.pairs, key=lambda pair: SEVERITY[pair.verdict])
     title = f"{report.suite} · run {report.run} · {report.verdict.upper()}"
     return "\n".join(
         [
@@ -88,22 +90,23 @@ def render_html(run: dict) -> str:
 
 
 def _header(report: ReportRun) -> str:
-    counts = {status: sum(pair.status == status for pair in report.pairs) for status in SEVERITY}
-    tally = ", ".join(f"{counts[status]} {status}" for status in ("pass", "fail", "error"))
+    counts = {verdict: sum(pair.verdict == verdict for pair in report.pairs) for verdict in SEVERITY}
+    tally = ", ".join(f"{counts[verdict]} {verdict}" for verdict in ("pass", "fail", "error"))
+    policy = "" if report.policy is None else f" · policy {escape(report.policy[:12])}"
     return (
         f"<header><h1>{escape(report.suite)} {_badge(report.verdict)}</h1>"
-        f"<p>run {escape(str(report.run))} · threshold {_number(report.threshold)} · "
+        f"<p>run {escape(str(report.run))} · threshold {_number(report.threshold)}{policy} · "
         f"{len(report.pairs)} comparisons: {tally}</p></header>"
     )
 
 
 def _pair_section(pair: ReportPair, threshold: float | None) -> str:
-    if pair.status == "error":
+    if pair.verdict == "error":
         score = f'<p class="score error-text">{escape(pair.error or "comparison failed")}</p>'
     else:
         score = f'<p class="score">distance <b>{_number(pair.distance)}</b> / threshold {_number(threshold)}</p>'
     return (
-        f'<section class="pair {pair.status}"><h2>{_badge(pair.status)} {escape(pair.label)}</h2>'
+        f'<section class="pair {pair.verdict}"><h2>{_badge(pair.verdict)} {escape(pair.label)}</h2>'
         f"{score}{_images(pair)}{_layer_bars(pair.layers)}</section>"
     )
 
@@ -140,8 +143,8 @@ def _layer_bars(layers: list[ReportLayer]) -> str:
     return f'<div class="layers"><h3>per-layer contribution</h3>{"".join(rows)}</div>'
 
 
-def _badge(status: str) -> str:
-    return f'<span class="badge {status}">{status.upper()}</span>'
+def _badge(verdict: str) -> str:
+    return f'<span class="badge {verdict}">{verdict.upper()}</span>'
 
 
 def _number(value: float | None) -> str:

@@ -14,8 +14,8 @@ def render_junit(run: dict) -> str:
         "testsuite",
         name=report.suite,
         tests=str(len(report.pairs)),
-        failures=str(sum(pair.status == "fail" for pair in report.pairs)),
-        errors=str(sum(pair.status == "error" for pair in report.pairs)),
+        failures=str(sum(pair.verdict == "fail" for pair in report.pairs)),
+        errors=str(sum(pair.verdict == "error" for pair in report.pairs)),
         skipped="0",
     )
     properties = ET.SubElement(suite, "properties")
@@ -31,10 +31,10 @@ def render_junit(run: dict) -> str:
 
 def _testcase(suite: ET.Element, pair: ReportPair, classname: str, threshold: float | None) -> None:
     case = ET.SubElement(suite, "testcase", name=pair.label, classname=classname)
-    if pair.status == "fail":
+    if pair.verdict == "fail":
         limit = "none" if threshold is None else f"{threshold:.6g}"
         message = f"distance {pair.distance:.6g} > threshold {limit}"
         ET.SubElement(case, "failure", message=message, type="distance").text = message
-    elif pair.status == "error":
+    elif pair.verdict == "error":
         message = pair.error or "comparison failed"
         ET.SubElement(case, "error", message=message, type="error").text = message

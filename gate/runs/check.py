@@ -1,6 +1,7 @@
-"""`check`, the CI step, as one service call: submit two folders, wait for the comparisons, judge the
-run by the given policies and write the report and JUnit. Everything refusable is refused before any
-work is queued."""
+"""`check`, the CI step, as one service call: submit two folders with the given policies and threshold
+as the run's own policy, wait for the comparisons, judge the run by that policy (whoever judges it
+first, the gate daemon included, gives the same verdict) and write the report and JUnit. Everything
+refusable is refused before any work is queued."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gate.judging.policy import PolicySet, policy_for
+from gate.judging.policy import PolicySet, SuitePolicies, suite_policy
 from gate.judging.verdict import judge_run
 from gate.report.assemble import check_writable, report_run, write_artefacts
 from gate.runs.service import Progress, poll_until_finished, submit_run, validate_options
@@ -33,31 +34,28 @@ class CheckRequest:
 
 
 def check(settings: Settings, request: CheckRequest, *, progress: Progress | None = None) -> dict[str, Any]:
-    """The judged run: {"run", "suite", "verdict", "pairs"}."""
+    """The judged run (gate.judging.verdict.run_summary)."""
     validate_options(request.suite, request.threshold)
     check_writable(report=request.report, junit=request.junit)
-    _require_max_distance(request.policies, suite=request.suite, net=request.net or settings.net,
-                          threshold=request.threshold)
+    own = suite_policy(request.policies, suite=request.suite, threshold=request.threshold)  # as submit_run records it
+    _require_max_distance(own, suite=request.suite, net=request.net or settings.net)
     with open_store(settings) as engine:
         run_id, _ids = submit_run(settings, engine, request.ref_dir, request.cand_dir, suite=request.suite,
                                   threshold=request.threshold, net=request.net, version=None,
-                                  precision=request.precision, maps=request.report is not None)
+                                  precision=request.precision, maps=request.report is not None,
+                                  policies=request.policies)
         poll_until_finished(engine, run_id, timeout=request.timeout, progress=progress)
-        summary = judge_run(engine, run_id=run_id, policies=request.policies, settings=settings)
+        summary = judge_run(engine, run_id=run_id, policies=None, settings=settings)
         if request.report or request.junit:
             with session_scope(engine) as session:
-                shown = report_run(session, summary, request.policies, settings.image_root)
+                shown = report_run(session, summary, settings.image_root)
             write_artefacts(shown, report=request.report, junit=request.junit)
     return summary
 
 
-def _require_max_distance(policies: PolicySet, *, suite: str, net: str, threshold: float | None) -> None:
+def _require_max_distance(policy: SuitePolicies, *, suite: str, net: str) -> None:
     """Refuse before computing anything when no threshold could judge the suite's pairs."""
-    if threshold is not None:
-        return
-    suite_policies = policies.suites.get(suite)
-    versioned = suite_policies.nets.values() if suite_policies else ()
-    if policy_for(policies, suite=suite, net=net, weights_version="").max_distance is None and not any(
-        policy.max_distance is not None for policy in versioned
+    if policy.policy_for(net, "").max_distance is None and not any(
+        versioned.max_distance is not None for versioned in policy.nets.values()
     ):
         raise GateError(f"--threshold: none given and the policies set no max_distance for suite {suite!r}")

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.errors import GateError
+from gate.judging.policy import PolicySet, SuitePolicies, suite_policy
 from gate.runs.pairing import PairingError, pair_dirs
 from gate.settings import Settings
 from gate.store import repository as repo
@@ -43,20 +44,31 @@ def validate_options(suite: str, threshold: float | None) -> None:
 
 def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path, *, suite: str,
                threshold: float | None, net: str | None, version: str | None, precision: str | None,
-               maps: bool) -> tuple[int, list[int]]:
+               maps: bool, policies: PolicySet | None = None) -> tuple[int, list[int]]:
     """Store a run comparing the two folders and hand its comparisons to the broker, or compute them
     here without one; returns the run id and its comparison ids. Unset net, version and precision
-    come from Settings."""
+    come from Settings. Given policies and/or a threshold become the run's own policy, which every
+    judge then uses; without either the gate daemon judges it by its policies."""
     validate_options(suite, threshold)
     pairs = _pair(ref_dir, cand_dir, settings.image_root)
     dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
+    own = submitted_policy(policies, suite=suite, threshold=threshold)
     with session_scope(engine) as session:
         created = repo.create_run(session, suite_name=suite, pairs=pairs, threshold=threshold,
                                   net=net or settings.net, version=version or settings.version,
-                                  precision=precision or settings.precision, options=_run_options(pairs, maps))
+                                  precision=precision or settings.precision, options=_run_options(pairs, maps),
+                                  policy=None if own is None else own.model_dump(mode="json"))
         run_id, ids = created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
     dispatch(engine, run_id, ids)
     return run_id, ids
+
+
+def submitted_policy(policies: PolicySet | None, *, suite: str, threshold: float | None) -> SuitePolicies | None:
+    """The policy a submitter gives a run: the suite's in `policies` (or the defaults), `threshold` as
+    every max_distance; None when neither is given."""
+    if policies is None and threshold is None:
+        return None
+    return suite_policy(PolicySet() if policies is None else policies, suite=suite, threshold=threshold)
 
 
 def dispatched(settings: Settings, count: int) -> str:
@@ -150,14 +162,6 @@ def require_run(session: Session, run_id: int) -> Run:
     if run is None:
         raise GateError(f"run {run_id}: not found")
     return run
-
-
-def run_summary(session: Session, run_id: int) -> dict[str, Any]:
-    """The run as `wait` prints it: its verdict (None until judged) and its pairs."""
-    run = require_run(session, run_id)
-    pairs = [{"ref": c.ref, "cand": c.cand, "status": c.status, "distance": c.distance, "error": c.error}
-             for c in repo.list_comparisons(session, run_id=run_id)]
-    return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "pairs": pairs}
 
 
 def run_results(session: Session, run_id: int) -> list[dict[str, Any]]:

@@ -86,6 +86,10 @@ class Run(Base):
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     verdict: Mapped[str | None]
     evaluated_at: Mapped[datetime | None]
+    # the policy that judges it (gate.judging.policy.SuitePolicies as JSON): its submitter's, or the
+    # gate daemon's, written with the verdict; and the sha256 of the policy that produced the verdict
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    policy_hash: Mapped[str | None]
 
     suite: Mapped[Suite] = relationship(lazy="joined")
 
@@ -173,6 +177,7 @@ class Alert(Base):
     last_notified_at: Mapped[datetime | None]
 
     suite: Mapped[Suite] = relationship(lazy="joined")
+    run: Mapped[Run | None] = relationship()  # the last run that raised it: its policy sets the cooldown
 
 
 class Worker(Base):

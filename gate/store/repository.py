@@ -69,8 +69,10 @@ def create_run(
     precision: str,
     threshold: float | None = None,
     options: Mapping[str, Any] | None = None,
+    policy: Mapping[str, Any] | None = None,
 ) -> Run:
-    """A run and its comparisons, all queued; a pair given twice is stored once."""
+    """A run and its comparisons, all queued; a pair given twice is stored once. `policy`, when its
+    submitter gives one, is what judges it (gate.judging.policy.SuitePolicies as JSON)."""
     _check_pairs(pairs)
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold: must be a finite number >= 0, got {threshold!r}")
@@ -82,6 +84,7 @@ def create_run(
         precision=precision,
         threshold=threshold,
         options=dict(options or {}),
+        policy=None if policy is None else dict(policy),
     )
     session.add(run)
     session.flush()
@@ -121,15 +124,18 @@ def set_verdict(session: Session, *, run_id: int, verdict: str | None) -> None:
         raise NotFound(f"run {run_id}: no such run")
 
 
-def record_verdict(session: Session, *, run_id: int, verdict: str) -> bool:
-    """Set the verdict of a run not yet judged; False when another evaluation already set it, so
-    exactly one evaluator applies the run's alerts."""
+def record_verdict(
+    session: Session, *, run_id: int, verdict: str, policy: Mapping[str, Any], policy_hash: str
+) -> bool:
+    """Set the verdict of a run not yet judged, with the policy that produced it and its hash; False
+    when another evaluation already set them, so exactly one evaluator applies the run's alerts and
+    the first verdict and policy stay."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict: must be one of {VERDICTS}, got {verdict!r}")
     stmt = (
         update(Run)
         .where(Run.id == run_id, Run.verdict.is_(None))
-        .values(verdict=verdict, evaluated_at=utcnow())
+        .values(verdict=verdict, evaluated_at=utcnow(), policy=dict(policy), policy_hash=policy_hash)
         .returning(Run.id)
     )
     if session.execute(stmt).first() is not None:

@@ -18,13 +18,16 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from PIL import Image
+from sqlalchemy import func, select
 
 import gate.cli.judging
 from gate.cli import main
+from gate.judging.policy import PolicySet, policy_hash, suite_policy
 from gate.report.html import IMAGE_WIDTH_PX
 from gate.store import make_engine, session_scope
 from gate.alerts import store as alert_store
 from gate.store import repository as repo
+from gate.store.models import Run
 from tests.unit.test_report import _screenshot, _solid_box
 
 SIZE = 64
@@ -89,7 +92,7 @@ def _alerts(db_url: str) -> list[tuple]:
 
 
 def _pairs(result: Result) -> list[tuple]:
-    return [(pair["ref"], pair["cand"], pair["status"], pair["error"]) for pair in json.loads(result.stdout)["pairs"]]
+    return [(pair["ref"], pair["cand"], pair["verdict"], pair["error"]) for pair in json.loads(result.stdout)["pairs"]]
 
 
 def test_a_failing_pair_exits_1_opens_one_alert_and_a_passing_run_resolves_it(db_url: str, images: Path) -> None:
@@ -97,6 +100,7 @@ def test_a_failing_pair_exits_1_opens_one_alert_and_a_passing_run_resolves_it(db
     assert failing.exit_code == 1, failing.output
     summary = json.loads(failing.stdout)
     assert (summary["run"], summary["suite"], summary["verdict"]) == (1, "smoke", "fail")
+    assert summary["policy"] == policy_hash(suite_policy(PolicySet(), suite="smoke", threshold=0.1))
     assert _pairs(failing) == [
         ("ref/a.png", "new/a.png", "pass", None),
         ("ref/b.png", "new/b.png", "fail", None),
@@ -256,14 +260,19 @@ def test_a_bad_policy_file_is_named(sqlite_url: str, images: Path, tmp_path: Pat
     )
 
 
-def test_unmatched_folders_are_refused(sqlite_empty_url: str, images: Path) -> None:
+def test_unmatched_folders_are_refused(sqlite_url: str, images: Path) -> None:
     (images / "ok" / "b.png").unlink()
-    result = _check(sqlite_empty_url, images, "ok", "--threshold", "0.1")
+    result = _check(sqlite_url, images, "ok", "--threshold", "0.1")
     assert (result.exit_code, result.stderr) == (
         2,
         f"Error: unmatched files: 1 in {images / 'ref'} without a candidate in {images / 'ok'}: b.png\n",
     )
-    assert not Path(sqlite_empty_url.removeprefix("sqlite:///")).exists()  # nothing stored
+    engine = make_engine(sqlite_url)
+    try:
+        with session_scope(engine) as session:
+            assert session.scalar(select(func.count()).select_from(Run)) == 0  # nothing stored
+    finally:
+        engine.dispose()
 
 
 # --- through the broker ------------------------------------------------------------------------
@@ -285,6 +294,34 @@ def test_with_no_worker_running_check_times_out_with_exit_2(pg_url: str, images:
         "",
         "Error: run 1: timed out after 0.5 s (done 0 of 2)\n",
     )
+
+
+def test_the_daemon_judges_a_run_of_check_by_the_checks_policy(pg_url: str, images: Path, broker: str,
+                                                               tmp_path: Path) -> None:
+    """The check gives up before any worker computes; its run keeps the check's stricter threshold as
+    its own policy, so the daemon, first to judge it, gives the check's verdict, not its own policies'."""
+    timed_out = _check(pg_url, images, "new", "--threshold", "0.1", "--timeout", "0.5", LPIPS_GATE_BROKER_URL=broker)
+    assert timed_out.exit_code == 2
+    engine = make_engine(pg_url)
+    try:
+        with session_scope(engine) as session:  # scored as a worker would
+            for comparison, distance in zip(repo.list_comparisons(session, run_id=1), (0.05, 0.3), strict=True):
+                repo.record_result(session, comparison_id=comparison.id, distance=distance, net="alex",
+                                   weights_version="w1", precision="fp32", layers=[])
+    finally:
+        engine.dispose()
+    lax = tmp_path / "lax.toml"
+    lax.write_text("[suite.smoke]\nmax_distance = 0.5\n")
+    env = {"LPIPS_GATE_DATABASE_URL": pg_url, "LPIPS_GATE_BROKER_URL": None, "LPIPS_GATE_WEBHOOK_URL": None}
+    daemon = CliRunner().invoke(main, ["gate", "--policies", str(lax), "--once"], env=env)
+    judged = [json.loads(line) for line in daemon.stderr.splitlines() if json.loads(line)["event"] == "run judged"]
+    assert (daemon.exit_code, [(line["run"], line["verdict"]) for line in judged]) == (0, [(1, "fail")])
+    waited = CliRunner().invoke(main, ["wait", "1", "--json"], env=env)
+    summary = json.loads(waited.stdout)
+    assert (summary["verdict"], summary["policy"]) == (
+        "fail", policy_hash(suite_policy(PolicySet(), suite="smoke", threshold=0.1)),
+    )
+    assert [(pair["status"], pair["verdict"]) for pair in summary["pairs"]] == [("done", "pass"), ("done", "fail")]
 
 
 def test_check_through_a_celery_worker(pg_url: str, images: Path, broker: str) -> None:
@@ -318,7 +355,8 @@ def test_a_pair_that_cannot_be_scored_makes_the_run_an_error(sqlite_url: str, im
     result = _check(sqlite_url, images, "new", "--threshold", "0.1", "--json")
     assert result.exit_code == 2
     summary = json.loads(result.stdout)
-    assert (summary["verdict"], [pair["status"] for pair in summary["pairs"]]) == ("error", ["pass", "error"])
+    assert (summary["verdict"], [pair["verdict"] for pair in summary["pairs"]]) == ("error", ["pass", "error"])
+    assert [pair["status"] for pair in summary["pairs"]] == ["done", "error"]
     assert (
         summary["pairs"][1]["error"] == f"{images / 'new' / 'b.png'}: truncated or corrupt image (Truncated File Read)"
     )

@@ -21,13 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from gate.cli import main
 from gate.judging.daemon import Daemon
 from gate.logs import configure, get_logger
-from gate.judging.policy import DriftPolicy, Policy, PolicySet, SuitePolicies
+from gate.judging.policy import DriftPolicy, Policy, PolicySet, SuitePolicies, policy_hash, suite_policy
 from gate.settings import Settings
 from gate.store import make_engine
 from gate.alerts import store as alert_store
 from gate.store import repository as repo
 from gate.store.models import Run
-from gate.judging.verdict import EvaluationError, drift_by_net, evaluate_run, judge_run, pair_results, policy_lookup
+from gate.judging.verdict import EvaluationError, drift_by_net, evaluate_run, judge_run, pair_results
 
 SUITE = "render"
 HEALTHY = {"sparsity": 0.5, "mean": 0.5, "std": 1.0, "min": 0.0, "max": 4.0, "nonfinite": 0}
@@ -65,12 +65,15 @@ def finished_run(
     threshold: float | None = None,
     errors: Sequence[int] = (),
     queued: Sequence[int] = (),
+    policy: SuitePolicies | None = None,
 ) -> int:
     """A run of pairs p{i}.png -> c{i}.png scored as a worker would: None is a non-finite distance;
-    indexes in `errors` failed, those in `queued` are still waiting."""
+    indexes in `errors` failed, those in `queued` are still waiting; `policy` is its own, given at
+    submission."""
     pairs = [(f"p{i}.png", f"c{i}.png") for i in range(len(distances))]
     run = repo.create_run(
-        session, suite_name=suite, pairs=pairs, net="alex", version="0.1", precision="fp32", threshold=threshold
+        session, suite_name=suite, pairs=pairs, net="alex", version="0.1", precision="fp32", threshold=threshold,
+        policy=None if policy is None else policy.model_dump(mode="json"),
     )
     for i, comparison in enumerate(repo.list_comparisons(session, run_id=run.id)):
         if i in errors:
@@ -113,9 +116,10 @@ def test_a_pair_above_threshold_fails_the_run_and_opens_one_distance_alert(sessi
         "run": run_id,
         "suite": SUITE,
         "verdict": "fail",
+        "policy": policy_hash(suite_policy(policies(), suite=SUITE)),
         "pairs": [
-            {"ref": "p0.png", "cand": "c0.png", "status": "pass", "distance": 0.05, "error": None},
-            {"ref": "p1.png", "cand": "c1.png", "status": "fail", "distance": 0.3, "error": None},
+            {"ref": "p0.png", "cand": "c0.png", "status": "done", "verdict": "pass", "distance": 0.05, "error": None},
+            {"ref": "p1.png", "cand": "c1.png", "status": "done", "verdict": "fail", "distance": 0.3, "error": None},
         ],
     }
     assert alert_rows(session_factory) == [
@@ -167,6 +171,49 @@ def test_judging_a_run_twice_records_and_alerts_once(session_factory, db_url) ->
         assert (again.id, again.last_seen_at) == (alert.id, alert.last_seen_at)
 
 
+def test_a_run_judged_twice_keeps_its_first_verdict_and_policy(session_factory, db_url) -> None:
+    settings = settings_for(db_url)
+    with session_factory.begin() as session:
+        run_id = finished_run(session, [0.05, 0.3])
+    strict = suite_policy(policies(), suite=SUITE)
+    first = judge(session_factory, run_id, policies(), settings)
+    again = judge(session_factory, run_id, policies(max_distance=0.5), settings)  # would pass it
+    assert (first["verdict"], first["policy"]) == ("fail", policy_hash(strict))
+    assert again == first
+    with session_factory() as session:
+        run = session.get(Run, run_id)
+        recorded = SuitePolicies.model_validate(run.policy)
+        assert (run.verdict, run.policy_hash, recorded, policy_hash(recorded)) == (
+            "fail", policy_hash(strict), strict, policy_hash(strict),
+        )
+
+
+def test_a_run_with_its_own_policy_is_judged_by_it_not_the_daemons(session_factory, engine, db_url) -> None:
+    """As `check` and `submit --threshold` record it: the daemon's laxer policies do not apply."""
+    own = suite_policy(PolicySet(), suite=SUITE, threshold=0.1)
+    with session_factory.begin() as session:
+        own_run = finished_run(session, [0.05, 0.3], policy=own)
+        daemons_run = finished_run(session, [0.05, 0.3])
+    lax = policies(max_distance=0.5)
+    assert Daemon(engine, lax, settings_for(db_url)).tick() == {"evaluated": 2, "sent": 0}
+    with session_factory() as session:
+        judged = {run_id: session.get(Run, run_id) for run_id in (own_run, daemons_run)}
+        assert [(run.verdict, run.policy_hash) for run in judged.values()] == [
+            ("fail", policy_hash(own)),
+            ("pass", policy_hash(suite_policy(lax, suite=SUITE))),
+        ]
+
+
+def test_only_the_daemon_judges_a_run_without_its_own_policy(session_factory, db_url) -> None:
+    with session_factory.begin() as session:
+        run_id = finished_run(session, [0.05], threshold=None)
+    with pytest.raises(EvaluationError) as caught:
+        judge(session_factory, run_id, None, settings_for(db_url))  # as `check` and `wait` judge
+    assert str(caught.value) == f"run {run_id}: no policy of its own: the gate daemon judges it by its policies"
+    with session_factory() as session:
+        assert (session.get(Run, run_id).verdict, session.get(Run, run_id).policy) == (None, None)
+
+
 def test_concurrent_judges_of_one_run_apply_its_alerts_once(session_factory, engine, db_url) -> None:
     """The second judge waits for the first one's transaction, then finds the verdict set."""
     settings = settings_for(db_url)
@@ -202,7 +249,8 @@ def test_failed_and_nonfinite_comparisons_are_errors(session_factory, db_url) ->
     with session_factory.begin() as session:
         run_id = finished_run(session, [0.05, None, 0.02], errors=[2], layers=nonfinite)
     summary = judge(session_factory, run_id, policies(), settings_for(db_url))
-    assert (summary["verdict"], [p["status"] for p in summary["pairs"]]) == ("error", ["pass", "error", "error"])
+    assert (summary["verdict"], [p["verdict"] for p in summary["pairs"]]) == ("error", ["pass", "error", "error"])
+    assert [p["status"] for p in summary["pairs"]] == ["done", "done", "error"]
     assert summary["pairs"][2]["error"] == "decode: truncated"
     labels = {**DISTANCE_LABELS, "layer": "features.1", "side": "cand"}
     assert [row[:5] for row in alert_rows(session_factory)] == [("nonfinite", "open", labels, 12.0, 0.0)]
@@ -290,7 +338,7 @@ def test_a_shift_opens_drift_within_the_window_and_a_stable_suite_stays_quiet(se
             session,
             run=session.get(Run, last_stable),
             pairs=pair_results(session, run_id=last_stable),
-            lookup=policy_lookup(_drift_policies("stable"), suite="stable", threshold=None),
+            lookup=suite_policy(_drift_policies("stable"), suite="stable").policy_for,
         )
     assert drift.labels == {"suite": "shifted", "net": "alex", "weights_version": "w1"}
     assert drift.value < DRIFT.ks_threshold and drift.threshold == DRIFT.ks_threshold

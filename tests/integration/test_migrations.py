@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import Column, Integer, MetaData, inspect
 
 from gate.cli import main
+from gate.judging.verdict import run_summary
 from gate.runs.queue import StoreNotReady, store_queue
 from gate.store import repository as repo
 from gate.store.db import make_engine, session_scope
@@ -157,3 +158,31 @@ def test_installed_entry_point_upgrades_from_another_cwd(pg_empty_url: str, tmp_
         "",
     )
     assert current_revision(pg_empty_url) == head_revision()
+
+
+def test_a_run_judged_before_runs_recorded_their_policy_keeps_its_verdict(pg_empty_url: str) -> None:
+    """0004 adds the policy columns empty: such a run shows its verdict, no policy and no pair verdicts,
+    and no judge takes it up again."""
+    upgrade(pg_empty_url, "0003")
+    engine = make_engine(pg_empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO suites (id, name, created_at) VALUES (1, 'old', now())")
+            connection.exec_driver_sql(
+                "INSERT INTO runs (id, suite_id, created_at, threshold, net, version, precision, options, verdict,"
+                " evaluated_at) VALUES (1, 1, now(), 0.1, 'alex', '0.1', 'fp32', '{}', 'fail', now())"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO comparisons (id, run_id, ref, cand, status, distance, net, weights_version, attempts)"
+                " VALUES (1, 1, 'a.png', 'b.png', 'done', 0.3, 'alex', 'w1', 1)"
+            )
+        upgrade(pg_empty_url)
+        with session_scope(engine) as session:
+            assert repo.runs_to_evaluate(session) == []
+            summary = run_summary(session, 1)
+    finally:
+        engine.dispose()
+    assert summary == {
+        "run": 1, "suite": "old", "verdict": "fail", "policy": None,
+        "pairs": [{"ref": "a.png", "cand": "b.png", "status": "done", "verdict": None, "distance": 0.3, "error": None}],
+    }

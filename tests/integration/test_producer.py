@@ -18,9 +18,10 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from gate.cli import main
+from gate.judging.policy import PolicySet, policy_hash, suite_policy
 from gate.runs.queue import store_queue_at
 from gate.runs.service import submit_run
 from gate.settings import Settings
@@ -135,6 +136,8 @@ def test_submit_stores_the_run_options_and_settings_defaults(pg_url: str, images
         ("smoke", 0.2, "vgg", "0.0", "bf16", {"maps": True}, None),
         ("smoke", None, "squeeze", "0.1", "fp16", {"maps": False}, None),
     ]
+    with_threshold = suite_policy(PolicySet(), suite="smoke", threshold=0.2).model_dump(mode="json")
+    assert [run.policy for run in runs] == [with_threshold, None]  # without one the daemon judges it
     assert broker.llen(store_queue_at(pg_url)) == 2
 
 
@@ -217,15 +220,47 @@ def test_an_unreachable_database_is_named_without_its_password(images: Path, bro
     assert broker.keys("lpips.*") == []  # no store's queue holds anything
 
 
-@pytest.mark.parametrize("empty_url", ["sqlite_empty_url", "pg_empty_url"])
-def test_a_new_database_is_migrated_on_first_use(request: pytest.FixtureRequest, empty_url: str,
-                                                 images: Path, broker: redis.Redis) -> None:
-    url = request.getfixturevalue(empty_url)
-    assert current_revision(url) is None
-    result = _submit(url, images, "--json")
+PRODUCERS = ["submit", "results", "wait", "alerts"]
+
+
+def _producer_args(command: str, root: Path) -> list[str]:
+    return {"submit": ["submit", str(root / "ref"), str(root / "new"), "--suite", "smoke"],
+            "results": ["results", "--run", "1"], "wait": ["wait", "1"], "alerts": ["alerts"]}[command]
+
+
+@pytest.mark.parametrize("command", PRODUCERS)
+def test_an_unmigrated_postgresql_is_refused_and_left_untouched(pg_empty_url: str, images: Path, command: str,
+                                                                broker: redis.Redis) -> None:
+    result = _cli(_producer_args(command, images), db=pg_empty_url, root=images, broker=BROKER_URL)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
+        f"Error: database {pg_empty_url}: schema at revision none, this version needs {head_revision()}; "
+        "migrate it with `lpips-gate db upgrade`\n"
+    ))
+    engine = make_engine(pg_empty_url)
+    try:
+        assert inspect(engine).get_table_names() == []  # not even alembic_version
+    finally:
+        engine.dispose()
+    assert broker.keys("lpips.*") == []
+
+
+@pytest.mark.parametrize("command", PRODUCERS)
+def test_a_sqlite_file_that_does_not_exist_is_not_created(sqlite_empty_url: str, images: Path,
+                                                          command: str) -> None:
+    """Only the embedded default (no LPIPS_GATE_DATABASE_URL) is created on first use."""
+    result = _cli(_producer_args(command, images), db=sqlite_empty_url, root=images)
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
+        f"Error: database {sqlite_empty_url}: no such file; create it with `lpips-gate db upgrade`\n"
+    ))
+    assert not Path(sqlite_empty_url.removeprefix("sqlite:///")).exists()
+
+
+def test_a_migrated_database_is_served_after_db_upgrade(pg_empty_url: str, images: Path,
+                                                        broker: redis.Redis) -> None:
+    assert _cli(["db", "upgrade"], db=pg_empty_url, root=images).exit_code == 0
+    result = _submit(pg_empty_url, images, "--json")
     assert (result.exit_code, result.stdout) == (0, '{"run": 1, "submitted": 3}\n')
-    assert current_revision(url) == head_revision()
-    assert len(_comparisons(url, 1)) == 3
+    assert len(_comparisons(pg_empty_url, 1)) == 3
 
 
 def test_the_default_database_is_an_embedded_sqlite_file_created_on_first_use(
@@ -286,11 +321,11 @@ def test_results_json_lists_every_comparison_with_its_producer(pg_url: str, imag
     assert (result.exit_code, result.stderr) == (0, "")
     assert json.loads(result.stdout) == [
         {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "distance": 0.125, "net": "alex",
-         "version": "alex-v0.1", "attempts": 1, "error": None},
+         "weights_version": "alex-v0.1", "attempts": 1, "error": None},
         {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "distance": None, "net": None,
-         "version": None, "attempts": 0, "error": "decode: truncated PNG"},
+         "weights_version": None, "attempts": 0, "error": "decode: truncated PNG"},
         {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "queued", "distance": None, "net": None,
-         "version": None, "attempts": 0, "error": None},
+         "weights_version": None, "attempts": 0, "error": None},
     ]
 
 
@@ -309,11 +344,13 @@ def test_wait_prints_the_run_once_every_comparison_is_finished(pg_url: str, imag
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
     assert (result.exit_code, result.stderr) == (0, "")  # stderr is not a terminal: no progress bar
     assert json.loads(result.stdout) == {
-        "run": 1, "suite": "smoke", "verdict": None, "pairs": [
-            {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "distance": 0.125, "error": None},
-            {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "distance": None,
+        "run": 1, "suite": "smoke", "verdict": None, "policy": None, "pairs": [
+            {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "verdict": None, "distance": 0.125,
+             "error": None},
+            {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "verdict": None, "distance": None,
              "error": "decode: truncated PNG"},
-            {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "done", "distance": 0.5, "error": None},
+            {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "done", "verdict": None, "distance": 0.5,
+             "error": None},
         ],
     }
 
@@ -336,6 +373,8 @@ def test_wait_judges_a_run_by_its_threshold_as_soon_as_it_is_finished(pg_url: st
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["verdict"], [pair["status"] for pair in summary["pairs"]]) == ("fail", ["done"] * 3)
+    assert [pair["verdict"] for pair in summary["pairs"]] == ["pass", "fail", "pass"]
+    assert summary["policy"] == policy_hash(suite_policy(PolicySet(), suite="smoke", threshold=0.3))
     assert _verdict(pg_url, 1) == "fail"
     [opened] = [json.loads(line) for line in result.stderr.splitlines()]  # logs on stderr, as JSON
     assert (opened["event"], opened["rule"], opened["value"], opened["threshold"]) == (
@@ -343,6 +382,7 @@ def test_wait_judges_a_run_by_its_threshold_as_soon_as_it_is_finished(pg_url: st
     )
     text = _cli(["wait", "1"], db=pg_url, root=images)  # judged once: the second wait reads the verdict
     assert (text.stdout.splitlines()[0], text.stderr) == ("run 1 (suite smoke): verdict fail", "")
+    assert text.stdout.splitlines()[2] == "fail      0.5000  ref/b/c.png -> new/b/c.png"  # judged: its verdict
 
 
 def test_wait_leaves_a_run_without_a_threshold_pending(pg_url: str, images: Path, finished_run: list[int]) -> None:
@@ -393,8 +433,7 @@ def _write_png(path: Path, seed: int) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def test_without_a_broker_submit_computes_in_process_and_logs_on_stderr(sqlite_empty_url: str,
-                                                                        tmp_path: Path) -> None:
+def test_without_a_broker_submit_computes_in_process_and_logs_on_stderr(sqlite_url: str, tmp_path: Path) -> None:
     """A fresh process, as a user runs it: the log lines of the in-process computation follow Settings
     (JSON, INFO) on stderr, and stdout holds only the answer."""
     root = tmp_path / "images"
@@ -402,7 +441,7 @@ def test_without_a_broker_submit_computes_in_process_and_logs_on_stderr(sqlite_e
         _write_png(root / side / "same.png", seed=1)
     _write_png(root / "ref/sub/changed.png", seed=2)
     _write_png(root / "new/sub/changed.png", seed=3)
-    env = {**os.environ, "LPIPS_GATE_DATABASE_URL": sqlite_empty_url, "LPIPS_GATE_IMAGE_ROOT": str(root),
+    env = {**os.environ, "LPIPS_GATE_DATABASE_URL": sqlite_url, "LPIPS_GATE_IMAGE_ROOT": str(root),
            "LPIPS_GATE_DEVICE": "cpu", "LPIPS_GATE_LOG_JSON": "true"}
     for name in ("LPIPS_GATE_BROKER_URL", "LPIPS_GATE_LOG_LEVEL"):
         env.pop(name, None)
@@ -413,28 +452,28 @@ def test_without_a_broker_submit_computes_in_process_and_logs_on_stderr(sqlite_e
     assert [(line["event"], line["level"], line["comparison_id"]) for line in lines] == [
         ("comparison done", "info", 1), ("comparison done", "info", 2),
     ]
-    same, changed = _comparisons(sqlite_empty_url, 1)
+    same, changed = _comparisons(sqlite_url, 1)
     assert (same.ref, same.status, same.net, same.attempts) == ("ref/same.png", "done", "alex", 1)
     assert (changed.ref, changed.status, changed.net) == ("ref/sub/changed.png", "done", "alex")
     assert same.distance == pytest.approx(0.0, abs=1e-6)
     assert changed.distance > 0.05
 
 
-def test_without_the_engine_the_embedded_mode_says_what_to_install(sqlite_empty_url: str, images: Path) -> None:
+def test_without_the_engine_the_embedded_mode_says_what_to_install(sqlite_url: str, images: Path) -> None:
     code = (
         "import sys\n"
         "sys.modules['torch'] = None  # as if torch were not installed\n"
         "from gate.cli import main\n"
         "main()\n"
     )
-    env = {**os.environ, "LPIPS_GATE_DATABASE_URL": sqlite_empty_url, "LPIPS_GATE_IMAGE_ROOT": str(images)}
+    env = {**os.environ, "LPIPS_GATE_DATABASE_URL": sqlite_url, "LPIPS_GATE_IMAGE_ROOT": str(images)}
     env.pop("LPIPS_GATE_BROKER_URL", None)
     done = subprocess.run([sys.executable, "-c", code, "submit", "ref", "new", "--suite", "s"],
                           cwd=images, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (
         2, "", "Error: the embedded mode needs the engine: pip install 'lpips-gate[worker]'\n",
     )
-    assert _cli(["results", "--run", "1"], db=sqlite_empty_url, root=images).stderr == "Error: run 1: not found\n"
+    assert _cli(["results", "--run", "1"], db=sqlite_url, root=images).stderr == "Error: run 1: not found\n"
 
 
 def test_hdr_runs_record_their_tone_map(pg_url: str, tmp_path: Path, broker: redis.Redis) -> None:

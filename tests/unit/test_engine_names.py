@@ -4,13 +4,11 @@ import subprocess
 import sys
 
 from worker import cli
-from worker.perceptual import PRESETS
 from worker.perceptual.normalise import NORMALISERS
 from worker.perceptual.reduce import REDUCTIONS
 
 
 def test_cli_choices_match_the_engine():
-    assert set(cli.NET_NAMES) == set(PRESETS)
     assert set(cli.NORMALISE_NAMES) == set(NORMALISERS)
     assert set(cli.REDUCTION_NAMES) == set(REDUCTIONS)
 

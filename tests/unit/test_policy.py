@@ -1,3 +1,5 @@
+import hashlib
+import json
 import textwrap
 
 import pytest
@@ -7,8 +9,11 @@ from gate.judging.policy import (
     Policy,
     PolicyError,
     PolicySet,
+    SuitePolicies,
     load_policies,
     policy_for,
+    policy_hash,
+    suite_policy,
     with_overrides,
 )
 
@@ -216,3 +221,60 @@ def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(PolicyError) as caught:
         load_policies(tmp_path / "absent.toml")
     assert str(caught.value) == f"{tmp_path}/absent.toml: no such policy file"
+
+
+# --- the policy of a run and its hash ----------------------------------------------------------
+
+
+def test_a_suite_policy_with_a_threshold_sets_every_max_distance(layered):
+    render = suite_policy(layered, suite="render", threshold=0.3)
+    assert [render.policy_for(net, version).max_distance for net, version in
+            (("alex", "0.1"), ("vgg", "0.0"), ("vgg", "0.1"), ("squeeze", "0.0"))] == [0.3] * 4
+    assert render.policy_for("vgg", "0.1").min_std == 0.001  # the rest of each layer stays
+    assert suite_policy(layered, suite="render") == layered.suites["render"]
+    unknown = suite_policy(layered, suite="new-suite", threshold=0.2)
+    assert (unknown.nets, unknown.base) == ({}, with_overrides(layered.defaults, max_distance=0.2))
+
+
+def test_the_policy_hash_is_stable_for_the_same_policy(tmp_path, layered):
+    written = _write(tmp_path, "same.toml", """
+        [defaults]
+        max_sparsity = 0.9
+        alert_cooldown_s = 600.0
+
+        [suite.render.nets."squeeze@0.0"]
+        max_distance = 0.05
+
+        [suite.render.nets."vgg@0.1"]
+        min_std = 0.001
+
+        [suite.render.nets.vgg]
+        drift = { psi_threshold = 0.4 }
+        max_distance = 0.18
+
+        [suite.render]
+        drift = { min_samples = 25, window = 40 }
+        max_distance = 0.1
+    """)  # the same policy: keys in another order, 600.0 for 600, 0.1 for 0.10
+    render = suite_policy(layered, suite="render")
+    expected = policy_hash(render)
+    canonical = json.dumps(render.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    assert expected == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert policy_hash(suite_policy(load_policies(written), suite="render")) == expected
+    recorded = SuitePolicies.model_validate_json(render.model_dump_json())  # as a run records it
+    assert policy_hash(recorded) == expected
+    assert policy_hash(suite_policy(PolicySet(), suite="a", threshold=1)) == policy_hash(
+        SuitePolicies(base=Policy(max_distance=1.0))
+    )
+
+
+def test_the_policy_hash_differs_for_another_policy(layered):
+    render = suite_policy(layered, suite="render")
+    others = [
+        suite_policy(layered, suite="render", threshold=0.1),  # vgg's 0.18 becomes 0.1
+        suite_policy(layered, suite="other"),
+        SuitePolicies(base=render.base, nets={**render.nets, "alex": render.base}),
+        SuitePolicies(base=with_overrides(render.base, drift={"window": 41}), nets=render.nets),
+    ]
+    hashes = {policy_hash(policy) for policy in [render, *others]}
+    assert len(hashes) == 5

@@ -31,7 +31,8 @@ def _run(**changes):
             {
                 "ref": "ok/a.png",
                 "cand": "new/a.png",
-                "status": "pass",
+                "status": "done",
+                "verdict": "pass",
                 "distance": 0.02,
                 "error": None,
                 "layers": LAYERS,
@@ -39,7 +40,8 @@ def _run(**changes):
             {
                 "ref": "ok/b.png",
                 "cand": "new/b.png",
-                "status": "fail",
+                "status": "done",
+                "verdict": "fail",
                 "distance": 0.12,
                 "error": None,
                 "ref_png": _png(MAGENTA),
@@ -47,7 +49,14 @@ def _run(**changes):
                 "heatmap_png": _png((40, 40, 40)),
                 "layers": LAYERS,
             },
-            {"ref": "ok/c.png", "cand": "new/c.png", "status": "error", "distance": None, "error": "decode: truncated"},
+            {
+                "ref": "ok/c.png",
+                "cand": "new/c.png",
+                "status": "error",
+                "verdict": "error",
+                "distance": None,
+                "error": "decode: truncated",
+            },
         ],
     }
     return {**run, **changes}
@@ -109,7 +118,7 @@ def test_text_is_escaped():
     html = render_html(
         _run(
             suite="<b>suite</b>",
-            pairs=[{"ref": "<script>x</script>", "cand": "c&d", "status": "error", "error": "<img>"}],
+            pairs=[{"ref": "<script>x</script>", "cand": "c&d", "status": "error", "verdict": "error", "error": "<img>"}],
         )
     )
     assert "<script>" not in html and "<b>suite" not in html and "<img>" not in html
@@ -125,21 +134,30 @@ def test_html_embeds_images_and_layer_shares():
     assert html.index("ok/c.png") < html.index("ok/b.png") < html.index("ok/a.png")  # worst first
 
 
+def test_the_header_names_the_policy_that_produced_the_verdict():
+    assert "threshold 0.1000 · 3 comparisons" in render_html(_run())
+    assert "threshold 0.1000 · policy 0123456789ab · 3 comparisons" in render_html(_run(policy="0123456789ab" * 5))
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"suite": None}, "run report: suite: Input should be a valid string"),
         ({"verdict": "ok"}, "run report: verdict: Input should be 'pass', 'fail' or 'error'"),
         (
-            {"pairs": [{"ref": "a", "cand": "b", "status": "pass", "ref_png": b"GIF89a"}]},
+            {"pairs": [{"ref": "a", "cand": "b", "status": "done", "verdict": "pass", "ref_png": b"GIF89a"}]},
             "run report: pairs.0.ref_png: not PNG bytes",
         ),
         (
-            {"pairs": [{"ref": "a", "cand": "b", "status": "fail"}]},
+            {"pairs": [{"ref": "a", "cand": "b", "status": "done", "verdict": "fail"}]},
             "run report: pairs.0: a fail pair needs its distance",
         ),
         (
-            {"pairs": [{"ref": "a", "cand": "b", "status": "pass", "distance": 0.1, "png": b""}]},
+            {"pairs": [{"ref": "a", "cand": "b", "status": "queued", "verdict": "pass", "distance": 0.1}]},
+            "run report: pairs.0.status: Input should be 'done' or 'error'",
+        ),
+        (
+            {"pairs": [{"ref": "a", "cand": "b", "status": "done", "verdict": "pass", "distance": 0.1, "png": b""}]},
             "run report: pairs.0.png: Extra inputs are not permitted",
         ),
     ],
@@ -182,5 +200,5 @@ def test_junit_has_one_testcase_per_pair():
 
 
 def test_junit_escapes_names():
-    xml = render_junit(_run(pairs=[{"ref": 'a<"&>', "cand": "b", "status": "pass", "distance": 0.0}]))
+    xml = render_junit(_run(pairs=[{"ref": 'a<"&>', "cand": "b", "status": "done", "verdict": "pass", "distance": 0.0}]))
     assert ET.fromstring(xml).find("testsuite/testcase").get("name") == 'a<"&> -> b'
