@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gate.vocabulary import NETS
+
 if TYPE_CHECKING:
     from gate.store.models import Run
 
-NETS = ("alex", "squeeze", "vgg")
 MIN_PER_BIN = 5  # the usual chi-square rule: sparser PSI bins are dominated by empty-bin noise
 
 
@@ -94,7 +95,7 @@ class SuitePolicies(_Frozen):
     def policy_for(self, net: str, weights_version: str) -> Policy:
         """The most specific policy for a pair scored by `net` at `weights_version`."""
         if net not in NETS:
-            raise ValueError(f"net: unknown net {net!r} (expected {', '.join(NETS)})")
+            raise ValueError(f"net: unknown net {net!r} (expected {', '.join(sorted(NETS))})")
         for key in (f"{net}@{weights_version}", net):
             if key in self.nets:
                 return self.nets[key]
@@ -185,7 +186,7 @@ def _suite(defaults: Policy, layer: Any, key: str, path: Path) -> SuitePolicies:
 def _net_of(name: str, key: str, path: Path) -> str:
     net, _, version = str(name).partition("@")
     if net not in NETS:
-        raise PolicyError(f"{path}: {key}: unknown net {net!r} (expected {', '.join(NETS)})")
+        raise PolicyError(f"{path}: {key}: unknown net {net!r} (expected {', '.join(sorted(NETS))})")
     if "@" in name and not version:
         raise PolicyError(f"{path}: {key}: empty weights version after '@'")
     return net
