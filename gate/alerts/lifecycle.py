@@ -23,15 +23,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gate.logs import get_logger
+from gate.alerts import store as alert_store
+from gate.alerts.alertmanager import OutgoingAlert, WebhookError, send, to_alertmanager
 from gate.judging.policy import PolicySet, effective_policy, suite_policy
 from gate.judging.rules import Condition
+from gate.logs import get_logger
 from gate.settings import Settings
-from gate.alerts import store as alert_store
-from gate.store import repository as repo
 from gate.store import session_scope
 from gate.store.models import Alert, utcnow
-from gate.alerts.alertmanager import OutgoingAlert, WebhookError, send, to_alertmanager
 
 RESEND_VALIDITY = 4  # a firing alert lapses after this many missed re-sends (Prometheus' factor)
 
@@ -55,7 +54,8 @@ class Changes:
 
 def apply(session: Session, *, run_id: int, suite: str, conditions: Sequence[Condition]) -> Changes:
     """Open or refresh an alert per firing condition; resolve those whose condition cleared."""
-    opened, repeated = [], []
+    opened: list[Alert] = []
+    repeated: list[Alert] = []
     for condition in (c for c in conditions if c.firing):
         alert, is_new = alert_store.upsert_open_alert(
             session,
@@ -69,7 +69,9 @@ def apply(session: Session, *, run_id: int, suite: str, conditions: Sequence[Con
         )
         (opened if is_new else repeated).append(alert)
     cleared = [
-        alert_store.alert_fingerprint(rule=c.rule, suite_name=suite, labels=c.labels) for c in conditions if not c.firing
+        alert_store.alert_fingerprint(rule=c.rule, suite_name=suite, labels=c.labels)
+        for c in conditions
+        if not c.firing
     ]
     resolved = alert_store.resolve_fingerprints(session, fingerprints=cleared, up_to_run_id=run_id) if cleared else []
     changes = Changes(tuple(opened), tuple(repeated), tuple(resolved))
@@ -114,7 +116,7 @@ def is_due(alert: Alert, *, now: datetime, resend_s: float, held_until: datetime
     sent `resend_s` ago."""
     sent = alert.last_notified_at
     if alert.state == "resolved":
-        return sent is not None and sent < alert.resolved_at
+        return sent is not None and alert.resolved_at is not None and sent < alert.resolved_at
     if sent is None:
         return held_until is None or now >= held_until
     return now - sent >= timedelta(seconds=resend_s)
@@ -158,7 +160,7 @@ def deliver(engine: Engine, notices: Sequence[Notice], *, settings: Settings) ->
     """Send the notices with no transaction open (a slow receiver must not hold the store), then record
     the delivery in a short one; returns how many were delivered. A failure is logged and the alerts
     stay owed, so the next tick retries them."""
-    if not notices:
+    if not notices or not settings.webhook_url:  # without a webhook nothing is ever owed
         return 0
     lapses_at = utcnow() + timedelta(seconds=RESEND_VALIDITY * settings.alert_resend_s)
     try:

@@ -18,12 +18,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from gate.alerts import lifecycle as alerts
-from gate.logs import get_logger
 from gate.judging.policy import PolicySet
+from gate.judging.verdict import EvaluationError, judge_run
+from gate.logs import get_logger
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
-from gate.judging.verdict import EvaluationError, judge_run
 
 log = get_logger("gate.judging.daemon")
 

@@ -174,7 +174,7 @@ def _suite(defaults: Policy, layer: Any, key: str, path: Path) -> SuitePolicies:
     net_layers = _table(layer.pop("nets", {}), f"{key}.nets", path)
     base_fields = _merge(defaults.model_dump(), layer)
     base = _validated(base_fields, key, path)
-    nets = {}
+    nets: dict[str, Policy] = {}
     for name in sorted(net_layers, key=lambda name: "@" in name):  # plain nets first: versions build on them
         net = _net_of(name, f"{key}.nets.{name}", path)
         parent = nets[net].model_dump() if "@" in name and net in nets else base_fields
@@ -192,7 +192,7 @@ def _net_of(name: str, key: str, path: Path) -> str:
     return net
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path) -> dict[str, Any]:
     readers = {".toml": _read_toml, ".yaml": _read_yaml, ".yml": _read_yaml}
     reader = readers.get(path.suffix.lower())
     if reader is None:
@@ -225,7 +225,7 @@ def _read_yaml(text: str, path: Path) -> Any:
         raise PolicyError(f"{path}: invalid YAML: {exc}") from None
 
 
-def _table(value: Any, key: str, path: Path) -> dict:
+def _table(value: Any, key: str, path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise PolicyError(f"{path}: {key}: expected a table, got {type(value).__name__}")
     not_text = [name for name in value if not isinstance(name, str)]
@@ -234,7 +234,7 @@ def _table(value: Any, key: str, path: Path) -> dict:
     return value
 
 
-def _merge(base: dict, layer: dict) -> dict:
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     """Field-by-field merge; nested tables (drift) merge too, so a layer may set one drift field."""
     merged = dict(base)
     for key, value in layer.items():
@@ -245,7 +245,7 @@ def _merge(base: dict, layer: dict) -> dict:
     return merged
 
 
-def _validated(fields: dict, key: str, path: Path) -> Policy:
+def _validated(fields: dict[str, Any], key: str, path: Path) -> Policy:
     try:
         return Policy.model_validate(fields)
     except ValidationError as exc:

@@ -69,6 +69,20 @@ class PairResult:
     def scored(self) -> bool:
         return self.status == "done" and self.distance is not None and math.isfinite(self.distance)
 
+    @property
+    def score(self) -> float:
+        """The distance of a scored pair."""
+        if self.distance is None or not self.scored:
+            raise ValueError(f"{self.label}: not scored ({self.status})")
+        return self.distance
+
+    @property
+    def backbone(self) -> tuple[str, str]:
+        """(net, weights_version) that scored the pair: what its thresholds and drift are keyed by."""
+        if self.net is None or self.weights_version is None:
+            raise ValueError(f"{self.label}: never scored by any backbone")
+        return self.net, self.weights_version
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -108,20 +122,20 @@ def verdicts(pairs: Iterable[PairResult], policy: PolicySource) -> RunVerdict:
     lookup = _lookup(policy)
     judged = tuple((pair, _pair_verdict(pair, lookup)) for pair in pairs)
     found = {verdict for _, verdict in judged}
-    verdict = "error" if "error" in found else "fail" if "fail" in found else "pass"
+    verdict: Verdict = "error" if "error" in found else "fail" if "fail" in found else "pass"
     return RunVerdict(verdict, judged)
 
 
 def _pair_verdict(pair: PairResult, lookup: Lookup) -> Verdict:
     if not pair.scored:
         return "error"
-    threshold = lookup(pair.net, pair.weights_version).max_distance
+    threshold = lookup(*pair.backbone).max_distance
     if threshold is None:
         raise ValueError(
             f"no max_distance for net {pair.net!r} weights {pair.weights_version!r}: "
             "set it in the policy file or pass --threshold"
         )
-    return "fail" if pair.distance > threshold else "pass"
+    return "fail" if pair.score > threshold else "pass"
 
 
 def _lookup(policy: PolicySource) -> Lookup:
@@ -144,19 +158,19 @@ def _distance_conditions(run: RunSummary, lookup: Lookup) -> list[Condition]:
     groups: dict[tuple[str, str], list[PairResult]] = defaultdict(list)
     for pair in run.pairs:
         if pair.scored:
-            groups[(pair.net, pair.weights_version)].append(pair)
+            groups[pair.backbone].append(pair)
     conditions = []
     for (net, version), pairs in sorted(groups.items()):
         threshold = lookup(net, version).max_distance
         if threshold is None:
             continue  # no gate configured: nothing was checked
-        worst = max(pairs, key=lambda pair: pair.distance)
-        failed = sum(pair.distance > threshold for pair in pairs)
+        worst = max(pairs, key=lambda pair: pair.score)
+        failed = sum(pair.score > threshold for pair in pairs)
         conditions.append(
             Condition(
                 "distance",
                 {"suite": run.suite, "net": net, "weights_version": version},
-                worst.distance,
+                worst.score,
                 threshold,
                 failed > 0,
                 {"worst_pair": worst.label, "failed": f"{failed} of {len(pairs)}"},
@@ -165,11 +179,15 @@ def _distance_conditions(run: RunSummary, lookup: Lookup) -> list[Condition]:
     return conditions
 
 
+Sample = tuple[float, str]  # a statistic's value and the image it came from
+LayerKey = tuple[str, str, int, str, str]  # net, weights version, layer index, layer name, side
+
+
 @dataclass(frozen=True)
 class _LayerRule:
     rule: str
     statistic: str
-    worst: Callable  # max or min over (value, image) samples
+    worst: Callable[[list[Sample]], Sample]  # max or min over (value, image) samples
     limit: Callable[[Policy], float | None]  # None: the policy switches the rule off
     breaches: Callable[[float, float], bool]
 
@@ -202,15 +220,15 @@ def _layer_conditions(run: RunSummary, lookup: Lookup) -> list[Condition]:
     return conditions
 
 
-def _layer_samples(run: RunSummary) -> dict[str, dict[tuple, list[tuple[float, str]]]]:
+def _layer_samples(run: RunSummary) -> dict[str, dict[LayerKey, list[Sample]]]:
     """statistic -> (net, version, layer index, layer name, side) -> [(value, image path)], finite values only."""
-    samples: dict[str, dict[tuple, list]] = {rule.statistic: defaultdict(list) for rule in _LAYER_RULES}
+    samples: dict[str, dict[LayerKey, list[Sample]]] = {rule.statistic: defaultdict(list) for rule in _LAYER_RULES}
     for pair in run.pairs:
         if pair.status != "done":
             continue
         for layer in pair.layers:
             for side, image in (("ref", pair.ref), ("cand", pair.cand)):
-                key = (pair.net, pair.weights_version, layer.index, layer.name, side)
+                key = (*pair.backbone, layer.index, layer.name, side)
                 for statistic, by_key in samples.items():
                     value = layer.stats(side)[statistic]
                     if value is not None:
@@ -221,8 +239,8 @@ def _layer_samples(run: RunSummary) -> dict[str, dict[tuple, list[tuple[float, s
 def _drift_conditions(run: RunSummary, lookup: Lookup) -> list[Condition]:
     conditions = []
     for (net, version), result in sorted(run.drift.items()):
-        if not result.checked:
-            continue  # too few samples: neither drifted nor cleared
+        if result.ks_p is None:
+            continue  # too few samples to check: neither drifted nor cleared
         conditions.append(
             Condition(
                 "drift",

@@ -27,7 +27,8 @@ from gate.judging.rules import LayerResult, Lookup, PairResult, RunSummary, Verd
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
-from gate.store.models import STAT_KEYS, Comparison, LayerMetric, Run
+from gate.store.models import Comparison, LayerMetric, Run
+from gate.vocabulary import STAT_KEYS
 
 
 class EvaluationError(GateError, ValueError):
@@ -136,7 +137,7 @@ def drift_by_net(
     session: Session, *, run: Run, pairs: tuple[PairResult, ...], lookup: Lookup
 ) -> dict[tuple[str, str], DriftResult]:
     """One drift check per (net, weights_version) that scored a pair of this run."""
-    scored = sorted({(pair.net, pair.weights_version) for pair in pairs if pair.scored})
+    scored = sorted({pair.backbone for pair in pairs if pair.scored})
     return {
         (net, version): _drift(session, run=run, net=net, version=version, policy=lookup(net, version).drift)
         for net, version in scored
@@ -146,12 +147,16 @@ def drift_by_net(
 def _drift(session: Session, *, run: Run, net: str, version: str, policy: DriftPolicy) -> DriftResult:
     """Newest first: the first `window` distances are judged, the next `baseline_size` are the
     trailing baseline, unless the policy pins a run as the baseline."""
-    query = {"suite_name": run.suite.name, "net": net, "weights_version": version, "up_to_run_id": run.id}
-    if policy.baseline == "pinned":
+
+    def newest_first(limit: int, exclude_run_id: int | None = None) -> list[float]:
+        return repo.recent_distances(session, suite_name=run.suite.name, net=net, weights_version=version,
+                                     up_to_run_id=run.id, limit=limit, exclude_run_id=exclude_run_id)
+
+    if policy.pinned_run is not None:  # baseline "pinned": the policy requires the run with it
         baseline = _pinned_distances(session, run_id=policy.pinned_run, net=net, version=version)
-        recent = repo.recent_distances(session, **query, limit=policy.window, exclude_run_id=policy.pinned_run)
+        recent = newest_first(policy.window, exclude_run_id=policy.pinned_run)
     else:
-        newest = repo.recent_distances(session, **query, limit=policy.window + policy.baseline_size)
+        newest = newest_first(policy.window + policy.baseline_size)
         recent, baseline = newest[: policy.window], newest[policy.window :]
     return detect(baseline[::-1], recent[::-1], policy)
 

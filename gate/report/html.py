@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from html import escape
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -62,7 +62,7 @@ class ReportRun(_Strict):
     pairs: list[ReportPair]
 
 
-def parse_run(run: dict) -> ReportRun:
+def parse_run(run: dict[str, Any]) -> ReportRun:
     """Validate the plain-data run up front; errors name the offending key, e.g. pairs.0.ref_png."""
     try:
         return ReportRun.model_validate(run)
@@ -72,7 +72,7 @@ def parse_run(run: dict) -> ReportRun:
         raise ValueError(f"run report: {where}: {error['msg'].removeprefix('Value error, ')}") from None
 
 
-def render_html(run: dict) -> str:
+def render_html(run: dict[str, Any]) -> str:
     report = parse_run(run)
     pairs = sorted(report.pairs, key=lambda pair: SEVERITY[pair.verdict])
     title = f"{report.suite} · run {report.run} · {report.verdict.upper()}"

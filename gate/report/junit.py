@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from gate.report.html import ReportPair, parse_run
 
 
-def render_junit(run: dict) -> str:
+def render_junit(run: dict[str, Any]) -> str:
     """One testsuite (the suite), one testcase per pair: failures carry distance and threshold."""
     report = parse_run(run)
     suite = ET.Element(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gate.errors import GateError
 from gate.judging.policy import PolicySet, SuitePolicies, suite_policy
 from gate.judging.verdict import judge_run
 from gate.report.assemble import check_writable, report_run, write_artefacts
@@ -16,7 +17,6 @@ from gate.runs.service import Progress, poll_until_finished, submit_run, validat
 from gate.settings import Settings
 from gate.store import session_scope
 from gate.store.opening import open_store
-from gate.errors import GateError
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
 from sqlalchemy import Engine
+
+if TYPE_CHECKING:
+    from gate.settings import Settings
 
 TASK_COMPARE = "lpips_gate.compare"
 QUEUE_PREFIX = "lpips"
@@ -66,7 +70,7 @@ def store_queue_at(database_url: str) -> str:
         engine.dispose()
 
 
-def make_celery(settings, *, queue: str) -> Celery:
+def make_celery(settings: Settings, *, queue: str) -> Celery:
     if not settings.broker_url:
         raise ValueError("no broker configured (LPIPS_GATE_BROKER_URL): work runs in-process")
     app = Celery("lpips_gate", broker=settings.broker_url, set_as_current=False)

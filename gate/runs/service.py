@@ -101,7 +101,7 @@ def _broker_dispatch(settings: Settings) -> Dispatch:
     from gate.runs.queue import enqueue, make_celery, store_queue
 
     try:
-        with Connection(settings.broker_url) as connection:
+        with Connection(settings.broker_url) as connection:  # type: ignore[no-untyped-call]  # kombu is untyped
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=5)
     except OperationalError as exc:
         raise GateError(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from gate.vocabulary import ALERT_RULES, ALERT_STATES, COMPARISON_STATUSES, STAT_KEYS, VERDICTS
+from gate.vocabulary import ALERT_RULES, ALERT_STATES, COMPARISON_STATUSES, VERDICTS
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -4,24 +4,17 @@ so two workers racing for one row never both win; inserts that may repeat use ON
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+import typing
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import String, bindparam, cast, exists, func, select, update
+from sqlalchemy import String, Table, bindparam, cast, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from gate.store.models import (
-    ALERT_RULES,
-    COMPARISON_STATUSES,
-    OPEN_ALERT,
-    STAT_KEYS,
-    VERDICTS,
-    Alert,
     Comparison,
     LayerMetric,
     Run,
@@ -30,6 +23,7 @@ from gate.store.models import (
     Worker,
     utcnow,
 )
+from gate.vocabulary import COMPARISON_STATUSES, STAT_KEYS, VERDICTS
 
 
 class NotFound(LookupError):
@@ -245,8 +239,8 @@ def record_results(session: Session, *, results: Sequence[Mapping[str, Any]]) ->
     todo = [r for r, new in zip(results, written) if new]
     if not todo:
         return written
-    table = Comparison.__table__
-    fields = {key: bindparam(f"new_{key}") for key in RESULT_FIELDS}
+    table = typing.cast(Table, Comparison.__table__)  # a mapped class's table is a Table
+    fields: dict[str, Any] = {key: bindparam(f"new_{key}") for key in RESULT_FIELDS}
     update_done = (
         update(table)
         .where(table.c.id == bindparam("new_id"))
