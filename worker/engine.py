@@ -10,7 +10,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Generic, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -100,8 +100,8 @@ class Engine:
     runs; what it raises fails that pass as the network would (the tests inject faults through it)."""
 
     def __init__(self, model: LPIPS, *, weights_version: str, device: torch.device, max_pixels: int,
-                 max_batch: int, cache: FeatureCache | None = None, resize: str = "none", exposure: float = 0.0,
-                 decode_threads: int | None = None):
+                 max_batch: int, cache: FeatureCache | None = None, resize: images.Resize = "none",
+                 exposure: float = 0.0, decode_threads: int | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         images.check_resize(resize)
@@ -115,7 +115,7 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings, *, net: str | None = None, version: str | None = None,
-                      precision: str | None = None, device: str | None = None, resize: str = "none",
+                      precision: str | None = None, device: str | None = None, resize: images.Resize = "none",
                       exposure: float = 0.0, **options) -> "Engine":
         model, version_id = build_model(settings, net=net or settings.net, version=version or settings.version,
                                         precision=precision or settings.precision, **options)
@@ -131,7 +131,7 @@ class Engine:
         computes. A pass that fails, fails for a pair of the window being computed."""
         return self.max_batch
 
-    def _decode(self, index: int, ref: Path, cand: Path, refs: _Once) -> _Decoded:
+    def _decode(self, index: int, ref: Path, cand: Path, refs: _Once[Path, tuple[torch.Tensor, str]]) -> _Decoded:
         start = time.perf_counter()
         ref_image, ref_hash = refs(ref)
         cand_image, cand_hash = self._load(cand)
@@ -153,7 +153,7 @@ class Engine:
 
         def submit(chunk: list[int]) -> list[Future]:
             refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
-            return [self._pool.submit(self._decode, i, *map(Path, pairs[i]), refs) for i in chunk]
+            return [self._pool.submit(self._decode, i, Path(pairs[i][0]), Path(pairs[i][1]), refs) for i in chunk]
 
         pending = submit(chunks[0]) if chunks else []
         computed: dict[str, Outcome] = {}
@@ -174,7 +174,8 @@ class Engine:
     def _run(self, decoded: list[_Decoded], outcomes: dict[int, Outcome], computed: dict[str, Outcome],
              with_map: bool) -> None:
         """Pairs of one size share batches; a pair whose two files were already compared is copied."""
-        fresh, repeats = [], []
+        fresh: list[_Decoded] = []
+        repeats: list[_Decoded] = []
         for item in decoded:
             (repeats if item.pair_key in computed else fresh).append(item)
             computed.setdefault(item.pair_key, outcomes[item.index])
@@ -194,9 +195,10 @@ class Engine:
             self.before_batch([outcomes[item.index].cand for item in batch])
         start = time.perf_counter()
         keys = dict.fromkeys(b.ref_key for b in batch)
-        found = {k: self.cache.get(k) if self.cache is not None else None for k in keys}
+        cached = {k: self.cache.get(k) if self.cache is not None else None for k in keys}
+        found = {k: features for k, features in cached.items() if features is not None}
         first = {b.ref_key: b.ref for b in reversed(batch)}
-        missing = [k for k in keys if found[k] is None]
+        missing = [k for k in keys if cached[k] is None]
         both = self.model.features(_stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device))
         computed = both.take(slice(0, len(missing)))
         for row, key in enumerate(missing):
@@ -206,7 +208,7 @@ class Engine:
         cands = both.take(slice(len(missing), len(missing) + len(batch)))
         in_order = missing == [b.ref_key for b in batch]  # distinct references, none cached: no regrouping
         refs = computed if in_order else _concat(found[b.ref_key] for b in batch)
-        size = tuple(batch[0].ref.shape[-2:]) if with_map else None
+        size = (batch[0].ref.shape[-2], batch[0].ref.shape[-1]) if with_map else None
         result = self.model.compare(refs, cands, size=size)
         elapsed = (time.perf_counter() - start) * 1e3 / len(batch)
         for row, item in enumerate(batch):
@@ -218,20 +220,26 @@ class Engine:
                  "ref_stats": result.ref_stats[i][row], "cand_stats": result.cand_stats[i][row]}
                 for i, name in enumerate(self.model.taps)
             ]
-            if with_map:
+            if result.map is not None:  # with_map asked for it
                 outcome.map = result.map[row, 0].cpu()
 
 
-class _Once:
+Key = TypeVar("Key", bound=Hashable)
+Value = TypeVar("Value")
+
+
+class _Once(Generic[Key, Value]):
     """`compute(key)` once per key, however many threads ask at the same time; its error, too."""
 
-    def __init__(self, compute: Callable[[Hashable], Any]):
-        self.compute, self._lock, self._futures = compute, threading.Lock(), {}
+    def __init__(self, compute: Callable[[Key], Value]):
+        self.compute, self._lock = compute, threading.Lock()
+        self._futures: dict[Key, Future[Value]] = {}
 
-    def __call__(self, key: Hashable) -> Any:
+    def __call__(self, key: Key) -> Value:
         with self._lock:
-            future, first = self._futures.get(key), key not in self._futures
-            if first:
+            future = self._futures.get(key)
+            first = future is None
+            if future is None:
                 future = self._futures[key] = Future()
         if first:
             try:

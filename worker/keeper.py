@@ -57,6 +57,7 @@ class Keeper:
             self._safely(self.beat, "heartbeat")
             if self.sweep is not None and time.monotonic() >= next_sweep:
                 self._safely(self.sweep, "sweep")
+                assert self.sweep_every_s is not None, "a sweep needs sweep_every_s"
                 next_sweep = time.monotonic() + self.sweep_every_s
             if self._stop.wait(self.interval_s):
                 return

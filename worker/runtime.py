@@ -232,7 +232,7 @@ class Models:
             time_up=self.time_up,
         )
 
-    def primary_or_fallback(self, net: str, version: str, precision: str) -> tuple[Extractor, Extractor | None]:
+    def primary_or_fallback(self, net: str, version: str, precision: str) -> tuple[Extractor, _Lazy | None]:
         """(the extractor to use, the fallback for non-finite results or None)."""
         fallback_net = self.settings.fallback_net
         try:

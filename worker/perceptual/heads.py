@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file
@@ -15,6 +16,11 @@ class NetLinLayer(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, stride=1, padding=0, bias=False))
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        """The 1x1 conv, `model.1` as in the lpips package's keys."""
+        return cast(nn.Conv2d, self.model[1])  # a Sequential's items are typed Module; this one is the Conv2d above
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,9 @@ class LPIPS(nn.Module):
 
     `normalise` and `reduction` other than `l2`/`mean`, or `lin=False`, are not LPIPS: callers
     must label such results (see `is_lpips`)."""
+
+    shift: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
 
     def __init__(
         self,
@@ -139,7 +143,8 @@ class LPIPS(nn.Module):
             layers = torch.stack([reduce(m) for m in maps], dim=1)
             spatial = None
             if size is not None:
-                spatial = sum(F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
+                upsampled = (F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
+                spatial = cast(torch.Tensor, sum(upsampled))  # maps is never empty: a tensor, never sum's start 0
         return Result(layers.sum(dim=1), layers, f0.stats, f1.stats, spatial)
 
     def _mean_layers(self, f0: Features, f1: Features) -> torch.Tensor:
@@ -148,7 +153,7 @@ class LPIPS(nn.Module):
             means = [((a - b) ** 2).mean(dim=(2, 3)) for a, b in zip(f0.layers, f1.layers)]
             if self.heads is None:
                 return torch.stack([m.sum(dim=1) for m in means], dim=1)
-            return torch.stack([m @ self.heads[i].model[1].weight.flatten() for i, m in enumerate(means)], dim=1)
+            return torch.stack([m @ self.heads[i].conv.weight.flatten() for i, m in enumerate(means)], dim=1)
 
     def run(self, in0: torch.Tensor, in1: torch.Tensor, *, with_map: bool = False) -> Result:
         """Both images of every pair in one batched forward pass."""
@@ -157,7 +162,7 @@ class LPIPS(nn.Module):
         both = self.features(torch.cat([in0, in1]))
         n = in0.shape[0]
         return self.compare(both.take(slice(0, n)), both.take(slice(n, 2 * n)),
-                            size=tuple(in0.shape[-2:]) if with_map else None)
+                            size=(in0.shape[-2], in0.shape[-1]) if with_map else None)
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> torch.Tensor:
         return self.run(in0, in1).distance

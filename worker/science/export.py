@@ -22,9 +22,12 @@ class MetricGraph(nn.Module):
     """LPIPS without hooks or inference mode, so it can be traced: the trunk's layers run in order
     and each tapped output is normalised, differenced, weighted by its head and averaged."""
 
+    shift: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
+
     def __init__(self, model: LPIPS):
         super().__init__()
-        if not model.is_lpips:
+        if not model.is_lpips or model.heads is None:  # heads are None only without lin, which is not LPIPS
             raise ValueError("only LPIPS itself (linear heads, l2 normalisation, mean reduction) can be exported")
         self.scale_inputs = model.version != "0.0"
         last = int(model.taps[-1].split(".")[1])
@@ -65,6 +68,8 @@ def export_onnx(model: LPIPS, path: Path, *, metadata: dict[str, str], opset: in
         program = torch.onnx.export(graph, example, dynamo=True, opset_version=opset, external_data=False,
                                     input_names=["in0", "in1"], output_names=["distance"],
                                     dynamic_shapes={"in0": axes, "in1": axes}, verbose=False)
+    if program is None:  # the TorchScript exporter's answer; dynamo=True returns the program
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     proto = program.model_proto
     for key, value in sorted(metadata.items()):
         proto.metadata_props.add(key=key, value=str(value))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -78,7 +79,7 @@ def layer_means(model: LPIPS, subsets: list[bapps.Subset], *, batch: int, max_pi
 
 
 def distances(weights: list[torch.Tensor], means: list[torch.Tensor]) -> torch.Tensor:
-    return sum(m @ w for w, m in zip(weights, means))
+    return cast(torch.Tensor, sum(m @ w for w, m in zip(weights, means)))  # a tensor: there is always a layer
 
 
 def agreement(weights: list[torch.Tensor], data: TripletMeans) -> float:
