@@ -24,7 +24,6 @@ from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric
 from gate.store.models import Worker as WorkerRow
 from tests.integration.services import private_folder, remove
-from worker.engine import Engine
 
 DEADLINE_S = 150  # per wait: a worker start is most of it on a busy 2-core machine
 ALEX_LAYERS = 5
@@ -151,6 +150,8 @@ def _tails(workers: Iterable[Worker]) -> str:
 
 def engine_distances(weights_dir: Path, root: Path, pairs) -> list[float]:
     """What the engine itself says of these pairs: what every worker must have stored."""
+    from worker.engine import Engine  # here, not at the top: this plugin loads in every session, gate's too
+
     engine = Engine.from_settings(Settings(weights_dir=weights_dir, device="cpu", max_batch=16), net="alex")
     return [o.distance for o in engine.compare_files([(root / r, root / c) for r, c in pairs])]
 

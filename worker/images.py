@@ -32,7 +32,7 @@ Resize = Literal["none", "ref", "cand"]
 RESIZE_MODES: tuple[str, ...] = ("none", "ref", "cand")
 
 # Smallest H (and W) for which every tapped layer of the torchvision trunk still has spatial size >= 1
-# (tests/unit/test_images.py runs the architectures at the boundary):
+# (tests/unit/worker/test_images.py runs the architectures at the boundary):
 #   alex    features[:12]: conv 11/4 pad 2 -> maxpool 3/2 -> conv 5 pad 2 -> maxpool 3/2 needs 31.
 #   vgg     features[:30]: four 2x2 maxpools before relu5_3 need 16.
 #   squeeze features[:13]: conv 3/2 then three ceil-mode maxpools 3/2 need 17.

@@ -25,7 +25,7 @@ from gate.report.html import IMAGE_WIDTH_PX
 from gate.store import make_engine, session_scope
 from gate.alerts import store as alert_store
 from gate.store import repository as repo
-from tests.unit.test_report import _screenshot, _solid_box
+from tests.unit.gate.test_report import _screenshot, _solid_box
 
 SIZE = 64
 MAGENTA, CYAN = (255, 0, 255), (0, 255, 255)

@@ -17,7 +17,7 @@ from worker.perceptual import LPIPS
 from worker.science.export import MetricGraph, export_onnx
 from worker.engine import build_model
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "lpips-examples"
+FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "lpips-examples"
 
 
 @pytest.fixture(scope="module")
