@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install -q torch==2.14.1 torchvision==0.29.1 pillow==13.0.0  # tests check Pillow's wording
+python3 -m pip install -q torch==2.14.1 torchvision==0.29.1
 python3 -m pip install -q -e '.[worker,dev]'
 
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then

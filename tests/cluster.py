@@ -26,7 +26,6 @@ from gate.store.models import Comparison, LayerMetric
 from gate.store.models import Worker as WorkerRow
 from tests.integration.services import private_folder, remove
 from tests.support.faults import FAULTS_ENV, Faults
-from worker.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: tests.support must be importable by a worker
 DEADLINE_S = 150  # per wait: a worker start is most of it on a busy 2-core machine
@@ -160,6 +159,8 @@ def _tails(workers: Iterable[Worker]) -> str:
 
 def engine_distances(weights_dir: Path, root: Path, pairs) -> list[float]:
     """What the engine itself says of these pairs: what every worker must have stored."""
+    from worker.engine import Engine  # here, not at the top: this plugin loads in every session, gate's too
+
     engine = Engine.from_settings(Settings(weights_dir=weights_dir, device="cpu", max_batch=16), net="alex")
     return [o.distance for o in engine.compare_files([(root / r, root / c) for r, c in pairs])]
 

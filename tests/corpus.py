@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -58,6 +59,12 @@ def palette_indices() -> np.ndarray:
     """A checkerboard of palette indices 0 and 1."""
     rows, cols = np.indices((SIZE, SIZE))
     return ((rows + cols) % 2).astype(np.uint8)
+
+
+def truncated_error(path: str | os.PathLike[str]) -> re.Pattern[str]:
+    """The error a truncated file gets: the file and our words, then the decoder's own in parentheses,
+    which are its to change, so they are matched, not pinned."""
+    return re.compile(rf"{re.escape(os.fspath(path))}: truncated or corrupt image \(.+\)")
 
 
 def make_corpus(folder: str | os.PathLike[str]) -> dict[str, Path]:

@@ -47,42 +47,48 @@ def load_hdr(path: str | os.PathLike[str], *, exposure: float = 0.0, max_pixels:
     _check_size(path, header["dataWindow"], max_pixels, min_size)
     parts = _open(OpenEXR, path, separate_channels=True).parts
     if not parts:  # the bindings report a failed pixel read on stderr and return no parts
-        raise ImageError(path, "truncated or corrupt EXR (no readable pixel data)")
+        raise ImageError(path, "truncated", "truncated or corrupt EXR (no readable pixel data)")
     channels = parts[0].channels
     names = ("R", "G", "B") if {"R", "G", "B"} <= channels.keys() else ("Y",) * 3 if "Y" in channels else None
     if names is None:
-        raise ImageError(path, f"EXR has no R, G, B or Y channels (found {', '.join(sorted(channels))})")
+        found = ", ".join(sorted(channels))
+        raise ImageError(path, "unsupported", f"EXR has no R, G, B or Y channels (found {found})")
     planes = [channels[name] for name in names]
     for name, plane in zip(names, planes):
         if plane.pixels.dtype not in (np.float16, np.float32):
-            raise ImageError(path, f"EXR channel {name} holds {plane.pixels.dtype} samples; expected half or float")
+            raise ImageError(path, "unsupported",
+                             f"EXR channel {name} holds {plane.pixels.dtype} samples; expected half or float")
         if (plane.xSampling, plane.ySampling) != (1, 1):
-            raise ImageError(path, f"EXR channel {name} is subsampled; only full-resolution channels are supported")
+            raise ImageError(path, "unsupported",
+                             f"EXR channel {name} is subsampled; only full-resolution channels are supported")
     linear = torch.from_numpy(np.stack([p.pixels.astype(np.float64) for p in planes]))
     if not torch.isfinite(linear).all():
-        raise ImageError(path, "EXR contains NaN or infinite pixel values")
+        raise ImageError(path, "nonfinite", "EXR contains NaN or infinite pixel values")
     try:
         return tonemap(linear, exposure)
     except ValueError as exc:
-        raise ImageError(path, str(exc)) from None
+        raise ImageError(path, "bad_exposure", str(exc)) from None
 
 
 def _open(module, path, **options):
     if not os.path.isfile(path):
-        raise ImageError(path, "file not found" if not os.path.exists(path) else "not a regular file")
+        if not os.path.exists(path):
+            raise ImageError(path, "missing", "file not found")
+        raise ImageError(path, "not_a_file", "not a regular file")
     if not module.isOpenExrFile(os.fspath(path)):
-        raise ImageError(path, "not an OpenEXR file")
+        raise ImageError(path, "not_an_image", "not an OpenEXR file")
     try:
         return module.File(os.fspath(path), **options)
     except RuntimeError as exc:
-        raise ImageError(path, f"truncated or corrupt EXR ({exc})") from None
+        raise ImageError(path, "truncated", "truncated or corrupt EXR", str(exc)) from None
 
 
 def _check_size(path, data_window, max_pixels: int, min_size: int) -> None:
     (x0, y0), (x1, y1) = (tuple(int(v) for v in corner) for corner in data_window)
     width, height = x1 - x0 + 1, y1 - y0 + 1
     if width * height > max_pixels:
-        raise ImageError(path, f"image is {width}x{height} ({width * height} pixels), more than "
-                               f"max_pixels={max_pixels}; refusing to decode a possible decompression bomb")
+        raise ImageError(path, "bomb", f"image is {width}x{height} ({width * height} pixels), more than "
+                                       f"max_pixels={max_pixels}; refusing to decode a possible decompression bomb")
     if min(width, height) < min_size:
-        raise ImageError(path, f"image is {width}x{height}; the network needs at least {min_size}x{min_size}")
+        raise ImageError(path, "too_small",
+                         f"image is {width}x{height}; the network needs at least {min_size}x{min_size}")

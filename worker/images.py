@@ -1,8 +1,8 @@
 """The only place where bytes become tensors: decode, validate and normalise images for LPIPS.
 
-Every bad input ends as an `ImageError` that names the file and the reason, so a producer can fix it;
-nothing here touches Pillow's process-wide state (MAX_IMAGE_PIXELS, LOAD_TRUNCATED_IMAGES, warning
-filters), because workers decode in several threads at once.
+Every bad input ends as an `ImageError` that names the file and the reason, in words a producer can act
+on and as a code a program can test; nothing here touches Pillow's process-wide state (MAX_IMAGE_PIXELS,
+LOAD_TRUNCATED_IMAGES, warning filters), because workers decode in several threads at once.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ Resize = Literal["none", "ref", "cand"]
 RESIZE_MODES: tuple[str, ...] = ("none", "ref", "cand")
 
 # Smallest H (and W) for which every tapped layer of the torchvision trunk still has spatial size >= 1
-# (tests/unit/test_images.py runs the architectures at the boundary):
+# (tests/unit/worker/test_images.py runs the architectures at the boundary):
 #   alex    features[:12]: conv 11/4 pad 2 -> maxpool 3/2 -> conv 5 pad 2 -> maxpool 3/2 needs 31.
 #   vgg     features[:30]: four 2x2 maxpools before relu5_3 need 16.
 #   squeeze features[:13]: conv 3/2 then three ceil-mode maxpools 3/2 need 17.
@@ -45,22 +45,52 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _GRAY_8BIT_MODES = frozenset({"1", "L", "LA", "La"})
 
 
-class ImageError(ValueError):
-    """A bad input image: `str()` is "<path>: <reason>". Args stay JSON-friendly so Celery can ship it."""
+Reason = Literal[
+    "bad_name",  # empty, a NUL byte, characters no file name can hold
+    "absolute",  # a task path must be relative to the image root
+    "escapes_root",
+    "symlink_loop",
+    "missing",
+    "not_a_file",  # a directory, FIFO or device
+    "unreadable",  # the OS refused (cause: its error)
+    "empty",
+    "not_an_image",  # no format we read
+    "unsupported",  # a format we read, in a variant we do not
+    "bomb",  # more pixels than allowed, by our limit or Pillow's
+    "too_small",  # smaller than the network needs
+    "truncated",  # truncated or corrupt (cause: the decoder's error)
+    "nonfinite",  # NaN or infinite samples
+    "bad_exposure",
+    "size_mismatch",
+]
 
-    def __init__(self, path: StrPath, reason: str) -> None:
-        super().__init__(os.fspath(path), reason)
+
+class ImageError(ValueError):
+    """A bad input image. `reason` is a code for programs; `str()` is "<path>: <detail>" in our words,
+    then, in parentheses, what the decoder or the OS said (`cause`: their wording, which changes with
+    their versions). Args stay JSON-friendly so Celery can ship it."""
+
+    def __init__(self, path: StrPath, reason: Reason, detail: str, cause: str | None = None) -> None:
+        super().__init__(os.fspath(path), reason, detail, cause)
 
     @property
     def path(self) -> Path:
         return Path(self.args[0])
 
     @property
-    def reason(self) -> str:
+    def reason(self) -> Reason:
         return self.args[1]
 
+    @property
+    def detail(self) -> str:
+        return self.args[2]
+
+    @property
+    def cause(self) -> str | None:
+        return self.args[3]
+
     def __str__(self) -> str:
-        return f"{self.args[0]}: {self.reason}"
+        return f"{self.args[0]}: {self.detail}" + (f" ({self.cause})" if self.cause else "")
 
 
 class SizeMismatchError(ImageError):
@@ -74,12 +104,20 @@ class SizeMismatchError(ImageError):
         return Path(self.args[1])
 
     @property
-    def reason(self) -> str:
+    def reason(self) -> Reason:
+        return "size_mismatch"
+
+    @property
+    def detail(self) -> str:
         return "sizes differ; pass --resize ref|cand to resize"
+
+    @property
+    def cause(self) -> None:
+        return None
 
     def __str__(self) -> str:
         ref, cand, (rw, rh), (cw, ch) = self.args
-        return f"{ref} ({rw}x{rh}) and {cand} ({cw}x{ch}): {self.reason}"
+        return f"{ref} ({rw}x{rh}) and {cand} ({cw}x{ch}): {self.detail}"
 
 
 def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE, exposure: float = 0.0) -> torch.Tensor:
@@ -144,28 +182,28 @@ def resolve_under(root: StrPath, relative: StrPath) -> Path:
     """
     text = os.fspath(relative)
     if not text:
-        raise ImageError(text, "empty path")
+        raise ImageError(text, "bad_name", "empty path")
     _check_file_name(text)
     if Path(text).is_absolute():
-        raise ImageError(text, "absolute path; task paths are relative to the image root")
+        raise ImageError(text, "absolute", "absolute path; task paths are relative to the image root")
     base = Path(root).resolve()
     try:
         resolved = (base / text).resolve(strict=True)
     except RuntimeError:  # pathlib's report of a symlink loop
-        raise ImageError(text, "symlink loop") from None
+        raise ImageError(text, "symlink_loop", "symlink loop") from None
     except (FileNotFoundError, NotADirectoryError):
         lenient = Path(os.path.realpath(base / text))  # never raises; only used to word the refusal
         _refuse_escape(text, lenient, base)  # so the answer says nothing about which outside files exist
-        raise ImageError(text, "file not found") from None
+        raise ImageError(text, "missing", "file not found") from None
     except OSError as exc:
-        raise ImageError(text, f"cannot resolve path ({exc.strerror})") from None
+        raise ImageError(text, "unreadable", "cannot resolve path", exc.strerror) from None
     _refuse_escape(text, resolved, base)
     return resolved
 
 
 def _refuse_escape(text: str, resolved: Path, base: Path) -> None:
     if not resolved.is_relative_to(base):
-        raise ImageError(text, "path escapes the image root")
+        raise ImageError(text, "escapes_root", "path escapes the image root")
 
 
 def content_hash(path: StrPath) -> str:
@@ -184,11 +222,11 @@ def _check_limits(max_pixels: int, min_size: int) -> None:
 def _check_file_name(text: str) -> None:
     """Refuse what the OS would reject with a bare ValueError: NUL bytes and unencodable characters."""
     if "\0" in text:
-        raise ImageError(text, "path contains a NUL byte")
+        raise ImageError(text, "bad_name", "path contains a NUL byte")
     try:
         os.fsencode(text)
     except UnicodeEncodeError:
-        raise ImageError(text, "path has characters no file name can hold") from None
+        raise ImageError(text, "bad_name", "path has characters no file name can hold") from None
 
 
 def _open_regular_file(path: StrPath) -> BinaryIO:
@@ -197,14 +235,14 @@ def _open_regular_file(path: StrPath) -> BinaryIO:
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
-            raise ImageError(path, "not a regular file")
+            raise ImageError(path, "not_a_file", "not a regular file")
         if info.st_size == 0:
-            raise ImageError(path, "empty file")
+            raise ImageError(path, "empty", "empty file")
         return open(path, "rb")
     except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
+        raise ImageError(path, "missing", "file not found") from None
     except OSError as exc:
-        raise ImageError(path, f"cannot read file ({exc.strerror})") from None
+        raise ImageError(path, "unreadable", "cannot read file", exc.strerror) from None
 
 
 def _read_header(path: StrPath, fp: BinaryIO, max_pixels: int) -> Image.Image:
@@ -212,7 +250,7 @@ def _read_header(path: StrPath, fp: BinaryIO, max_pixels: int) -> Image.Image:
     prefix = fp.read(30)
     plugin = _plugin_for(prefix)
     if plugin is None:
-        raise ImageError(path, f"not an image file (expected {SUPPORTED})")
+        raise ImageError(path, "not_an_image", f"not an image file (expected {SUPPORTED})")
     if plugin is WebPImagePlugin.WebPImageFile and (size := _webp_size(prefix)):
         _check_pixels(path, size, max_pixels)  # libwebp allocates the canvas while the header is parsed
     fp.seek(0)
@@ -252,6 +290,7 @@ def _check_pixels(path: StrPath, size: tuple[int, int], max_pixels: int) -> None
     if width * height > max_pixels:
         raise ImageError(
             path,
+            "bomb",
             f"image is {width}x{height} ({width * height} pixels), more than max_pixels={max_pixels}; "
             "refusing to decode a possible decompression bomb",
         )
@@ -261,7 +300,8 @@ def _check_size(path: StrPath, size: tuple[int, int], max_pixels: int, min_size:
     _check_pixels(path, size, max_pixels)
     width, height = size
     if min(width, height) < min_size:
-        raise ImageError(path, f"image is {width}x{height}; the network needs at least {min_size}x{min_size}")
+        raise ImageError(path, "too_small",
+                         f"image is {width}x{height}; the network needs at least {min_size}x{min_size}")
 
 
 def _decode(path: StrPath, image: Image.Image) -> None:
@@ -278,9 +318,9 @@ def _pillow_errors(path: StrPath) -> Iterator[None]:
     except (ImageError, MemoryError):  # out of memory is the machine's problem, not the file's
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(path, f"refused as a decompression bomb by Pillow ({exc})") from None
+        raise ImageError(path, "bomb", "refused as a decompression bomb by Pillow", str(exc)) from None
     except Exception as exc:
-        raise ImageError(path, f"truncated or corrupt image ({str(exc) or type(exc).__name__})") from None
+        raise ImageError(path, "truncated", "truncated or corrupt image", str(exc) or type(exc).__name__) from None
 
 
 def _unit_range(path: StrPath, image: Image.Image) -> np.ndarray:
@@ -308,7 +348,7 @@ def _scaled(image: Image.Image, full_scale: int) -> np.ndarray:
 def _clamped_float(path: StrPath, image: Image.Image) -> np.ndarray:
     samples = _scaled(image, 1)
     if not np.isfinite(samples).all():
-        raise ImageError(path, "float image contains NaN or infinite pixel values")
+        raise ImageError(path, "nonfinite", "float image contains NaN or infinite pixel values")
     return np.clip(samples, 0, 1, out=samples)
 
 

@@ -1,6 +1,7 @@
 """`lpips-gate compare` end to end: real weights, the LPIPS example images, bad input, exit codes."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from PIL import Image
 
 from gate.cli import main
 from gate.settings import Settings
-from tests.corpus import make_corpus
+from tests.corpus import make_corpus, truncated_error
 from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 
 
@@ -69,7 +70,6 @@ def test_non_default_options_are_marked_as_not_lpips(fixtures):
 
 
 BAD = {
-    "truncated_png": "truncated or corrupt image (image file is truncated)",
     "not_image": "not an image file (expected PNG, JPEG, WebP, TIFF, BMP or OpenEXR)",
     "empty": "empty file",
     "bomb_png": "image is 50000x50000 (2500000000 pixels), more than max_pixels=64000000; "
@@ -84,6 +84,13 @@ def test_bad_input_exits_2_naming_the_file_and_the_reason(corpus, case):
     result = CliRunner().invoke(main, ["compare", str(corpus["good_ref"]), str(corpus[case])], obj=Settings())
     assert result.exit_code == 2
     assert result.stderr == f"Error: {corpus[case]}: {BAD[case]}\n"
+
+
+def test_a_truncated_image_exits_2_naming_the_file_and_the_reason(corpus):
+    result = CliRunner().invoke(main, ["compare", str(corpus["good_ref"]), str(corpus["truncated_png"])],
+                                obj=Settings())
+    assert result.exit_code == 2
+    assert re.fullmatch(rf"Error: {truncated_error(corpus['truncated_png']).pattern}\n", result.stderr)
 
 
 def test_mismatched_sizes_exit_2_unless_resized(corpus):
@@ -104,8 +111,9 @@ def test_pairs_go_on_past_a_bad_pair_and_exit_2(corpus, tmp_path):
     assert done.returncode == 2
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [set(r) >= {"distance"} for r in rows] == [True, False, True]
-    assert rows[1] == {"ref": "good_ref.png", "cand": "truncated.png",
-                       "error": f"{root / 'truncated.png'}: truncated or corrupt image (image file is truncated)"}
+    assert sorted(rows[1]) == ["cand", "error", "ref"]
+    assert (rows[1]["ref"], rows[1]["cand"]) == ("good_ref.png", "truncated.png")
+    assert truncated_error(root / "truncated.png").fullmatch(rows[1]["error"])
 
 
 def test_missing_weights_exit_2_and_say_how_to_get_them(fixtures, tmp_path):

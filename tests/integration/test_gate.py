@@ -508,4 +508,4 @@ def test_a_database_outage_is_logged_and_the_tick_retried(capsys) -> None:
         missing.dispose()
     [line] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert (line["event"], line["level"]) == ("database unavailable, retried next tick", "error")
-    assert 'database "lpips_gate_test_never_created" does not exist' in line["error"]
+    assert line["error"]  # the driver's words: present, not pinned

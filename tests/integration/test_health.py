@@ -64,13 +64,8 @@ def test_not_ready_names_what_does_not_answer(pg_url):
     )
     database, broker = check.detail.split("; ")
     assert not check.ok
-    assert database.startswith(
-        "database unreachable: OperationalError: (psycopg.OperationalError) connection "
-        f'failed: connection to server at "127.0.0.1", port {port} failed: Connection refused'
-    )
-    assert (
-        broker == f"broker unreachable: OperationalError: Error 111 connecting to 127.0.0.1:{port}. Connection refused."
-    )
+    assert database.startswith("database unreachable: OperationalError: ")  # then the driver's words
+    assert broker.startswith("broker unreachable: OperationalError: ")
 
 
 def test_model_verifies_weights_and_golden_distances(weights_dir):

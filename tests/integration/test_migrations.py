@@ -128,18 +128,17 @@ def test_cli_unknown_revision_exits_2_without_traceback(sqlite_empty_url: str) -
     result = CliRunner().invoke(
         main, ["db", "upgrade", "nope"], env={"LPIPS_GATE_DATABASE_URL": sqlite_empty_url}
     )
-    assert (result.exit_code, result.output) == (
-        2,
-        "Error: revision 'nope': Can't locate revision identified by 'nope'\n",
-    )
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: revision 'nope': ")  # then Alembic's words
+    assert result.output.count("\n") == 1  # one line: no traceback
 
 
 def test_cli_unreachable_database_exits_2(pg_empty_url: str) -> None:
     missing = pg_empty_url.rsplit("/", 1)[0] + "/lpips_gate_no_such_database"
     result = CliRunner().invoke(main, ["db", "upgrade"], env={"LPIPS_GATE_DATABASE_URL": missing})
     assert result.exit_code == 2
-    assert result.output.startswith(f"Error: database {missing}: ")
-    assert 'database "lpips_gate_no_such_database" does not exist' in result.output
+    assert result.output.startswith(f"Error: database {missing}: ")  # then the server's words
+    assert result.output.count("\n") == 1  # one line: no traceback
 
 
 def test_installed_entry_point_upgrades_from_another_cwd(pg_empty_url: str, tmp_path) -> None:

@@ -205,10 +205,8 @@ def test_an_empty_suite_name_is_refused(pg_url: str, images: Path) -> None:
 
 def test_an_unreachable_broker_is_reported_before_the_run_is_stored(pg_url: str, images: Path) -> None:
     result = _submit(pg_url, images, broker=CLOSED_BROKER_URL)
-    assert (result.exit_code, result.stderr) == (2, (
-        "Error: broker unreachable (LPIPS_GATE_BROKER_URL): Error 111 connecting to 127.0.0.1:1. "
-        "Connection refused.\n"
-    ))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: broker unreachable (LPIPS_GATE_BROKER_URL): ")  # then redis-py's words
     assert _run_count(pg_url) == 0
 
 

@@ -134,7 +134,7 @@ def test_weights_are_read_as_safetensors_only(tmp_path):
     (folder / "manifest.json").write_text(
         f'{{"alex": {{"file": "alex.safetensors", "sha256": "{digest}", "source": "planted"}}}}'
     )
-    with pytest.raises(SafetensorError, match=r"^Error while deserializing header: header too large$"):
+    with pytest.raises(SafetensorError):  # its words are the reader's own: the refusal is the fact
         weights.load(folder, "alex")
     assert not marker.exists()
 
@@ -271,7 +271,8 @@ def test_no_password_is_ever_printed(pg_url, db_role, weights_dir, tmp_path, ser
     assert leaks == set()
     assert [runs[name].returncode for name in runs] == [0, 0, 0, 2, 2, 2], {n: r.stderr[-800:] for n, r in runs.items()}
     masked_broker = f"redis://:**@127.0.0.1:{redis.port}/0"
-    assert outputs["worker"].count(f"Connected to {masked_broker}") == 2  # at start and after the restart
+    connected = [e["event"] for e in worker.lines() if e.get("logger") == "celery.worker.consumer.connection"]
+    assert connected == [f"Connected to {masked_broker}"] * 2  # at start and after the restart
     assert {e["what"] for e in worker.events("store unreachable; retrying")} == {"claim"}
     shown = make_url(db_role.url).render_as_string(hide_password=True)
     assert f"database ok ({shown})" in runs["health"].stdout

@@ -11,11 +11,10 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from worker import runtime, weights
-from worker.engine import Engine
+if TYPE_CHECKING:  # the engine is imported where a fault needs it: gate's unit tests load this module, torch-free
+    from worker.engine import Engine
 
 FAULTS_ENV = "LPIPS_TEST_FAULTS"  # JSON of a Faults; deliberately outside LPIPS_GATE_*: no setting reads it
 
@@ -42,6 +41,9 @@ class Faults:
 
     def build_engine(self, settings, **options) -> Engine:
         """`Engine.from_settings` with these faults: the engine factory for `use_engine_factory`."""
+        from worker import weights
+        from worker.engine import Engine
+
         net = options.get("net") or settings.net
         primary = net == settings.net
         if self.broken_primary and primary:
@@ -55,6 +57,8 @@ class Faults:
 
     def check_batch(self, cands: list[str]) -> None:
         if self.oom_above_batch is not None and len(cands) > self.oom_above_batch:
+            import torch
+
             raise torch.cuda.OutOfMemoryError(
                 f"CUDA out of memory (injected: a forward pass of {len(cands)} pairs > "
                 f"fault_oom_above_batch={self.oom_above_batch})"
@@ -69,6 +73,8 @@ class Faults:
 @contextmanager
 def injected(faults: Faults) -> Iterator[None]:
     """Every engine this process builds meanwhile has `faults`; the previous factory is put back after."""
+    from worker import runtime
+
     previous = runtime.use_engine_factory(faults.build_engine)
     try:
         yield

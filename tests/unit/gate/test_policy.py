@@ -1,8 +1,10 @@
 import hashlib
 import json
+import re
 import textwrap
 
 import pytest
+from pydantic import ValidationError
 
 from gate.judging.policy import (
     DriftPolicy,
@@ -108,8 +110,9 @@ def test_policy_for_rejects_an_unknown_net(layered):
 
 
 def test_policies_are_frozen():
-    with pytest.raises(Exception, match="frozen"):
+    with pytest.raises(ValidationError) as caught:
         Policy().max_distance = 0.3
+    assert [error["type"] for error in caught.value.errors()] == ["frozen_instance"]
 
 
 def test_an_empty_file_is_all_defaults(tmp_path):
@@ -124,9 +127,7 @@ def test_with_overrides_replaces_given_values_and_keeps_unset_flags():
 
 
 def test_with_overrides_validates():
-    with pytest.raises(
-        PolicyError, match=r"^command line: override.max_distance: Input should be greater than or equal to 0$"
-    ):
+    with pytest.raises(PolicyError, match=r"^command line: override\.max_distance: .+$"):  # then pydantic's words
         with_overrides(Policy(), max_distance=-0.1)
 
 
@@ -205,15 +206,11 @@ def test_invalid_files_name_the_file_and_the_key(tmp_path, name, text, message):
 
 
 def test_syntax_errors_name_the_file(tmp_path):
-    with pytest.raises(
-        PolicyError,
-        match=r"p\.toml: invalid TOML: Expected '=' after a key in a key/value pair \(at line 1, column 3\)$",
-    ):
+    """What is wrong is the parser's to say (its words are not pinned); the file, and where, are ours."""
+    folder = re.escape(str(tmp_path))
+    with pytest.raises(PolicyError, match=rf"^{folder}/p\.toml: invalid TOML: .+$"):
         load_policies(_write(tmp_path, "p.toml", "b c\n"))
-    with pytest.raises(
-        PolicyError,
-        match=r"p\.yaml: invalid YAML: expected the node content, but found '<stream end>' \(at line 2, column 1\)$",
-    ):
+    with pytest.raises(PolicyError, match=rf"^{folder}/p\.yaml: invalid YAML: .+ \(at line 2, column 1\)$"):
         load_policies(_write(tmp_path, "p.yaml", "suite: {render: [\n"))
 
 

@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 import socket
 import threading
 from datetime import UTC, datetime, timedelta, timezone
@@ -91,13 +93,17 @@ def test_a_refusal_names_the_url_status_and_reason():
     assert str(caught.value) == f"webhook {receiver.url}: HTTP 400 Bad Request: bad alert: missing labels"
 
 
+REFUSED = f"[Errno {errno.ECONNREFUSED}] {os.strerror(errno.ECONNREFUSED)}"  # what the OS says, in its words
+
+
 def test_an_unreachable_receiver_is_a_clear_error():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again before the send: nothing listens there
     url = f"http://127.0.0.1:{port}/api/v2/alerts"
-    with pytest.raises(WebhookError, match=rf"^webhook {url}: \[Errno 111\] Connection refused$"):
+    with pytest.raises(WebhookError) as caught:
         send(url, [], timeout=5)
+    assert str(caught.value) == f"webhook {url}: {REFUSED}"
 
 
 def test_a_silent_receiver_times_out():
