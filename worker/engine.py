@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Iterable, Iterator, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -116,7 +116,7 @@ class Engine:
     @classmethod
     def from_settings(cls, settings, *, net: str | None = None, version: str | None = None,
                       precision: str | None = None, device: str | None = None, resize: images.Resize = "none",
-                      exposure: float = 0.0, **options) -> "Engine":
+                      exposure: float = 0.0, **options) -> Engine:
         model, version_id = build_model(settings, net=net or settings.net, version=version or settings.version,
                                         precision=precision or settings.precision, **options)
         resolved = resolve_device(device or settings.device)

@@ -16,7 +16,6 @@ import torch
 from worker.images import SAFE_MIN_SIZE, ImageError
 
 
-
 def srgb_encode(linear: torch.Tensor) -> torch.Tensor:
     """sRGB transfer curve on [0, 1] values."""
     return torch.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)

@@ -16,14 +16,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
+from gate.alerts import store as alert_store
+from gate.alerts.alertmanager import rfc3339
 from gate.alerts.lifecycle import RESEND_VALIDITY
 from gate.cli import main
 from gate.judging.daemon import Daemon
 from gate.logs import configure
-from gate.alerts import store as alert_store
-from gate.store import repository as repo
 from gate.store.models import Alert, utcnow
-from gate.alerts.alertmanager import rfc3339
 from tests.integration.test_gate import DISTANCE_LABELS, SUITE, finished_run, judge, policies, settings_for
 
 

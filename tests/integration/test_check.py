@@ -21,11 +21,11 @@ from PIL import Image
 from sqlalchemy import func, select
 
 import gate.cli.judging
+from gate.alerts import store as alert_store
 from gate.cli import main
 from gate.judging.policy import PolicySet, policy_hash, suite_policy
 from gate.report.html import IMAGE_WIDTH_PX
 from gate.store import make_engine, session_scope
-from gate.alerts import store as alert_store
 from gate.store import repository as repo
 from gate.store.models import Run
 from tests.corpus import truncated_error

@@ -18,16 +18,16 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.orm import Session, sessionmaker
 
+from gate.alerts import store as alert_store
 from gate.cli import main
 from gate.judging.daemon import Daemon
-from gate.logs import configure, get_logger
 from gate.judging.policy import DriftPolicy, Policy, PolicySet, SuitePolicies, policy_hash, suite_policy
+from gate.judging.verdict import EvaluationError, drift_by_net, evaluate_run, judge_run, pair_results
+from gate.logs import configure, get_logger
 from gate.settings import Settings
 from gate.store import make_engine
-from gate.alerts import store as alert_store
 from gate.store import repository as repo
 from gate.store.models import Run
-from gate.judging.verdict import EvaluationError, drift_by_net, evaluate_run, judge_run, pair_results
 
 SUITE = "render"
 HEALTHY = {"sparsity": 0.5, "mean": 0.5, "std": 1.0, "min": 0.0, "max": 4.0, "nonfinite": 0}

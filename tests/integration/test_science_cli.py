@@ -21,13 +21,12 @@ from click.testing import CliRunner
 
 from gate.cli import main
 from gate.settings import Settings
-from worker.engine import Engine
+from worker.engine import Engine, build_model
+from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 from worker.images import load_image
 from worker.science import synthetic
 from worker.science.bapps import find_subsets, read_judgement
 from worker.science.evaluate import two_afc
-from worker.engine import build_model
-from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ import os
 import pickle
 
 from gate.runs.queue import TASK_COMPARE, enqueue, store_queue_at
-from tests.corpus import make_corpus, truncated_error
-from tests.integration.services import PrivateRedis, producer, write_pairs
 from tests.cluster import (
     StoreView,
     base_settings,
@@ -19,6 +17,8 @@ from tests.cluster import (
     wait_for,
     worker_env,
 )
+from tests.corpus import make_corpus, truncated_error
+from tests.integration.services import PrivateRedis, producer, write_pairs
 
 DONE = (
     "alias.png",

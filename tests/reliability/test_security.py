@@ -29,13 +29,13 @@ from sqlalchemy.pool import NullPool
 from gate.cli import main
 from gate.runs.queue import enqueue
 from gate.settings import Settings
-from tests.integration.services import PrivateRedis, free_port, producer, write_pairs
 from tests.cluster import (
     StoreView,
     base_settings,
     wait_for,
     worker_env,
 )
+from tests.integration.services import PrivateRedis, free_port, producer, write_pairs
 from worker import weights
 
 

@@ -5,7 +5,7 @@ outlives the call and concurrent calls on one model never see each other's featu
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -35,7 +35,7 @@ class Heads(nn.Module):
     def __getitem__(self, i: int) -> NetLinLayer:
         return getattr(self, f"lin{i}")
 
-    def load_checked(self, state_dict: dict[str, torch.Tensor]) -> "Heads":
+    def load_checked(self, state_dict: dict[str, torch.Tensor]) -> Heads:
         """Strict load; negative weights would make distances negative, so they are refused."""
         self.load_state_dict(state_dict, strict=True)
         negative = [k for k, v in state_dict.items() if (v < 0).any()]

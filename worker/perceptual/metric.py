@@ -28,14 +28,14 @@ class Features:
     layers: list[torch.Tensor]
     stats: list[list[dict[str, float]]] = field(default_factory=list)  # [layer][image]
 
-    def take(self, index: torch.Tensor | slice) -> "Features":
+    def take(self, index: torch.Tensor | slice) -> Features:
         rows = range(self.layers[0].shape[0])[index] if isinstance(index, slice) else index.tolist()
         return Features(
             [f[index] for f in self.layers],
             [[per_image[i] for i in rows] for per_image in self.stats],
         )
 
-    def clone(self) -> "Features":
+    def clone(self) -> Features:
         """Own copies: a cached slice would otherwise keep its whole batch alive."""
         return Features([f.clone() for f in self.layers], [list(per_image) for per_image in self.stats])
 
@@ -98,7 +98,7 @@ class LPIPS(nn.Module):
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.requires_grad_(False).eval()
 
-    def train(self, mode: bool = True) -> "LPIPS":
+    def train(self, mode: bool = True) -> LPIPS:
         return super().train(False)
 
     @property

@@ -15,8 +15,6 @@ import click
 from gate import vocabulary
 from gate.errors import GateError
 
-
-
 NETS = click.Choice(vocabulary.NETS)
 DEVICES = click.Choice(vocabulary.DEVICES)
 SCORE_NAME = {"2afc": "2AFC", "jnd": "mAP"}
@@ -59,9 +57,9 @@ def _provenance(model, weights_version: str, version: str) -> dict:
 
 
 def _evaluate(settings, kind, folder, net, version, no_lin, device, batch, as_json):
+    from worker import images
     from worker.science import bapps
     from worker.science import evaluate as evaluation
-    from worker import images
 
     net, version = net or settings.net, version or settings.version
     with usage_errors():
@@ -139,10 +137,10 @@ def eval_jnd(settings, folder, net, version, device, batch, no_lin, as_json):
 @click.pass_obj
 def train_heads(settings, folder, net, epochs, name, lr, batch, seed, overwrite, device, as_json):
     """Learn LPIPS linear heads on 2AFC data in FOLDER (trunk frozen) and save them as a heads version."""
+    from worker import images
     from worker.science import bapps
     from worker.science import train as training
     from worker.science import trained as saved_heads
-    from worker import images
 
     net = net or settings.net
     with usage_errors():
@@ -184,8 +182,8 @@ def train_heads(settings, folder, net, epochs, name, lr, batch, seed, overwrite,
 def analyze(settings, folder, net, version, device, batch, report, as_json):
     """Per-layer feature diversity, stability under small augmentations and discriminability of
     same vs different pairs, on the images in FOLDER."""
-    from worker.science import analyze as analysis
     from worker import images
+    from worker.science import analyze as analysis
 
     net, version = net or settings.net, version or settings.version
     with usage_errors():
@@ -228,7 +226,6 @@ def export_onnx_command(settings, out, net, version, opset):
     """The whole metric as ONNX: inputs in0, in1 (N,3,H,W) float32 in [-1, 1], output distance (N,);
     batch, height and width are dynamic."""
     from worker import images
-
     from worker.science.export import export_onnx
 
     net, version = net or settings.net, version or settings.version

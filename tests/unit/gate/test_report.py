@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gate.report.junit import render_junit
 from gate.report.html import IMAGE_WIDTH_PX, render_html
+from gate.report.junit import render_junit
 
 MAGENTA, CYAN, FAIL_RED = (255, 0, 255), (0, 255, 255), (207, 34, 46)
 IMAGE_SIZE = (64, 36)  # shown IMAGE_WIDTH_PX wide, so 198 px tall

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gate.settings import Settings
+from worker.engine import build_model
 from worker.science import synthetic
 from worker.science.analyze import (
     Analysis,
@@ -23,7 +24,6 @@ from worker.science.analyze import (
     shift_1px,
 )
 from worker.science.bapps import DataError
-from worker.engine import build_model
 
 CPU = torch.device("cpu")
 

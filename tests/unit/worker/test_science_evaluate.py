@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from gate.settings import Settings
+from worker.engine import build_model
 from worker.images import load_image
 from worker.science import synthetic
 from worker.science.bapps import DataError, find_subsets, fingerprint, read_judgement
 from worker.science.evaluate import average_precision, evaluate, two_afc
-from worker.engine import build_model
 
 CPU = torch.device("cpu")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from gate.settings import Settings
+from worker.engine import build_model
+from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 from worker.images import load_image
 from worker.perceptual import LPIPS
 from worker.science.export import MetricGraph, export_onnx
-from worker.engine import build_model
-from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 
 
 @pytest.fixture(scope="module")

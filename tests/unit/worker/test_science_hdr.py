@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from gate.settings import Settings
-from worker.images import ImageError, load_image
-from worker.science import synthetic
 from gate.tonemap import tonemap_policy
+from worker.engine import build_model
 from worker.hdr import (
     load_hdr,
     srgb_decode,
     srgb_encode,
     tonemap,
 )
-from worker.engine import build_model
+from worker.images import ImageError, load_image
+from worker.science import synthetic
 
 
 def write_exr(path, channels: dict[str, np.ndarray], compression=OpenEXR.ZIP_COMPRESSION):

@@ -11,12 +11,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gate.settings import Settings
+from worker.engine import build_model
 from worker.images import load_image
 from worker.perceptual import LPIPS, PRESETS
 from worker.science import synthetic
 from worker.science.bapps import find_subsets, fingerprint
 from worker.science.evaluate import evaluate
-from worker.engine import build_model
 from worker.science.train import Dist2Logit, agreement, distances, layer_means, train
 from worker.science.trained import (
     TrainedHeadsError,
