@@ -167,7 +167,8 @@ def main() -> None:
                     row[f"{precision}_pairs_s"] = low_rate
                     row[f"{precision}_max_abs_diff_vs_fp32"] = float(np.max(np.abs(np.array(low_out) - fp32_out)))
                     row[f"{precision}_emulated"] = emulated_precision(precision, torch.device(args.device)) is not None
-                one = make_pairs(folder, 64 if not args.quick else 4, size, one_ref=True, seed=1) if size <= 256 else None
+                n_one = 64 if not args.quick else 4
+                one = make_pairs(folder, n_one, size, one_ref=True, seed=1) if size <= 256 else None
                 if one:
                     one_ref_run, _ = bare_reference(reference, one, 8, args.device)
                     one_ours_run, _ = ours(settings, net, one, device=args.device)
@@ -193,7 +194,9 @@ def main() -> None:
 
 
 def print_row(row: dict) -> None:
-    ratio = lambda a, b: f"{row[a] / row[b]:.2f}x" if a in row else "-"
+    def ratio(a: str, b: str) -> str:
+        return f"{row[a] / row[b]:.2f}x" if a in row else "-"
+
     low = "".join(f"{p} {row[p + '_pairs_s']:7.3g}/s ({ratio(p + '_pairs_s', 'reference_pairs_s')}, "
                   f"max|d-fp32| {row[p + '_max_abs_diff_vs_fp32']:.4f}{', emulated' * row[p + '_emulated']})  "
                   for p in ("bf16", "fp16") if p + "_pairs_s" in row)

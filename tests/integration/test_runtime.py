@@ -27,6 +27,7 @@ from tests.integration.services import PrivateRedis, copy_weights, private_folde
 from tests.support.faults import Faults, injected
 from worker.celery_app import celery_sweeper, comparison_ids
 from worker.engine import Engine
+from worker.images import SUPPORTED
 from worker.processor import Processor, Store, worker_name
 from worker.runtime import Counters, Extractor, Models
 
@@ -137,7 +138,7 @@ def test_bad_input_is_final_and_never_retried(weights_dir, image_root, pairs):
     measured, counters = _measure(_settings(weights_dir, image_root), paths)
     assert [(m.error, m.final) for m in measured] == [
         (f"{image_root / 'missing.png'}: file not found", True),
-        (f"{image_root / 'not_an_image.png'}: not an image file (expected PNG, JPEG, WebP, TIFF, BMP or OpenEXR)", True),
+        (f"{image_root / 'not_an_image.png'}: not an image file (expected {SUPPORTED})", True),
     ]
     assert counters.retries == 0
 

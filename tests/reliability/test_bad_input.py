@@ -140,17 +140,15 @@ def send_malformed(broker_url: str, database_url: str, marker) -> None:
     pickled = pickle.dumps(((), {"comparison_ids": [1]}, {"planted": Planted(marker)}))
     queue = store_queue_at(database_url)
     publish_raw(broker_url, queue, b"not json{", task_id="not-json")
-    publish_raw(
-        broker_url, queue, pickled, task_id="pickle", content_type="application/x-python-serialize", content_encoding="binary"
-    )
+    publish_raw(broker_url, queue, pickled, task_id="pickle",
+                content_type="application/x-python-serialize", content_encoding="binary")
     publish_raw(broker_url, queue, b'"a string"', task_id="body-a-string")
     publish_raw(broker_url, queue, b"[[], {}]", task_id="body-two-items")
     publish_raw(broker_url, queue, b'{"comparison_ids": [1]}', task_id="body-an-object")
     publish_raw(broker_url, queue, b'[[], {"comparison_ids": [1]}, {}]', task_id=None)
     for task_id, limits in (("timelimit-a-string", "x"), ("timelimit-of-strings", ["a", "b"])):
-        publish_raw(
-            broker_url, queue, b'[[], {"comparison_ids": [1]}, {}]', task_id=task_id, extra_headers={"timelimit": limits}
-        )
+        body = b'[[], {"comparison_ids": [1]}, {}]'
+        publish_raw(broker_url, queue, body, task_id=task_id, extra_headers={"timelimit": limits})
     publish_raw(broker_url, queue, b'[[], {"comparison_ids": [1]}, {}]', task_id="t", task_name="lpips_gate.evil")
     app = producer(broker_url, database_url)
     for task_id, kwargs, args, _ in MALFORMED_ARGUMENTS:

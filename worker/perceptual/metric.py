@@ -93,7 +93,8 @@ class LPIPS(nn.Module):
         self.normalise, self.reduction, self.precision = normalise, reduction, precision
         self.taps = PRESETS[net].taps
         self.trunk = trunk(net, trunk_state).to(memory_format=torch.channels_last)  # faster convs on oneDNN/cuDNN
-        self.heads = Heads(PRESETS[net].channels).load_checked(heads_state or shipped_heads(net, version)) if lin else None
+        heads = heads_state or shipped_heads(net, version)
+        self.heads = Heads(PRESETS[net].channels).load_checked(heads) if lin else None
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.requires_grad_(False).eval()

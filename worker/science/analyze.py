@@ -186,16 +186,17 @@ def html_report(analysis: Analysis, *, title: str, provenance: dict[str, str]) -
     """A self-contained page: a provenance line, the table and three inline SVG charts."""
     names = [layer.name for layer in analysis.layers]
     rows = "".join(
-        f"<tr><td>{html.escape(l.name)}</td><td>{l.channels}</td><td>{l.dead_channels}</td>"
-        f"<td>{_fmt(l.diversity)}</td>" + "".join(f"<td>{v:.4f}</td>" for v in l.stability.values())
-        + f"<td>{l.auc:.4f}</td></tr>" for l in analysis.layers)
+        f"<tr><td>{html.escape(layer.name)}</td><td>{layer.channels}</td><td>{layer.dead_channels}</td>"
+        f"<td>{_fmt(layer.diversity)}</td>" + "".join(f"<td>{v:.4f}</td>" for v in layer.stability.values())
+        + f"<td>{layer.auc:.4f}</td></tr>" for layer in analysis.layers)
     stability_head = "".join(f"<th>stability: {html.escape(n)}</th>" for n in AUGMENTATIONS)
     charts = [
-        bar_chart("Diversity (1 - mean |channel correlation|)", names, {"diversity": [l.diversity for l in analysis.layers]}),
+        bar_chart("Diversity (1 - mean |channel correlation|)", names,
+                  {"diversity": [layer.diversity for layer in analysis.layers]}),
         bar_chart("Relative feature change under augmentation", names,
-                  {n: [l.stability[n] for l in analysis.layers] for n in AUGMENTATIONS},
-                  top=max([1e-9] + [v for l in analysis.layers for v in l.stability.values()])),
-        bar_chart("AUC: different vs same pairs", names, {"auc": [l.auc for l in analysis.layers]}),
+                  {n: [layer.stability[n] for layer in analysis.layers] for n in AUGMENTATIONS},
+                  top=max([1e-9] + [v for layer in analysis.layers for v in layer.stability.values()])),
+        bar_chart("AUC: different vs same pairs", names, {"auc": [layer.auc for layer in analysis.layers]}),
     ]
     meta = ", ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in provenance.items())
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"

@@ -66,8 +66,9 @@ def _evaluate(settings, kind, folder, net, version, no_lin, device, batch, as_js
         subsets = bapps.find_subsets(folder, kind)
         model, weights_version, target = _metric(settings, net, version, device, lin=not no_lin)
         with progress(sum(len(s) for s in subsets), f"eval {kind}") as update:
-            result = evaluation.evaluate(model, subsets, batch=batch or settings.max_batch, max_pixels=settings.max_pixels,
-                              min_size=images.MIN_SIZE[net], device=target, progress=update)
+            result = evaluation.evaluate(model, subsets, batch=batch or settings.max_batch,
+                                         max_pixels=settings.max_pixels, min_size=images.MIN_SIZE[net],
+                                         device=target, progress=update)
     if as_json:
         click.echo(json.dumps({"subsets": result.subsets, "overall": result.overall, "n": result.n,
                                "kind": kind, "counts": result.counts,
@@ -147,8 +148,9 @@ def train_heads(settings, folder, net, epochs, name, lr, batch, seed, overwrite,
         subsets = bapps.find_subsets(folder, "2afc")
         data_fingerprint = bapps.fingerprint(folder, subsets)
         name = name or f"data-{data_fingerprint[:12]}"
-        if saved_heads.heads_path(settings.weights_dir, net, name).exists() and not overwrite:
-            raise GateError(f"{saved_heads.heads_path(settings.weights_dir, net, name)} exists; pass --overwrite to replace it")
+        target_path = saved_heads.heads_path(settings.weights_dir, net, name)
+        if target_path.exists() and not overwrite:
+            raise GateError(f"{target_path} exists; pass --overwrite to replace it")
         model, weights_version, target = _metric(settings, net, "0.1", device, lin=False)
         with progress(sum(len(s) for s in subsets), "features") as update:
             means = training.layer_means(model, subsets, batch=settings.max_batch, max_pixels=settings.max_pixels,

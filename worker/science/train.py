@@ -74,7 +74,9 @@ def layer_means(model: LPIPS, subsets: list[bapps.Subset], *, batch: int, max_pi
                 d1.append([((f[:n] - f[2 * n:]) ** 2).mean(dim=(2, 3)).cpu() for f in layers])
                 judgements.append(item.judgements.float())
                 progress(n)
-    per_layer = lambda parts: [torch.cat([p[i] for p in parts]).clone() for i in range(len(parts[0]))]
+    def per_layer(parts: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        return [torch.cat([p[i] for p in parts]).clone() for i in range(len(parts[0]))]
+
     return TripletMeans(per_layer(d0), per_layer(d1), torch.cat(judgements).clone())
 
 

@@ -20,6 +20,7 @@ from worker.perceptual.heads import Heads, shipped_heads
 
 SHIPPED_VERSIONS = ("0.0", "0.1")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+VALID_NAMES = "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 class TrainedHeadsError(ValueError):
@@ -29,7 +30,7 @@ class TrainedHeadsError(ValueError):
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise TrainedHeadsError(
-            f"heads name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            f"heads name {name!r} is not valid: {VALID_NAMES}")
     if name in SHIPPED_VERSIONS:
         raise TrainedHeadsError(f"heads name {name!r} is a shipped LPIPS version; choose another name")
     return name

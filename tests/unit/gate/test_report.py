@@ -118,7 +118,9 @@ def test_text_is_escaped():
     html = render_html(
         _run(
             suite="<b>suite</b>",
-            pairs=[{"ref": "<script>x</script>", "cand": "c&d", "status": "error", "verdict": "error", "error": "<img>"}],
+            pairs=[
+                {"ref": "<script>x</script>", "cand": "c&d", "status": "error", "verdict": "error", "error": "<img>"}
+            ],
         )
     )
     assert "<script>" not in html and "<b>suite" not in html and "<img>" not in html
@@ -200,5 +202,6 @@ def test_junit_has_one_testcase_per_pair():
 
 
 def test_junit_escapes_names():
-    xml = render_junit(_run(pairs=[{"ref": 'a<"&>', "cand": "b", "status": "done", "verdict": "pass", "distance": 0.0}]))
+    pair = {"ref": 'a<"&>', "cand": "b", "status": "done", "verdict": "pass", "distance": 0.0}
+    xml = render_junit(_run(pairs=[pair]))
     assert ET.fromstring(xml).find("testsuite/testcase").get("name") == 'a<"&> -> b'

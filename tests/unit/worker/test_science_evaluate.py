@@ -11,7 +11,7 @@ import torch
 
 from gate.settings import Settings
 from worker.engine import build_model
-from worker.images import load_image
+from worker.images import SUPPORTED, load_image
 from worker.science import synthetic
 from worker.science.bapps import DataError, find_subsets, fingerprint, read_judgement
 from worker.science.evaluate import average_precision, evaluate, two_afc
@@ -102,7 +102,8 @@ def test_a_folder_without_data_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as caught:
         find_subsets(tmp_path, "jnd")
-    assert str(caught.value) == f"{tmp_path}: no jnd data: expected p0/, p1/, same/ in it or in its immediate subfolders"
+    expected = f"{tmp_path}: no jnd data: expected p0/, p1/, same/ in it or in its immediate subfolders"
+    assert str(caught.value) == expected
     with pytest.raises(DataError, match="not a folder"):
         find_subsets(tmp_path / "missing", "2afc")
 
@@ -151,7 +152,9 @@ def test_evaluation_equals_the_formula_on_direct_distances(two_afc_root, alex):
     result = evaluate(alex, subsets, batch=5, max_pixels=10**7, min_size=31, device=CPU)
     pooled = []
     for subset in subsets:
-        load = lambda path: load_image(path, max_pixels=10**7)
+        def load(path):
+            return load_image(path, max_pixels=10**7)
+
         ref, p0, p1 = (torch.stack([load(subset.files[s][k]) for s in subset.stems]) for k in range(3))
         judge = np.array([read_judgement(subset.files[s][3]) for s in subset.stems])
         scores = two_afc(alex(ref, p0).numpy(), alex(ref, p1).numpy(), judge)
@@ -176,7 +179,7 @@ def test_a_bad_image_names_the_file(tmp_path, alex):
     (tmp_path / "s" / "ref" / "000000.png").write_bytes(b"not an image")
     with pytest.raises(DataError) as caught:
         evaluate(alex, find_subsets(tmp_path, "2afc"), batch=4, max_pixels=10**7, min_size=31, device=CPU)
-    assert str(caught.value) == f"{tmp_path}/s/ref/000000.png: not an image file (expected PNG, JPEG, WebP, TIFF, BMP or OpenEXR)"
+    assert str(caught.value) == f"{tmp_path}/s/ref/000000.png: not an image file (expected {SUPPORTED})"
 
 
 def test_items_of_different_sizes_are_batched_apart(tmp_path, alex):

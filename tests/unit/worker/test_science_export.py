@@ -64,7 +64,9 @@ def test_a_second_size_and_batch_from_the_same_file(session, alex, fixtures):
     got = run(ort, ref, cand)
     assert got.shape == (1,)
     assert np.abs(got - alex(ref, cand).numpy()).max() <= 1e-4
-    upscaled = [torch.nn.functional.interpolate(fixtures[k][None], size=(96, 80), mode="bilinear") for k in ("ref", "p0")]
+    upscaled = [
+        torch.nn.functional.interpolate(fixtures[k][None], size=(96, 80), mode="bilinear") for k in ("ref", "p0")
+    ]
     big = run(ort, *(torch.cat([u] * 3) for u in upscaled))
     assert big.shape == (3,)
     assert np.abs(big - alex(*(torch.cat([u] * 3) for u in upscaled)).numpy()).max() <= 1e-4

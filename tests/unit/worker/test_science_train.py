@@ -19,6 +19,7 @@ from worker.science.bapps import find_subsets, fingerprint
 from worker.science.evaluate import evaluate
 from worker.science.train import Dist2Logit, agreement, distances, layer_means, train
 from worker.science.trained import (
+    VALID_NAMES,
     TrainedHeadsError,
     checksum,
     heads_path,
@@ -188,8 +189,8 @@ def test_negative_heads_are_never_saved(settings, trained):
 
 @pytest.mark.parametrize("name, message", [
     ("0.1", "heads name '0.1' is a shipped LPIPS version; choose another name"),
-    ("../up", "heads name '../up' is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
-    ("", "heads name '' is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+    ("../up", "heads name '../up' is not valid: " + VALID_NAMES),
+    ("", "heads name '' is not valid: " + VALID_NAMES),
 ])
 def test_bad_names_are_refused(settings, name, message):
     with pytest.raises(TrainedHeadsError) as caught:
