@@ -27,7 +27,7 @@ class Settings(BaseSettings):
 
     net: Net = "alex"
     version: str = "0.1"
-    fallback_net: Net | None = "alex"
+    fallback_net: Net | None = "vgg"  # differs from `net`: the same backbone again is no fallback
     device: Device = "auto"
     precision: Precision = "fp32"
 

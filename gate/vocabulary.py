@@ -15,9 +15,12 @@ DEVICES: tuple[str, ...] = get_args(Device)
 VERSIONS = ("0.0", "0.1")  # the LPIPS linear heads' version, not the backbone's weights
 
 STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")  # per-layer feature statistics
+SCORES = ("mean", "region", "area", "fireflies", "flat", "nonfinite", "outliers")  # per comparison, by name
+REGION_PX = 32  # the worst-region score's window, in image pixels (run option region_px)
+AREA_LEVEL = 1.0  # the area score counts map values above this (run option area_level)
 
 COMPARISON_STATUSES = ("queued", "running", "done", "error")
 FINISHED = ("done", "error")  # a comparison in one of these is never computed again
 VERDICTS = ("pass", "fail", "error")
-ALERT_RULES = ("distance", "sparsity", "variance", "nonfinite", "drift")
+ALERT_RULES = ("distance", "score", "sparsity", "variance", "nonfinite", "flatness", "dead", "drift")
 ALERT_STATES = ("open", "resolved")

@@ -84,9 +84,13 @@ def check(
     with progress_bar("run") as progress:
         summary = check_run(settings, request, progress=progress)
     echo(as_json, summary, summary_text(summary))
-    if summary["verdict"] == "error":
-        failed = sum(pair["verdict"] == "error" for pair in summary["pairs"])
-        click.echo(f"run {summary['run']}: {failed} comparison(s) could not be scored", err=True)
+    errors = [pair for pair in summary["pairs"] if pair["verdict"] == "error"]
+    unjudged = [pair for pair in errors if pair["status"] == "done" and pair["distance"] is not None]
+    if len(errors) > len(unjudged):
+        click.echo(f"run {summary['run']}: {len(errors) - len(unjudged)} comparison(s) could not be scored", err=True)
+    if unjudged:
+        click.echo(f"run {summary['run']}: {len(unjudged)} comparison(s) could not be judged: {unjudged[0]['error']}",
+                   err=True)
     click.get_current_context().exit(VERDICT_EXIT_CODES[summary["verdict"]])
 
 

@@ -22,8 +22,10 @@ from sqlalchemy.orm import Session
 from gate.alerts import lifecycle as alerts
 from gate.errors import GateError
 from gate.judging.drift import DriftResult, detect
-from gate.judging.policy import DriftPolicy, PolicySet, SuitePolicies, effective_policy, policy_hash
-from gate.judging.rules import LayerResult, Lookup, PairResult, RunSummary, Verdict, evaluate, verdicts
+from gate.judging.pairs import Judgement
+from gate.judging.policy import DriftPolicy, Policy, PolicySet, SuitePolicies, effective_policy, policy_hash
+from gate.judging.results import LayerResult, PairResult
+from gate.judging.rules import Lookup, RunSummary, evaluate, verdicts
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
@@ -60,8 +62,9 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, s
     if policy is None:
         raise EvaluationError(f"run {run_id}: no policy of its own: the gate daemon judges it by its policies")
     pairs = pair_results(session, run_id=run_id)
+    lookup = pair_policies(run, policy)
     try:
-        judged = verdicts(pairs, policy.policy_for)
+        judged = verdicts(pairs, lookup, primary=run.net)
     except ValueError as exc:
         raise EvaluationError(f"run {run_id}: {exc}") from exc
     first = repo.record_verdict(session, run_id=run_id, verdict=judged.verdict,
@@ -70,35 +73,71 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, s
     summary = _summary(run, pairs)
     if not first:
         return Evaluation(summary)
-    drift = drift_by_net(session, run=run, pairs=pairs, lookup=policy.policy_for)
-    conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), policy.policy_for)
+    drift = drift_by_net(session, run=run, pairs=pairs, lookup=lookup)
+    conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), lookup)
     changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=conditions)
     cooldown = alerts.cooldown_from(PolicySet() if policies is None else policies)
     return Evaluation(summary, alerts.owed(session, settings=settings, cooldown=cooldown, alerts=changes.touched))
 
 
+def pair_policies(run: Run, policy: SuitePolicies) -> Lookup:
+    """The one place a pair's policy is built, explicit fields first: the run's policy for the
+    backbone that scored the pair and for its image (its path relative to the candidate folder),
+    the run's own net being the primary. Built once per (net, weights version, image)."""
+    cand_dir = run.options.get("cand_dir")
+    built: dict[tuple[str, str, str], Policy] = {}
+
+    def lookup(net: str, weights_version: str, cand: str) -> Policy:
+        key = (net, weights_version, cand)
+        if key not in built:
+            built[key] = policy.policy_for(net, weights_version, relative_image(cand, cand_dir), primary=run.net)
+        return built[key]
+
+    return lookup
+
+
+def relative_image(cand: str, cand_dir: str | None) -> str:
+    """A candidate's path relative to its folder, as image rules match it (`cand_dir`, relative to
+    the image root, is recorded with the run; older runs match the path under the root)."""
+    if not cand_dir or cand_dir == ".":
+        return cand
+    return cand.removeprefix(cand_dir.rstrip("/") + "/")
+
+
 def run_summary(session: Session, run_id: int) -> dict[str, Any]:
     """The run as every reader shows it: {"run", "suite", "verdict", "policy" (the hash of the policy
     that produced the verdict), "pairs": [{"ref", "cand", "status" (the comparison's), "verdict"
-    (the pair's), "distance", "error"}]}. Verdicts and hash are None until judged; pair verdicts also
-    for runs judged before runs recorded their policy. NotFound for an unknown run."""
+    (the pair's), "distance", "error" (the comparison's, else why the pair could not be judged),
+    "scores" (by name; None where the worker stored none), "reasons" (the failed rules, or why it is
+    an error), "where" ([x, y, w, h] of the first failed rule with a location, else None)}]}.
+    Verdicts, reasons and hash are empty until judged; pair verdicts also for runs judged before
+    runs recorded their policy. NotFound for an unknown run."""
     run = repo.get_run(session, run_id=run_id)
     return _summary(run, pair_results(session, run_id=run_id, with_layers=False))
 
 
 def _summary(run: Run, pairs: tuple[PairResult, ...]) -> dict[str, Any]:
-    """Pair verdicts come from the policy recorded with the run's verdict, so they agree with it."""
-    pair_verdicts: list[Verdict | None] = [None] * len(pairs)
-    if run.verdict is not None and run.policy is not None:
-        recorded = SuitePolicies.model_validate(run.policy)
-        pair_verdicts = [verdict for _pair, verdict in verdicts(pairs, recorded.policy_for).pairs]
-    shown = [
-        {"ref": pair.ref, "cand": pair.cand, "status": pair.status, "verdict": verdict, "distance": pair.distance,
-         "error": pair.error}
-        for pair, verdict in zip(pairs, pair_verdicts, strict=True)
-    ]
-    return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "policy": run.policy_hash,
-            "pairs": shown}
+    shown = [_pair_summary(pair, judgement) for pair, judgement in zip(pairs, judgements(run, pairs), strict=True)]
+    return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "policy": run.policy_hash, "pairs": shown}
+
+
+def judgements(run: Run, pairs: tuple[PairResult, ...]) -> list[Judgement | None]:
+    """Each pair's judgement by the policy recorded with the run's verdict, so they agree with it;
+    None for a run not judged yet (or judged before runs recorded their policy)."""
+    if run.verdict is None or run.policy is None:
+        return [None] * len(pairs)
+    recorded = SuitePolicies.model_validate(run.policy)
+    return [judgement for _pair, judgement in verdicts(pairs, pair_policies(run, recorded), primary=run.net).judged]
+
+
+def _pair_summary(pair: PairResult, judgement: Judgement | None) -> dict[str, Any]:
+    where = None if judgement is None else judgement.where
+    return {"ref": pair.ref, "cand": pair.cand, "status": pair.status,
+            "verdict": None if judgement is None else judgement.verdict, "distance": pair.distance,
+            "error": pair.error or (None if judgement is None else judgement.error),
+            "scores": dict(pair.scores) if pair.scores else None,
+            "reasons": [] if judgement is None else judgement.reasons,
+            "where": None if where is None else list(where)}
 
 
 def pair_results(session: Session, *, run_id: int, with_layers: bool = True) -> tuple[PairResult, ...]:
@@ -120,6 +159,8 @@ def _pair_result(comparison: Comparison, layers: list[LayerResult]) -> PairResul
         net=comparison.net,
         weights_version=comparison.weights_version,
         layers=tuple(layers),
+        scores=comparison.scores or {},
+        regions=comparison.regions or {},
     )
 
 
@@ -139,7 +180,7 @@ def drift_by_net(
     """One drift check per (net, weights_version) that scored a pair of this run."""
     scored = sorted({pair.backbone for pair in pairs if pair.scored})
     return {
-        (net, version): _drift(session, run=run, net=net, version=version, policy=lookup(net, version).drift)
+        (net, version): _drift(session, run=run, net=net, version=version, policy=lookup(net, version, "").drift)
         for net, version in scored
     }
 

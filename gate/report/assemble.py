@@ -12,12 +12,14 @@ from sqlalchemy.orm import Session
 
 from gate.errors import GateError
 from gate.judging.policy import effective_policy
-from gate.report.html import render_html
+from gate.judging.verdict import judgements, pair_results
+from gate.report.html import PNG_SIGNATURE, render_html
 from gate.report.junit import render_junit
 from gate.store import repository as repo
 from gate.store.models import Comparison, Run
 
 REPORT_IMAGE_PX = 704  # twice the report's display width: sharp on high-density screens
+PNG_SIZE_END = 24  # a PNG's width and height are the IHDR chunk's first 8 bytes, ending here
 
 
 def check_writable(**outputs: Path | None) -> None:
@@ -29,23 +31,30 @@ def check_writable(**outputs: Path | None) -> None:
 
 def report_run(session: Session, summary: dict[str, Any], image_root: Path) -> dict[str, Any]:
     """The judged run (gate.judging.verdict.run_summary) with what the report shows: images, heatmaps
-    and per-layer distances."""
+    with the failing (else the worst) region outlined, per-layer distances and each failed rule's limit."""
     run = repo.get_run(session, run_id=summary["run"])
     comparisons = {(c.ref, c.cand): c for c in repo.list_comparisons(session, run_id=run.id)}
     threshold = _shown_threshold(run, comparisons.values())
     layers: dict[int, list[dict[str, Any]]] = {}
     for row in repo.layer_metrics(session, run_id=run.id):
         layers.setdefault(row.comparison_id, []).append({"name": row.name, "distance": row.distance})
+    results = pair_results(session, run_id=run.id, with_layers=False)
+    limits = {(pair.ref, pair.cand): {finding.rule: finding.limit for finding in judgement.findings}
+              for pair, judgement in zip(results, judgements(run, results), strict=True) if judgement is not None}
     pairs = []
     for pair in summary["pairs"]:
         comparison = comparisons[(pair["ref"], pair["cand"])]
+        cand_png, cand_size = _report_png(image_root / pair["cand"])
         pairs.append(
             {
                 **pair,
-                "ref_png": _report_png(image_root / pair["ref"]),
-                "cand_png": _report_png(image_root / pair["cand"]),
+                "ref_png": _report_png(image_root / pair["ref"])[0],
+                "cand_png": cand_png,
                 "heatmap_png": comparison.heatmap_png,
                 "layers": layers.get(comparison.id, []),
+                "limits": limits.get((pair["ref"], pair["cand"]), {}),
+                "worst_region": (comparison.regions or {}).get("region"),
+                "cand_size": cand_size,
             }
         )
     return {**summary, "threshold": threshold, "pairs": pairs}
@@ -59,25 +68,29 @@ def _shown_threshold(run: Run, comparisons: Iterable[Comparison]) -> float | Non
         return run.threshold
     first = scored[0]
     assert first.net is not None and first.weights_version is not None
-    return policy.policy_for(first.net, first.weights_version).max_distance
+    return policy.policy_for(first.net, first.weights_version, primary=run.net).max_distance
 
 
-def _report_png(path: Path) -> bytes | None:
-    """A PNG thumbnail of an input image, or None when it cannot be shown (then the report says so).
-    Pillow comes with the engine; without it only PNG inputs are embedded, as they are."""
+def _report_png(path: Path) -> tuple[bytes | None, tuple[int, int] | None]:
+    """A PNG thumbnail of an input image and the image's own size (width, height), or None for each
+    that cannot be had (then the report says so). Pillow comes with the engine; without it only PNG
+    inputs are embedded, as they are, their size read from the header."""
     try:
         from PIL import Image
     except ImportError:
         data = path.read_bytes() if path.is_file() else b""
-        return data if data.startswith(b"\x89PNG\r\n\x1a\n") else None
+        if not data.startswith(PNG_SIGNATURE) or len(data) < PNG_SIZE_END:
+            return None, None
+        return data, (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
     try:
         with Image.open(path) as image:
+            size = image.size
             image.thumbnail((REPORT_IMAGE_PX, REPORT_IMAGE_PX))
             buffer = io.BytesIO()
             image.convert("RGB").save(buffer, "PNG")
     except (OSError, ValueError):
-        return None
-    return buffer.getvalue()
+        return None, None
+    return buffer.getvalue(), size
 
 
 def write_artefacts(run: dict[str, Any] | None, *, report: Path | None, junit: Path | None) -> None:

@@ -7,11 +7,23 @@ import base64
 from html import escape
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_WIDTH_PX = 352  # three side by side fit a 1200 px window
+WHERE_COLOUR = (0, 255, 0)  # outlines the failing (else the worst) region: a colour the inferno ramp never takes
 SEVERITY = {"error": 0, "fail": 1, "pass": 2}  # worst first in the report
+
+
+Box = tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt]  # x, y, w, h
 
 
 class _Strict(BaseModel):
@@ -34,6 +46,12 @@ class ReportPair(_Strict):
     cand_png: bytes | None = None
     heatmap_png: bytes | None = None
     layers: list[ReportLayer] = []
+    scores: dict[str, float] | None = None
+    reasons: list[str] = []  # the failed rules, or why the pair is an error
+    limits: dict[str, float] = {}  # the limit each failed rule exceeded
+    where: Box | None = None  # the first failed rule's location, in the candidate's pixels
+    worst_region: Box | None = None  # the region score's box, outlined when no rule says where
+    cand_size: tuple[PositiveInt, PositiveInt] | None = None  # (width, height): scales the box onto the heatmap
 
     @field_validator("ref_png", "cand_png", "heatmap_png", mode="before")
     @classmethod
@@ -51,6 +69,10 @@ class ReportPair(_Strict):
     @property
     def label(self) -> str:
         return f"{self.ref} -> {self.cand}"
+
+    @property
+    def outlined(self) -> Box | None:
+        return self.where or self.worst_region
 
 
 class ReportRun(_Strict):
@@ -104,7 +126,9 @@ def _pair_section(pair: ReportPair, threshold: float | None) -> str:
     if pair.verdict == "error":
         score = f'<p class="score error-text">{escape(pair.error or "comparison failed")}</p>'
     else:
-        score = f'<p class="score">distance <b>{_number(pair.distance)}</b> / threshold {_number(threshold)}</p>'
+        failed = f" · failed: {escape(', '.join(pair.reasons))}" if pair.reasons else ""
+        score = (f'<p class="score">distance <b>{_number(pair.distance)}</b> / threshold {_number(threshold)}'
+                 f"{failed}</p>")
     return (
         f'<section class="pair {pair.verdict}"><h2>{_badge(pair.verdict)} {escape(pair.label)}</h2>'
         f"{score}{_images(pair)}{_layer_bars(pair.layers)}</section>"
@@ -112,18 +136,31 @@ def _pair_section(pair: ReportPair, threshold: float | None) -> str:
 
 
 def _images(pair: ReportPair) -> str:
-    images = ((pair.ref_png, "reference"), (pair.cand_png, "candidate"), (pair.heatmap_png, "LPIPS heatmap"))
-    if all(png is None for png, _ in images):
+    if all(png is None for png in (pair.ref_png, pair.cand_png, pair.heatmap_png)):
         return ""
-    return f'<div class="images">{"".join(_figure(png, caption) for png, caption in images)}</div>'
+    figures = (_figure(pair.ref_png, "reference"), _figure(pair.cand_png, "candidate"),
+               _figure(pair.heatmap_png, "LPIPS heatmap", _outline(pair)))
+    return f'<div class="images">{"".join(figures)}</div>'
 
 
-def _figure(png: bytes | None, caption: str) -> str:
+def _figure(png: bytes | None, caption: str, overlay: str = "") -> str:
     if png is None:
         picture = '<div class="missing">no image</div>'
     else:
-        picture = f'<img alt="{caption}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        image = f'<img alt="{caption}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        picture = f'<div class="frame">{image}{overlay}</div>'
     return f"<figure>{picture}<figcaption>{caption}</figcaption></figure>"
+
+
+def _outline(pair: ReportPair) -> str:
+    """The box over the heatmap, in percent of the candidate's size, so it scales with the image shown."""
+    box = pair.outlined
+    if box is None or pair.cand_size is None:
+        return ""
+    (x, y, w, h), (width, height) = box, pair.cand_size
+    place = (f"left:{100 * x / width:.3f}%;top:{100 * y / height:.3f}%;"
+             f"width:{100 * w / width:.3f}%;height:{100 * h / height:.3f}%")
+    return f'<span class="where" title="{x},{y} {w}x{h} px" style="{place}"></span>'
 
 
 def _layer_bars(layers: list[ReportLayer]) -> str:
@@ -162,7 +199,9 @@ header h1{margin:0 0 4px;font-size:22px}header p{margin:0 0 16px;color:#59636e}
  vertical-align:middle;background:#1a7f37}
 .badge.fail{background:#cf222e}.badge.error{background:#9a6700}
 .images{display:flex;gap:12px;flex-wrap:wrap}figure{margin:0}
-figure img,.missing{display:block;width:IMAGE_WIDTHpx;height:auto;border:1px solid #d1d9e0}
+.frame{position:relative;width:IMAGE_WIDTHpx;border:1px solid #d1d9e0}.frame img{display:block;width:100%;height:auto}
+.where{position:absolute;box-sizing:border-box;min-width:6px;min-height:6px;border:2px solid WHERE}
+.missing{display:block;width:IMAGE_WIDTHpx;height:auto;border:1px solid #d1d9e0}
 .missing{height:198px;line-height:198px;text-align:center;color:#59636e;background:#eff2f5}
 figcaption{color:#59636e;font-size:12px;margin-top:2px}
 .layers{margin-top:10px;max-width:640px}.layers h3{font-size:13px;margin:0 0 4px;color:#59636e}
@@ -170,4 +209,4 @@ figcaption{color:#59636e;font-size:12px;margin-top:2px}
 .name{width:90px;overflow:hidden;text-overflow:ellipsis}.value{width:120px;font-variant-numeric:tabular-nums}
 .track{flex:1;height:10px;background:#eff2f5;border-radius:3px}
 .bar{display:block;height:100%;background:#0969da;border-radius:3px}
-""".replace("IMAGE_WIDTH", str(IMAGE_WIDTH_PX))
+""".replace("IMAGE_WIDTH", str(IMAGE_WIDTH_PX)).replace("WHERE", "#{:02x}{:02x}{:02x}".format(*WHERE_COLOUR))

@@ -33,9 +33,24 @@ def render_junit(run: dict[str, Any]) -> str:
 def _testcase(suite: ET.Element, pair: ReportPair, classname: str, threshold: float | None) -> None:
     case = ET.SubElement(suite, "testcase", name=pair.label, classname=classname)
     if pair.verdict == "fail":
-        limit = "none" if threshold is None else f"{threshold:.6g}"
-        message = f"distance {pair.distance:.6g} > threshold {limit}"
-        ET.SubElement(case, "failure", message=message, type="distance").text = message
+        reasons = pair.reasons or ["distance"]
+        message = "; ".join(_failure(pair, reason, threshold) for reason in reasons)
+        ET.SubElement(case, "failure", message=message, type=reasons[0]).text = message
     elif pair.verdict == "error":
         message = pair.error or "comparison failed"
         ET.SubElement(case, "error", message=message, type="error").text = message
+
+
+def _failure(pair: ReportPair, reason: str, threshold: float | None) -> str:
+    """One failed rule with its value and the limit it exceeded: "region 1.75 > max_region 0.9"."""
+    if reason == "flat":
+        return "flat: the candidate is blank or flat where the reference is not (fail_flat)"
+    scores = pair.scores or {}
+    if reason == "distance":
+        limit = pair.limits.get(reason, threshold)
+        return f"distance {scores.get('mean', pair.distance):.6g} > threshold {_number(limit)}"
+    return f"{reason} {_number(scores.get(reason))} > max_{reason} {_number(pair.limits.get(reason))}"
+
+
+def _number(value: float | None) -> str:
+    return "none" if value is None else f"{value:.6g}"

@@ -37,8 +37,9 @@ def check(settings: Settings, request: CheckRequest, *, progress: Progress | Non
     """The judged run (gate.judging.verdict.run_summary)."""
     validate_options(request.suite, request.threshold)
     check_writable(report=request.report, junit=request.junit)
-    own = suite_policy(request.policies, suite=request.suite, threshold=request.threshold)  # as submit_run records it
-    _require_max_distance(own, suite=request.suite, net=request.net or settings.net)
+    net = request.net or settings.net
+    own = suite_policy(request.policies, suite=request.suite, threshold=request.threshold, net=net)  # as recorded
+    _require_max_distance(own, suite=request.suite, net=net)
     with open_store(settings) as engine:
         run_id, _ids = submit_run(settings, engine, request.ref_dir, request.cand_dir, suite=request.suite,
                                   threshold=request.threshold, net=request.net, version=None,

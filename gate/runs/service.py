@@ -7,6 +7,7 @@ are imported only by the dispatch that needs them."""
 
 from __future__ import annotations
 
+import glob
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.errors import GateError
-from gate.judging.policy import PolicySet, SuitePolicies, suite_policy
+from gate.judging.policy import Policy, PolicySet, SuitePolicies, suite_policy
 from gate.runs.pairing import PairingError, pair_dirs
 from gate.settings import Settings
 from gate.store import repository as repo
@@ -52,23 +53,26 @@ def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path
     validate_options(suite, threshold)
     pairs = _pair(ref_dir, cand_dir, settings.image_root)
     dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
-    own = submitted_policy(policies, suite=suite, threshold=threshold)
+    net = net or settings.net
+    own = submitted_policy(policies, suite=suite, threshold=threshold, net=net)
+    options = _run_options(pairs, maps, own, suite=suite, cand_dir=_under_root(cand_dir, settings.image_root),
+                           image_root=settings.image_root)
     with session_scope(engine) as session:
-        created = repo.create_run(session, suite_name=suite, pairs=pairs, threshold=threshold,
-                                  net=net or settings.net, version=version or settings.version,
-                                  precision=precision or settings.precision, options=_run_options(pairs, maps),
-                                  policy=None if own is None else own.model_dump(mode="json"))
+        created = repo.create_run(session, suite_name=suite, pairs=pairs, threshold=threshold, net=net,
+                                  version=version or settings.version, precision=precision or settings.precision,
+                                  options=options, policy=None if own is None else own.model_dump(mode="json"))
         run_id, ids = created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
     dispatch(engine, run_id, ids)
     return run_id, ids
 
 
-def submitted_policy(policies: PolicySet | None, *, suite: str, threshold: float | None) -> SuitePolicies | None:
-    """The policy a submitter gives a run: the suite's in `policies` (or the defaults), `threshold` as
-    every max_distance; None when neither is given."""
+def submitted_policy(policies: PolicySet | None, *, suite: str, threshold: float | None,
+                     net: str) -> SuitePolicies | None:
+    """The policy a submitter gives a run of `net`: the suite's in `policies` (or the defaults),
+    `threshold` as that net's max_distance; None when neither is given."""
     if policies is None and threshold is None:
         return None
-    return suite_policy(PolicySet() if policies is None else policies, suite=suite, threshold=threshold)
+    return suite_policy(PolicySet() if policies is None else policies, suite=suite, threshold=threshold, net=net)
 
 
 def dispatched(settings: Settings, count: int) -> str:
@@ -78,12 +82,38 @@ def dispatched(settings: Settings, count: int) -> str:
     return "computed in-process"
 
 
-def _run_options(pairs: list[tuple[str, str]], maps: bool) -> dict[str, Any]:
-    """What the workers need beyond the pairs; HDR input records the tone map its distances depend on."""
-    options: dict[str, Any] = {"maps": maps}
+def _run_options(pairs: list[tuple[str, str]], maps: bool, policy: SuitePolicies | None, *, suite: str,
+                 cand_dir: str, image_root: Path) -> dict[str, Any]:
+    """What the workers need beyond the pairs: the spatial scores' parameters and masks from the
+    submitted policy (the defaults without one), and the candidate folder the image rules' globs are
+    relative to; HDR input records the tone map its distances depend on."""
+    base = Policy() if policy is None else policy.base
+    options: dict[str, Any] = {"maps": maps, "region_px": base.region_px, "area_level": base.area_level,
+                               "masks": [] if policy is None else _masks(policy, suite, cand_dir, image_root),
+                               "cand_dir": cand_dir}
     if any(path.lower().endswith(HDR_SUFFIXES) for pair in pairs for path in pair):
         options["tonemap"] = tonemap_policy(0.0)
     return options
+
+
+def _masks(policy: SuitePolicies, suite: str, cand_dir: str, image_root: Path) -> list[dict[str, Any]]:
+    """The image rules that hide something, for the workers: each glob rooted at the image root (the
+    stored cand path matches it, fnmatch.fnmatchcase), its rectangles, its mask image, which must exist."""
+    masks = []
+    for index, rule in enumerate(policy.images):
+        if not rule.ignore and rule.mask is None:
+            continue
+        if rule.mask is not None and not (image_root / rule.mask).is_file():
+            raise GateError(f"--policies: suite.{suite}.images.{index}.mask: {rule.mask}: no such file under the "
+                            f"image root {image_root}")
+        rooted = rule.glob if cand_dir == "." else f"{glob.escape(cand_dir)}/{rule.glob}"
+        masks.append({"glob": rooted, "rects": [list(rect) for rect in rule.ignore], "mask": rule.mask})
+    return masks
+
+
+def _under_root(folder: Path, image_root: Path) -> str:
+    """A folder the pairing accepted, relative to the image root (posix; "." for the root itself)."""
+    return folder.resolve().relative_to(image_root.resolve()).as_posix()
 
 
 def _pair(ref_dir: Path, cand_dir: Path, image_root: Path) -> list[tuple[str, str]]:

@@ -119,6 +119,9 @@ class Comparison(Base):
     decode_ms: Mapped[float | None]
     model_ms: Mapped[float | None]
     heatmap_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # gate.vocabulary.SCORES by name, and [x, y, w, h] in the candidate's pixels for those with a location
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    regions: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class LayerMetric(Base):
@@ -138,12 +141,16 @@ class LayerMetric(Base):
     ref_min: Mapped[float | None]
     ref_max: Mapped[float | None]
     ref_nonfinite: Mapped[int]
+    ref_spatial_std: Mapped[float | None]
+    ref_dead: Mapped[float | None]
     cand_sparsity: Mapped[float | None]
     cand_mean: Mapped[float | None]
     cand_std: Mapped[float | None]
     cand_min: Mapped[float | None]
     cand_max: Mapped[float | None]
     cand_nonfinite: Mapped[int]
+    cand_spatial_std: Mapped[float | None]
+    cand_dead: Mapped[float | None]
 
 
 class Alert(Base):

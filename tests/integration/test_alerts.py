@@ -305,6 +305,7 @@ def test_a_tick_sends_with_no_transaction_open(session_factory, engine, db_url, 
     receiver.status = 503  # the alert opens, its delivery fails: the next tick owes it
     judge(session_factory, failing, policies(), settings)
     receiver.status, _ = 200, receiver.take()
+    receiver.arrived.clear()  # set by that failed delivery: wait for the tick's own
     release = _held(receiver)
     ticked = {}
     tick = threading.Thread(target=lambda: ticked.update(Daemon(engine, policies(), settings).tick()))

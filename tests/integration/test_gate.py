@@ -118,8 +118,10 @@ def test_a_pair_above_threshold_fails_the_run_and_opens_one_distance_alert(sessi
         "verdict": "fail",
         "policy": policy_hash(suite_policy(policies(), suite=SUITE)),
         "pairs": [
-            {"ref": "p0.png", "cand": "c0.png", "status": "done", "verdict": "pass", "distance": 0.05, "error": None},
-            {"ref": "p1.png", "cand": "c1.png", "status": "done", "verdict": "fail", "distance": 0.3, "error": None},
+            {"ref": "p0.png", "cand": "c0.png", "status": "done", "verdict": "pass", "distance": 0.05, "error": None,
+             "scores": None, "reasons": [], "where": None},
+            {"ref": "p1.png", "cand": "c1.png", "status": "done", "verdict": "fail", "distance": 0.3, "error": None,
+             "scores": None, "reasons": ["distance"], "where": None},
         ],
     }
     assert alert_rows(session_factory) == [

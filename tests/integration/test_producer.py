@@ -31,6 +31,7 @@ from gate.store.migrate import current_revision, head_revision
 from gate.store.models import Run
 
 BROKER_URL = "redis://127.0.0.1:6379/15"
+SCORE_OPTIONS = {"region_px": 32, "area_level": 1.0, "masks": []}  # the defaults: no policy, or one without masks
 CLOSED_BROKER_URL = "redis://127.0.0.1:1/15"
 IMAGES = ("a.png", "b/c.png", "d.jpg")
 
@@ -133,10 +134,10 @@ def test_submit_stores_the_run_options_and_settings_defaults(pg_url: str, images
         stored = [(r.suite.name, r.threshold, r.net, r.version, r.precision, r.options, r.verdict) for r in runs]
     engine.dispose()
     assert stored == [
-        ("smoke", 0.2, "vgg", "0.0", "bf16", {"maps": True}, None),
-        ("smoke", None, "squeeze", "0.1", "fp16", {"maps": False}, None),
+        ("smoke", 0.2, "vgg", "0.0", "bf16", {**SCORE_OPTIONS, "maps": True, "cand_dir": "new"}, None),
+        ("smoke", None, "squeeze", "0.1", "fp16", {**SCORE_OPTIONS, "maps": False, "cand_dir": "new"}, None),
     ]
-    with_threshold = suite_policy(PolicySet(), suite="smoke", threshold=0.2).model_dump(mode="json")
+    with_threshold = suite_policy(PolicySet(), suite="smoke", threshold=0.2, net="vgg").model_dump(mode="json")
     assert [run.policy for run in runs] == [with_threshold, None]  # without one the daemon judges it
     assert broker.llen(store_queue_at(pg_url)) == 2
 
@@ -152,7 +153,7 @@ def test_submit_run_stores_and_queues_without_the_cli(pg_url: str, images: Path,
         run = repo.get_run(session, run_id=1)
         stored = (run.suite.name, run.threshold, run.net, run.version, run.precision, run.options)
     engine.dispose()
-    assert stored == ("api", 0.3, "vgg", "0.0", "fp32", {"maps": True})
+    assert stored == ("api", 0.3, "vgg", "0.0", "fp32", {**SCORE_OPTIONS, "maps": True, "cand_dir": "new"})
     assert [m["kwargs"]["comparison_ids"] for m in _queued(broker, pg_url)] == [[1, 2], [3]]
 
 
@@ -344,11 +345,11 @@ def test_wait_prints_the_run_once_every_comparison_is_finished(pg_url: str, imag
     assert json.loads(result.stdout) == {
         "run": 1, "suite": "smoke", "verdict": None, "policy": None, "pairs": [
             {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "verdict": None, "distance": 0.125,
-             "error": None},
+             "error": None, "scores": None, "reasons": [], "where": None},
             {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "verdict": None, "distance": None,
-             "error": "decode: truncated PNG"},
+             "error": "decode: truncated PNG", "scores": None, "reasons": [], "where": None},
             {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "done", "verdict": None, "distance": 0.5,
-             "error": None},
+             "error": None, "scores": None, "reasons": [], "where": None},
         ],
     }
 
@@ -364,7 +365,7 @@ def _verdict(url: str, run_id: int) -> str | None:
 
 def test_wait_judges_a_run_by_its_threshold_as_soon_as_it_is_finished(pg_url: str, images: Path,
                                                                        broker: redis.Redis) -> None:
-    assert _submit(pg_url, images, "--threshold", "0.3").exit_code == 0
+    assert _submit(pg_url, images, "--threshold", "0.3", "--net", "vgg").exit_code == 0  # the net _finish scores by
     for comparison, distance in zip(_comparisons(pg_url, 1), (0.125, 0.5, 0.25), strict=True):
         _finish(pg_url, comparison.id, distance)
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
@@ -485,4 +486,4 @@ def test_hdr_runs_record_their_tone_map(pg_url: str, tmp_path: Path, broker: red
     with session_scope(engine) as session:
         options = repo.get_run(session, run_id=run_id).options
     engine.dispose()
-    assert options == {"maps": False, "tonemap": "exr:srgb-clamp-v1:exposure=+0"}
+    assert options == {**SCORE_OPTIONS, "maps": False, "cand_dir": "cand", "tonemap": "exr:srgb-clamp-v1:exposure=+0"}

@@ -69,6 +69,10 @@ def test_defaults_match_the_documented_values():
     policy = Policy()
     assert (policy.max_distance, policy.max_sparsity, policy.min_std) == (None, 0.98, 1e-4)
     assert (policy.allow_nonfinite, policy.alert_cooldown_s) == (False, 3600)
+    limits = (policy.max_region, policy.max_area, policy.max_fireflies, policy.max_outliers, policy.max_nonfinite)
+    assert limits == (None,) * 5  # not judged until declared (or calibrated)
+    assert (policy.fail_flat, policy.min_spatial_std_ratio, policy.max_dead) == (True, 0.25, None)
+    assert (policy.region_px, policy.area_level) == (32, 1.0)
     drift = policy.drift
     assert (drift.baseline, drift.pinned_run, drift.window, drift.baseline_size) == ("trailing", None, 50, 200)
     assert (drift.min_samples, drift.ks_threshold, drift.psi_threshold) == (30, 0.001, 0.25)
@@ -223,11 +227,14 @@ def test_a_missing_file_is_named(tmp_path):
 # --- the policy of a run and its hash ----------------------------------------------------------
 
 
-def test_a_suite_policy_with_a_threshold_sets_every_max_distance(layered):
-    render = suite_policy(layered, suite="render", threshold=0.3)
-    assert [render.policy_for(net, version).max_distance for net, version in
-            (("alex", "0.1"), ("vgg", "0.0"), ("vgg", "0.1"), ("squeeze", "0.0"))] == [0.3] * 4
+def test_a_suite_policy_with_a_threshold_sets_the_max_distance_of_the_runs_own_net(layered):
+    """A fallback backbone keeps its own scale: the threshold is on the run's net's."""
+    backbones = (("alex", "0.1"), ("vgg", "0.0"), ("vgg", "0.1"), ("squeeze", "0.0"))
+    render = suite_policy(layered, suite="render", threshold=0.3, net="vgg")
+    assert [render.policy_for(net, version).max_distance for net, version in backbones] == [0.3, 0.3, 0.3, 0.05]
     assert render.policy_for("vgg", "0.1").min_std == 0.001  # the rest of each layer stays
+    alex = suite_policy(layered, suite="render", threshold=0.3, net="alex")
+    assert [alex.policy_for(net, version).max_distance for net, version in backbones] == [0.3, 0.18, 0.18, 0.05]
     assert suite_policy(layered, suite="render") == layered.suites["render"]
     unknown = suite_policy(layered, suite="new-suite", threshold=0.2)
     assert (unknown.nets, unknown.base) == ({}, with_overrides(layered.defaults, max_distance=0.2))
@@ -268,10 +275,134 @@ def test_the_policy_hash_is_stable_for_the_same_policy(tmp_path, layered):
 def test_the_policy_hash_differs_for_another_policy(layered):
     render = suite_policy(layered, suite="render")
     others = [
-        suite_policy(layered, suite="render", threshold=0.1),  # vgg's 0.18 becomes 0.1
+        suite_policy(layered, suite="render", threshold=0.1, net="vgg"),  # vgg's 0.18 becomes 0.1
         suite_policy(layered, suite="other"),
         SuitePolicies(base=render.base, nets={**render.nets, "alex": render.base}),
         SuitePolicies(base=with_overrides(render.base, drift={"window": 41}), nets=render.nets),
     ]
     hashes = {policy_hash(policy) for policy in [render, *others]}
     assert len(hashes) == 5
+
+
+# --- LPIPS limits of a fallback backbone, image rules and masks ---------------------------------------
+
+IMAGES_TOML = """
+[suite.render]
+max_distance = 0.10
+max_region = 0.9
+max_fireflies = 3
+
+[suite.render.nets.vgg]
+max_sparsity = 0.95
+
+[[suite.render.images]]
+glob = "shots/ui_*"
+max_region = 1.5
+max_fireflies = 10
+fail_flat = false
+ignore = [[0, 0, 320, 48], [600, 0, 40, 40]]
+mask = "masks/ui.png"
+
+[[suite.render.images]]
+glob = "shots/ui_menu*"
+max_region = 2
+"""
+
+IMAGES_YAML = """
+suite:
+  render:
+    max_distance: 0.10
+    max_region: 0.9
+    max_fireflies: 3
+    nets:
+      vgg: {max_sparsity: 0.95}
+    images:
+      - glob: "shots/ui_*"
+        max_region: 1.5
+        max_fireflies: 10
+        fail_flat: false
+        ignore: [[0, 0, 320, 48], [600, 0, 40, 40]]
+        mask: masks/ui.png
+      - {glob: "shots/ui_menu*", max_region: 2.0}
+"""
+
+
+@pytest.fixture(params=[("images.toml", IMAGES_TOML), ("images.yaml", IMAGES_YAML)], ids=["toml", "yaml"])
+def with_images(request, tmp_path):
+    return load_policies(_write(tmp_path, *request.param)).suites["render"]
+
+
+def test_image_rules_load_in_order_with_their_overrides_rectangles_and_mask(with_images):
+    ui, menu = with_images.images
+    assert (ui.glob, ui.overrides, ui.ignore, ui.mask) == (
+        "shots/ui_*", {"max_region": 1.5, "max_fireflies": 10.0, "fail_flat": False},
+        ((0, 0, 320, 48), (600, 0, 40, 40)), "masks/ui.png",
+    )
+    assert (menu.glob, menu.overrides, menu.ignore, menu.mask) == ("shots/ui_menu*", {"max_region": 2.0}, (), None)
+
+
+def test_every_matching_image_rule_applies_later_ones_winning(with_images):
+    def limits(image):
+        policy = with_images.policy_for("alex", "0.1", image)
+        return policy.max_distance, policy.max_region, policy.max_fireflies, policy.fail_flat
+
+    assert limits("shots/hero.png") == (0.10, 0.9, 3, True)
+    assert limits("shots/ui_login.png") == (0.10, 1.5, 10, False)
+    assert limits("shots/ui_menu/main.png") == (0.10, 2.0, 10, False)  # fnmatch: * crosses folders
+    assert limits("Shots/ui_login.png") == (0.10, 0.9, 3, True)  # case-sensitive on every system
+
+
+def test_a_net_section_has_its_own_lpips_limits_only(with_images):
+    """The suite's LPIPS limits are on the run's own net's scale: vgg's section inherits the rest."""
+    vgg = with_images.nets["vgg"]
+    assert (vgg.max_distance, vgg.max_region, vgg.max_fireflies, vgg.max_sparsity) == (None, None, 3, 0.95)
+    own = with_images.policy_for("vgg", "0.1", "shots/hero.png", primary="vgg")  # a vgg run: the suite's apply
+    assert (own.max_distance, own.max_region, own.max_sparsity) == (0.10, 0.9, 0.95)
+    fallback = with_images.policy_for("vgg", "0.1", "shots/ui_login.png", primary="alex")
+    assert (fallback.max_distance, fallback.max_region, fallback.max_fireflies) == (None, None, 10)
+    squeeze = with_images.policy_for("squeeze", "0.1", "shots/hero.png", primary="alex")  # no section at all
+    assert (squeeze.max_distance, squeeze.max_region, squeeze.max_fireflies) == (None, None, 3)
+
+
+def test_image_rules_change_the_policy_hash_and_survive_the_round_trip(with_images):
+    recorded = SuitePolicies.model_validate_json(with_images.model_dump_json())
+    assert (recorded, policy_hash(recorded)) == (with_images, policy_hash(with_images))
+    assert policy_hash(with_images.model_copy(update={"images": with_images.images[:1]})) != policy_hash(with_images)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[suite.r.images]]\nmax_region = 1\n", "suite.r.images.0.glob: Field required"),
+        ("[[suite.r.images]]\nglob = 'a*'\nmax_region = -1\n",
+         "suite.r.images.0.max_region: Input should be greater than or equal to 0"),
+        ("[[suite.r.images]]\nglob = 'a*'\nmax_regoin = 1\n",
+         "suite.r.images.0.max_regoin: Extra inputs are not permitted"),
+        ("[[suite.r.images]]\nglob = 'a*'\nregion_px = 64\n",
+         "suite.r.images.0.region_px: set per suite, not per image"),
+        ("[[suite.r.images]]\nglob = 'a*'\ndrift = { window = 60 }\n",
+         "suite.r.images.0.drift: set per suite, not per image"),
+        ("[[suite.r.images]]\nglob = 'a*'\nignore = [[0, -1, 10, 10]]\n",
+         "suite.r.images.0.ignore.0.1: Input should be greater than or equal to 0"),
+        ("[[suite.r.images]]\nglob = 'a*'\nignore = [[0, 0, 0, 10]]\n",
+         "suite.r.images.0.ignore.0.2: Input should be greater than or equal to 1"),
+        ("[[suite.r.images]]\nglob = 'a*'\nignore = [[0, 0, 2.5, 10]]\n",
+         "suite.r.images.0.ignore.0.2: Input should be a valid integer"),
+        ("[[suite.r.images]]\nglob = 'a*'\nignore = [[0, 0, 10]]\n",
+         "suite.r.images.0.ignore.0.3: Field required"),
+        ("[[suite.r.images]]\nglob = 'a*'\nmask = '/etc/ui.png'\n",
+         "suite.r.images.0.mask: '/etc/ui.png': must be a path relative to the image root, without '..'"),
+        ("[[suite.r.images]]\nglob = 'a*'\nmask = '../ui.png'\n",
+         "suite.r.images.0.mask: '../ui.png': must be a path relative to the image root, without '..'"),
+        ("[suite.r]\nimages = 'a*'\n", "suite.r.images: expected a list of tables ([[suite.r.images]]), got str"),
+        ("[[defaults.images]]\nglob = 'a*'\n", "defaults.images: image rules belong to a suite"),
+        ("[suite.r.nets.vgg]\narea_level = 0.5\n", "suite.r.nets.vgg.area_level: set per suite, not per net"),
+        ("[suite.r]\nregion_px = 0\n", "suite.r.region_px: Input should be greater than or equal to 1"),
+        ("[suite.r]\nmax_area = 1.5\n", "suite.r.max_area: Input should be less than or equal to 1"),
+    ],
+)
+def test_invalid_image_rules_and_scores_name_the_key(tmp_path, text, message):
+    path = _write(tmp_path, "p.toml", text)
+    with pytest.raises(PolicyError) as caught:
+        load_policies(path)
+    assert str(caught.value) == f"{path}: {message}"

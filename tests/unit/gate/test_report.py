@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gate.report.html import IMAGE_WIDTH_PX, render_html
+from gate.report.html import IMAGE_WIDTH_PX, WHERE_COLOUR, render_html
 from gate.report.junit import render_junit
 
 MAGENTA, CYAN, FAIL_RED = (255, 0, 255), (0, 255, 255), (207, 34, 46)
@@ -114,6 +114,32 @@ def test_the_report_renders_reference_and_candidate_side_by_side(tmp_path):
     assert np.all(np.abs(pixels - FAIL_RED) <= 2, axis=-1).sum() > 500  # the failing pair's badge and border
 
 
+def test_the_heatmap_outlines_where_the_pair_failed_scaled_to_the_image_shown(tmp_path):
+    """The box is in the candidate's pixels (64x36): [16, 9, 24, 18] is a quarter in, 3/8 wide, half tall."""
+    failing = {**_run()["pairs"][1], "reasons": ["region"], "where": [16, 9, 24, 18], "cand_size": [64, 36]}
+    pixels = _screenshot(render_html(_run(pairs=[failing])), tmp_path)
+    ref_left, ref_top, _, _ = _solid_box(pixels, MAGENTA)
+    cand_left = _solid_box(pixels, CYAN)[0]
+    heatmap_left = cand_left + (cand_left - ref_left)  # the third figure, one figure further right
+    shown_height = IMAGE_WIDTH_PX * IMAGE_SIZE[1] / IMAGE_SIZE[0]
+    ys, xs = np.nonzero(np.all(np.abs(pixels - WHERE_COLOUR) <= 2, axis=-1))
+    assert xs.size, "no outline on screen"
+    left, top, right, bottom = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    expected = (heatmap_left + IMAGE_WIDTH_PX * 16 / 64, ref_top + shown_height * 9 / 36,
+                heatmap_left + IMAGE_WIDTH_PX * 40 / 64, ref_top + shown_height * 27 / 36)
+    assert np.allclose((left, top, right, bottom), expected, atol=1.5), ((left, top, right, bottom), expected)
+    inside = pixels[top + 4 : bottom - 4, left + 4 : right - 4]
+    assert np.all(np.abs(inside - (40, 40, 40)) <= 2)  # an outline: the heatmap shows through
+
+
+def test_the_worst_region_is_outlined_when_no_rule_says_where_and_nothing_without_the_size():
+    passing = {**_run()["pairs"][1], "verdict": "pass", "worst_region": [0, 0, 32, 18], "cand_size": [64, 36]}
+    html = render_html(_run(pairs=[passing]))
+    assert 'style="left:0.000%;top:0.000%;width:50.000%;height:50.000%"' in html
+    assert 'class="where"' not in render_html(_run(pairs=[{**passing, "cand_size": None}]))
+    assert 'class="where"' not in render_html(_run())  # no box given
+
+
 def test_text_is_escaped():
     html = render_html(
         _run(
@@ -199,6 +225,19 @@ def test_junit_has_one_testcase_per_pair():
     )
     [error] = cases[2]
     assert (error.tag, error.get("message"), error.text) == ("error", "decode: truncated", "decode: truncated")
+
+
+def test_junit_names_each_failed_rule_with_its_limit():
+    failing = {**_run()["pairs"][1], "reasons": ["distance", "region", "fireflies", "flat"],
+               "scores": {"mean": 0.12, "region": 1.75, "fireflies": 12.0, "flat": 1.0},
+               "limits": {"distance": 0.11, "region": 0.9, "fireflies": 2.0, "flat": 0.0}}
+    [failure] = ET.fromstring(render_junit(_run(pairs=[failing]))).find("testsuite/testcase")
+    assert failure.get("type") == "distance"
+    assert failure.get("message") == (
+        "distance 0.12 > threshold 0.11; region 1.75 > max_region 0.9; fireflies 12 > max_fireflies 2; "
+        "flat: the candidate is blank or flat where the reference is not (fail_flat)"
+    )
+    assert "failed: distance, region, fireflies, flat" in render_html(_run(pairs=[failing]))
 
 
 def test_junit_escapes_names():

@@ -2,14 +2,8 @@ import pytest
 
 from gate.judging.drift import DriftResult
 from gate.judging.policy import DriftPolicy, Policy
-from gate.judging.rules import (
-    Condition,
-    LayerResult,
-    PairResult,
-    RunSummary,
-    evaluate,
-    verdicts,
-)
+from gate.judging.results import LayerResult, PairResult
+from gate.judging.rules import Condition, RunSummary, evaluate, verdicts
 
 GATE = Policy(max_distance=0.1)
 BY_NET = {("alex", "0.1"): Policy(max_distance=0.1), ("vgg", "0.1"): Policy(max_distance=0.2)}
@@ -60,7 +54,7 @@ def test_a_non_finite_distance_is_an_error_not_a_pass():
 
 def test_each_pair_is_judged_by_the_policy_of_the_net_that_scored_it():
     pairs = [_pair("a.png", 0.15, net="alex"), _pair("b.png", 0.15, net="vgg")]
-    result = verdicts(pairs, lambda net, version: BY_NET[(net, version)])
+    result = verdicts(pairs, lambda net, version, cand: BY_NET[(net, version)])
     assert (result.verdict, [v for _, v in result.pairs]) == ("fail", ["fail", "pass"])
 
 
@@ -105,7 +99,7 @@ def test_distance_condition_per_backbone_with_the_worst_distance():
         "render",
         (_pair("a.png", 0.05), _pair("b.png", 0.15), _pair("c.png", 0.15, net="vgg"), _pair("d.png", 0.12, net="vgg")),
     )
-    conditions = _rules(evaluate(run, lambda net, version: BY_NET[(net, version)]), "distance")
+    conditions = _rules(evaluate(run, lambda net, version, cand: BY_NET[(net, version)]), "distance")
     assert conditions == [
         Condition(
             "distance",
