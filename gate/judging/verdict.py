@@ -6,12 +6,16 @@ records, else the gate daemon's. Evaluation is idempotent: the verdict is comput
 every time, but only the first evaluation records it, with the policy and its hash, and applies its
 conditions to the alerts (the daemon, `check` and `wait` may race for the same run). `judge_run` is
 what they call: it judges in a transaction of its own and tells the webhook once that has committed.
-Drift is judged per (net, weights_version) on the suite's most recent distances up to this run,
-against a trailing baseline just before them or a pinned run's distances."""
+Thresholds the policy leaves unset come from the suite's newest calibration for the backbone that
+scored the pair (gate.calibration); the calibrations used are recorded with the verdict, so a newer
+one never changes how a judged run is shown. Drift is judged per (net, weights_version) on the
+suite's most recent distances up to this run, against a trailing baseline just before them or a
+pinned run's distances."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +24,34 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.alerts import lifecycle as alerts
+from gate.calibration import store as calibrations
+from gate.calibration.store import Calibration
 from gate.errors import GateError
 from gate.judging.drift import DriftResult, detect
-from gate.judging.policy import DriftPolicy, PolicySet, SuitePolicies, effective_policy, policy_hash
+from gate.judging.policy import (
+    DriftPolicy,
+    Policy,
+    PolicySet,
+    SuitePolicies,
+    effective_policy,
+    policy_hash,
+    with_overrides,
+)
 from gate.judging.rules import LayerResult, Lookup, PairResult, RunSummary, Verdict, evaluate, verdicts
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
 from gate.store.models import Comparison, LayerMetric, Run
 from gate.vocabulary import STAT_KEYS
+
+CALIBRATED_FIELDS = {  # score -> the Policy field its calibrated limit fills
+    "mean": "max_distance",
+    "region": "max_region",
+    "area": "max_area",
+    "fireflies": "max_fireflies",
+    "outliers": "max_outliers",
+    "nonfinite": "max_nonfinite",
+}
 
 
 class EvaluationError(GateError, ValueError):
@@ -60,18 +83,21 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, s
     if policy is None:
         raise EvaluationError(f"run {run_id}: no policy of its own: the gate daemon judges it by its policies")
     pairs = pair_results(session, run_id=run_id)
+    calibrated = _newest_calibrations(session, suite=run.suite.name, pairs=pairs)
+    lookup = calibrated_lookup(policy, calibrated)
     try:
-        judged = verdicts(pairs, policy.policy_for)
+        judged = verdicts(pairs, lookup)
     except ValueError as exc:
         raise EvaluationError(f"run {run_id}: {exc}") from exc
     first = repo.record_verdict(session, run_id=run_id, verdict=judged.verdict,
-                                policy=policy.model_dump(mode="json"), policy_hash=policy_hash(policy))
+                                policy=policy.model_dump(mode="json"), policy_hash=policy_hash(policy),
+                                calibration_ids=[calibration.id for calibration in calibrated])
     session.refresh(run)  # what is recorded: this evaluation's verdict and policy, or the first one's
-    summary = _summary(run, pairs)
+    summary = _summary(session, run, pairs)
     if not first:
         return Evaluation(summary)
-    drift = drift_by_net(session, run=run, pairs=pairs, lookup=policy.policy_for)
-    conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), policy.policy_for)
+    drift = drift_by_net(session, run=run, pairs=pairs, lookup=lookup)
+    conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), lookup)
     changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=conditions)
     cooldown = alerts.cooldown_from(PolicySet() if policies is None else policies)
     return Evaluation(summary, alerts.owed(session, settings=settings, cooldown=cooldown, alerts=changes.touched))
@@ -83,15 +109,15 @@ def run_summary(session: Session, run_id: int) -> dict[str, Any]:
     (the pair's), "distance", "error"}]}. Verdicts and hash are None until judged; pair verdicts also
     for runs judged before runs recorded their policy. NotFound for an unknown run."""
     run = repo.get_run(session, run_id=run_id)
-    return _summary(run, pair_results(session, run_id=run_id, with_layers=False))
+    return _summary(session, run, pair_results(session, run_id=run_id, with_layers=False))
 
 
-def _summary(run: Run, pairs: tuple[PairResult, ...]) -> dict[str, Any]:
-    """Pair verdicts come from the policy recorded with the run's verdict, so they agree with it."""
+def _summary(session: Session, run: Run, pairs: tuple[PairResult, ...]) -> dict[str, Any]:
+    """Pair verdicts come from the policy and calibrations recorded with the run's verdict, so they agree with it."""
     pair_verdicts: list[Verdict | None] = [None] * len(pairs)
-    if run.verdict is not None and run.policy is not None:
-        recorded = SuitePolicies.model_validate(run.policy)
-        pair_verdicts = [verdict for _pair, verdict in verdicts(pairs, recorded.policy_for).pairs]
+    lookup = recorded_lookup(session, run)
+    if lookup is not None:
+        pair_verdicts = [verdict for _pair, verdict in verdicts(pairs, lookup).pairs]
     shown = [
         {"ref": pair.ref, "cand": pair.cand, "status": pair.status, "verdict": verdict, "distance": pair.distance,
          "error": pair.error}
@@ -99,6 +125,48 @@ def _summary(run: Run, pairs: tuple[PairResult, ...]) -> dict[str, Any]:
     ]
     return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "policy": run.policy_hash,
             "pairs": shown}
+
+
+def recorded_lookup(session: Session, run: Run) -> Lookup | None:
+    """What judged `run`: the policy recorded with its verdict, filled by the calibrations recorded
+    with it; None before it is judged (and for runs judged before runs recorded their policy)."""
+    if run.verdict is None or run.policy is None:
+        return None
+    return calibrated_lookup(SuitePolicies.model_validate(run.policy),
+                             calibrations.by_ids(session, run.calibration_ids or ()))
+
+
+def calibrated_lookup(policy: SuitePolicies, calibrated: Iterable[Calibration]) -> Lookup:
+    """The policy for a pair scored by (net, weights_version), its unset limits filled by the
+    calibration for that backbone, if any."""
+    by_backbone = {(calibration.net, calibration.weights_version): calibration for calibration in calibrated}
+
+    def lookup(net: str, weights_version: str) -> Policy:
+        explicit = policy.policy_for(net, weights_version)
+        calibration = by_backbone.get((net, weights_version))
+        return explicit if calibration is None else with_calibration(explicit, calibration.thresholds)
+
+    return lookup
+
+
+def with_calibration(policy: Policy, limits: Mapping[str, float]) -> Policy:
+    """`policy` with calibrated limits (score -> limit) in the fields it leaves unset: explicit fields,
+    --threshold among them, win. A score without a Policy field is not judged by this policy."""
+    unset = {
+        field: limits[score]
+        for score, field in CALIBRATED_FIELDS.items()
+        if score in limits and field in Policy.model_fields and getattr(policy, field) is None
+    }
+    return with_overrides(policy, **unset) if unset else policy
+
+
+def _newest_calibrations(session: Session, *, suite: str, pairs: tuple[PairResult, ...]) -> list[Calibration]:
+    """The newest calibration of the suite for each backbone that scored a pair."""
+    found = (
+        calibrations.latest(session, suite=suite, net=net, weights_version=version)
+        for net, version in sorted({pair.backbone for pair in pairs if pair.scored})
+    )
+    return [calibration for calibration in found if calibration is not None]
 
 
 def pair_results(session: Session, *, run_id: int, with_layers: bool = True) -> tuple[PairResult, ...]:
