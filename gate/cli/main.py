@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from gate.cli.alerts import alerts
+from gate.cli.calibrate import calibrate
 from gate.cli.db import db
 from gate.cli.judging import check, gate
 from gate.cli.runs import results, submit, wait
@@ -77,5 +78,5 @@ def main(ctx: click.Context) -> None:
         ctx.obj = Settings()
 
 
-for command in (db, submit, wait, results, check, alerts, gate):
+for command in (db, submit, wait, results, check, calibrate, alerts, gate):
     main.add_command(command)

@@ -6,12 +6,16 @@ records, else the gate daemon's. Evaluation is idempotent: the verdict is comput
 every time, but only the first evaluation records it, with the policy and its hash, and applies its
 conditions to the alerts (the daemon, `check` and `wait` may race for the same run). `judge_run` is
 what they call: it judges in a transaction of its own and tells the webhook once that has committed.
-Drift is judged per (net, weights_version) on the suite's most recent distances up to this run,
-against a trailing baseline just before them or a pinned run's distances."""
+Thresholds the policy leaves unset come from the suite's newest calibration for the backbone that
+scored the pair (gate.calibration); the calibrations used are recorded with the verdict, so a newer
+one never changes how a judged run is shown. Drift is judged per (net, weights_version) on the
+suite's most recent distances up to this run, against a trailing baseline just before them or a
+pinned run's distances."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +24,21 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from gate.alerts import lifecycle as alerts
+from gate.calibration import store as calibrations
+from gate.calibration.store import Calibration
 from gate.errors import GateError
 from gate.judging.drift import DriftResult, detect
 from gate.judging.pairs import Judgement
-from gate.judging.policy import DriftPolicy, Policy, PolicySet, SuitePolicies, effective_policy, policy_hash
+from gate.judging.policy import (
+    LIMITS,
+    DriftPolicy,
+    Policy,
+    PolicySet,
+    SuitePolicies,
+    effective_policy,
+    policy_hash,
+    with_overrides,
+)
 from gate.judging.results import LayerResult, PairResult
 from gate.judging.rules import Lookup, RunSummary, evaluate, verdicts
 from gate.settings import Settings
@@ -62,15 +77,17 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, s
     if policy is None:
         raise EvaluationError(f"run {run_id}: no policy of its own: the gate daemon judges it by its policies")
     pairs = pair_results(session, run_id=run_id)
-    lookup = pair_policies(run, policy)
+    calibrated = _newest_calibrations(session, suite=run.suite.name, pairs=pairs)
+    lookup = pair_policies(run, policy, calibrated)
     try:
         judged = verdicts(pairs, lookup, primary=run.net)
     except ValueError as exc:
         raise EvaluationError(f"run {run_id}: {exc}") from exc
     first = repo.record_verdict(session, run_id=run_id, verdict=judged.verdict,
-                                policy=policy.model_dump(mode="json"), policy_hash=policy_hash(policy))
+                                policy=policy.model_dump(mode="json"), policy_hash=policy_hash(policy),
+                                calibration_ids=[calibration.id for calibration in calibrated])
     session.refresh(run)  # what is recorded: this evaluation's verdict and policy, or the first one's
-    summary = _summary(run, pairs)
+    summary = _summary(session, run, pairs)
     if not first:
         return Evaluation(summary)
     drift = drift_by_net(session, run=run, pairs=pairs, lookup=lookup)
@@ -80,17 +97,22 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, s
     return Evaluation(summary, alerts.owed(session, settings=settings, cooldown=cooldown, alerts=changes.touched))
 
 
-def pair_policies(run: Run, policy: SuitePolicies) -> Lookup:
-    """The one place a pair's policy is built, explicit fields first: the run's policy for the
-    backbone that scored the pair and for its image (its path relative to the candidate folder),
-    the run's own net being the primary. Built once per (net, weights version, image)."""
+def pair_policies(run: Run, policy: SuitePolicies, calibrated: Iterable[Calibration] = ()) -> Lookup:
+    """The one place a pair's policy is built: the run's policy for the backbone that scored the pair
+    and for its image (its path relative to the candidate folder), the run's own net being the
+    primary; the limits it leaves unset come from the calibration for that backbone (per image where
+    one was learnt). Built once per (net, weights version, image)."""
     cand_dir = run.options.get("cand_dir")
+    by_backbone = {(calibration.net, calibration.weights_version): calibration for calibration in calibrated}
     built: dict[tuple[str, str, str], Policy] = {}
 
     def lookup(net: str, weights_version: str, cand: str) -> Policy:
         key = (net, weights_version, cand)
         if key not in built:
-            built[key] = policy.policy_for(net, weights_version, relative_image(cand, cand_dir), primary=run.net)
+            image = relative_image(cand, cand_dir)
+            explicit = policy.policy_for(net, weights_version, image, primary=run.net)
+            calibration = by_backbone.get((net, weights_version))
+            built[key] = explicit if calibration is None else with_calibration(explicit, calibration.limits(image))
         return built[key]
 
     return lookup
@@ -113,21 +135,22 @@ def run_summary(session: Session, run_id: int) -> dict[str, Any]:
     Verdicts, reasons and hash are empty until judged; pair verdicts also for runs judged before
     runs recorded their policy. NotFound for an unknown run."""
     run = repo.get_run(session, run_id=run_id)
-    return _summary(run, pair_results(session, run_id=run_id, with_layers=False))
+    return _summary(session, run, pair_results(session, run_id=run_id, with_layers=False))
 
 
-def _summary(run: Run, pairs: tuple[PairResult, ...]) -> dict[str, Any]:
-    shown = [_pair_summary(pair, judgement) for pair, judgement in zip(pairs, judgements(run, pairs), strict=True)]
+def _summary(session: Session, run: Run, pairs: tuple[PairResult, ...]) -> dict[str, Any]:
+    judged = judgements(session, run, pairs)
+    shown = [_pair_summary(pair, judgement) for pair, judgement in zip(pairs, judged, strict=True)]
     return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "policy": run.policy_hash, "pairs": shown}
 
 
-def judgements(run: Run, pairs: tuple[PairResult, ...]) -> list[Judgement | None]:
-    """Each pair's judgement by the policy recorded with the run's verdict, so they agree with it;
-    None for a run not judged yet (or judged before runs recorded their policy)."""
-    if run.verdict is None or run.policy is None:
+def judgements(session: Session, run: Run, pairs: tuple[PairResult, ...]) -> list[Judgement | None]:
+    """Each pair's judgement by the policy and calibrations recorded with the run's verdict, so they
+    agree with it; None for a run not judged yet (or judged before runs recorded their policy)."""
+    lookup = recorded_lookup(session, run)
+    if lookup is None:
         return [None] * len(pairs)
-    recorded = SuitePolicies.model_validate(run.policy)
-    return [judgement for _pair, judgement in verdicts(pairs, pair_policies(run, recorded), primary=run.net).judged]
+    return [judgement for _pair, judgement in verdicts(pairs, lookup, primary=run.net).judged]
 
 
 def _pair_summary(pair: PairResult, judgement: Judgement | None) -> dict[str, Any]:
@@ -138,6 +161,35 @@ def _pair_summary(pair: PairResult, judgement: Judgement | None) -> dict[str, An
             "scores": dict(pair.scores) if pair.scores else None,
             "reasons": [] if judgement is None else judgement.reasons,
             "where": None if where is None else list(where)}
+
+
+def recorded_lookup(session: Session, run: Run) -> Lookup | None:
+    """What judged `run`: the policy recorded with its verdict, filled by the calibrations recorded
+    with it; None before it is judged (and for runs judged before runs recorded their policy)."""
+    if run.verdict is None or run.policy is None:
+        return None
+    return pair_policies(run, SuitePolicies.model_validate(run.policy),
+                         calibrations.by_ids(session, run.calibration_ids or ()))
+
+
+def with_calibration(policy: Policy, limits: Mapping[str, float]) -> Policy:
+    """`policy` with calibrated limits (score -> limit) in the fields it leaves unset: explicit fields,
+    --threshold among them, win. A score without a Policy field is not judged by this policy."""
+    unset = {
+        field: limits[score]
+        for score, field in LIMITS.items()
+        if score in limits and getattr(policy, field) is None
+    }
+    return with_overrides(policy, **unset) if unset else policy
+
+
+def _newest_calibrations(session: Session, *, suite: str, pairs: tuple[PairResult, ...]) -> list[Calibration]:
+    """The newest calibration of the suite for each backbone that scored a pair."""
+    found = (
+        calibrations.latest(session, suite=suite, net=net, weights_version=version)
+        for net, version in sorted({pair.backbone for pair in pairs if pair.scored})
+    )
+    return [calibration for calibration in found if calibration is not None]
 
 
 def pair_results(session: Session, *, run_id: int, with_layers: bool = True) -> tuple[PairResult, ...]:

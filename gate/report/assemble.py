@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from gate.errors import GateError
-from gate.judging.policy import effective_policy
-from gate.judging.verdict import judgements, pair_results
+from gate.judging.verdict import judgements, pair_results, recorded_lookup
 from gate.report.html import PNG_SIGNATURE, render_html
 from gate.report.junit import render_junit
 from gate.store import repository as repo
@@ -34,13 +33,14 @@ def report_run(session: Session, summary: dict[str, Any], image_root: Path) -> d
     with the failing (else the worst) region outlined, per-layer distances and each failed rule's limit."""
     run = repo.get_run(session, run_id=summary["run"])
     comparisons = {(c.ref, c.cand): c for c in repo.list_comparisons(session, run_id=run.id)}
-    threshold = _shown_threshold(run, comparisons.values())
+    threshold = _shown_threshold(session, run, comparisons.values())
     layers: dict[int, list[dict[str, Any]]] = {}
     for row in repo.layer_metrics(session, run_id=run.id):
         layers.setdefault(row.comparison_id, []).append({"name": row.name, "distance": row.distance})
     results = pair_results(session, run_id=run.id, with_layers=False)
+    judged = zip(results, judgements(session, run, results), strict=True)
     limits = {(pair.ref, pair.cand): {finding.rule: finding.limit for finding in judgement.findings}
-              for pair, judgement in zip(results, judgements(run, results), strict=True) if judgement is not None}
+              for pair, judgement in judged if judgement is not None}
     pairs = []
     for pair in summary["pairs"]:
         comparison = comparisons[(pair["ref"], pair["cand"])]
@@ -60,15 +60,15 @@ def report_run(session: Session, summary: dict[str, Any], image_root: Path) -> d
     return {**summary, "threshold": threshold, "pairs": pairs}
 
 
-def _shown_threshold(run: Run, comparisons: Iterable[Comparison]) -> float | None:
-    """The run's threshold, else the max_distance its policy sets for the backbone that scored its first pair."""
+def _shown_threshold(session: Session, run: Run, comparisons: Iterable[Comparison]) -> float | None:
+    """The run's threshold, else the max_distance that judged the first scored pair (its policy's, or calibrated)."""
     scored = [c for c in comparisons if c.net is not None and c.weights_version is not None]
-    policy = effective_policy(run, None)
-    if run.threshold is not None or not scored or policy is None:
+    lookup = recorded_lookup(session, run)
+    if run.threshold is not None or not scored or lookup is None:
         return run.threshold
     first = scored[0]
     assert first.net is not None and first.weights_version is not None
-    return policy.policy_for(first.net, first.weights_version, primary=run.net).max_distance
+    return lookup(first.net, first.weights_version, first.cand).max_distance
 
 
 def _report_png(path: Path) -> tuple[bytes | None, tuple[int, int] | None]:

@@ -1,7 +1,8 @@
 """`check`, the CI step, as one service call: submit two folders with the given policies and threshold
 as the run's own policy, wait for the comparisons, judge the run by that policy (whoever judges it
-first, the gate daemon included, gives the same verdict) and write the report and JUnit. Everything
-refusable is refused before any work is queued."""
+first, the gate daemon included, gives the same verdict; the suite's calibration fills the thresholds
+it leaves unset) and write the report and JUnit. Everything refusable is refused before any work is
+queued."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gate.calibration.store import calibrated
 from gate.errors import GateError
 from gate.judging.policy import PolicySet, SuitePolicies, suite_policy
 from gate.judging.verdict import judge_run
@@ -16,7 +18,7 @@ from gate.report.assemble import check_writable, report_run, write_artefacts
 from gate.runs.service import Progress, poll_until_finished, submit_run, validate_options
 from gate.settings import Settings
 from gate.store import session_scope
-from gate.store.opening import open_store
+from gate.store.opening import missing_sqlite_file, open_store
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ def check(settings: Settings, request: CheckRequest, *, progress: Progress | Non
     check_writable(report=request.report, junit=request.junit)
     net = request.net or settings.net
     own = suite_policy(request.policies, suite=request.suite, threshold=request.threshold, net=net)  # as recorded
-    _require_max_distance(own, suite=request.suite, net=net)
+    _require_max_distance(settings, own, suite=request.suite, net=net)
     with open_store(settings) as engine:
         run_id, _ids = submit_run(settings, engine, request.ref_dir, request.cand_dir, suite=request.suite,
                                   threshold=request.threshold, net=request.net, version=None,
@@ -54,9 +56,16 @@ def check(settings: Settings, request: CheckRequest, *, progress: Progress | Non
     return summary
 
 
-def _require_max_distance(policy: SuitePolicies, *, suite: str, net: str) -> None:
-    """Refuse before computing anything when no threshold could judge the suite's pairs."""
-    if policy.policy_for(net, "").max_distance is None and not any(
+def _require_max_distance(settings: Settings, policy: SuitePolicies, *, suite: str, net: str) -> None:
+    """Refuse before computing anything when neither the policies nor a calibration of the suite for
+    `net` could judge its pairs; a store not created yet holds no calibration, and is not created to
+    find that out."""
+    if policy.policy_for(net, "").max_distance is not None or any(
         versioned.max_distance is not None for versioned in policy.nets.values()
     ):
-        raise GateError(f"--threshold: none given and the policies set no max_distance for suite {suite!r}")
+        return
+    if not missing_sqlite_file(settings.database_url):
+        with open_store(settings) as engine, session_scope(engine) as session:
+            if calibrated(session, suite=suite, net=net):
+                return
+    raise GateError(f"--threshold: none given and the policies set no max_distance for suite {suite!r}")

@@ -90,6 +90,9 @@ class Run(Base):
     # gate daemon's, written with the verdict; and the sha256 of the policy that produced the verdict
     policy: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     policy_hash: Mapped[str | None]
+    # the calibrations (gate.calibration.store) that filled what that policy leaves unset, written
+    # with the verdict; NULL when none did
+    calibration_ids: Mapped[list[int] | None] = mapped_column(JSON(none_as_null=True))
 
     suite: Mapped[Suite] = relationship(lazy="joined")
 
@@ -151,6 +154,27 @@ class LayerMetric(Base):
     cand_nonfinite: Mapped[int]
     cand_spatial_std: Mapped[float | None]
     cand_dead: Mapped[float | None]
+
+
+class Calibration(Base):
+    """Thresholds learnt from known-good renders (gate.calibration): every one is kept, the newest
+    per (suite, net, weights_version) applies."""
+
+    __tablename__ = "calibrations"
+    __table_args__ = (Index("ix_calibrations_suite_id_net_weights_version", "suite_id", "net", "weights_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    suite_id: Mapped[int] = mapped_column(ForeignKey("suites.id"))
+    net: Mapped[str]
+    weights_version: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    run_ids: Mapped[list[int]] = mapped_column(JSON)  # the runs of good renders it was learnt from
+    pairs: Mapped[int]
+    margin: Mapped[float]
+    thresholds: Mapped[dict[str, Any]]  # score -> limit, for the suite
+    per_image: Mapped[dict[str, Any]]  # image path relative to its folder -> {score: limit}
+
+    suite: Mapped[Suite] = relationship(lazy="joined")
 
 
 class Alert(Base):

@@ -51,7 +51,7 @@ def _require_head(settings: Settings, shown: str) -> None:
         if migrate.current_revision(url) != head:
             migrate.upgrade(url)
         return
-    if _missing_sqlite_file(url):  # connecting would create it
+    if missing_sqlite_file(url):  # connecting would create it
         raise StoreNotReady(f"database {shown}: no such file; create it with `lpips-gate db upgrade`")
     current = migrate.current_revision(url)
     if current != head:
@@ -61,7 +61,8 @@ def _require_head(settings: Settings, shown: str) -> None:
         )
 
 
-def _missing_sqlite_file(url: str) -> bool:
+def missing_sqlite_file(url: str) -> bool:
+    """A SQLite file that is not there (yet): connecting would create it."""
     parsed = make_url(url)
     return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not Path(
         parsed.database

@@ -119,17 +119,19 @@ def set_verdict(session: Session, *, run_id: int, verdict: str | None) -> None:
 
 
 def record_verdict(
-    session: Session, *, run_id: int, verdict: str, policy: Mapping[str, Any], policy_hash: str
+    session: Session, *, run_id: int, verdict: str, policy: Mapping[str, Any], policy_hash: str,
+    calibration_ids: Sequence[int] = (),
 ) -> bool:
-    """Set the verdict of a run not yet judged, with the policy that produced it and its hash; False
-    when another evaluation already set them, so exactly one evaluator applies the run's alerts and
-    the first verdict and policy stay."""
+    """Set the verdict of a run not yet judged, with the policy that produced it, its hash and the
+    calibrations that filled what it leaves unset (none: NULL); False when another evaluation already
+    set them, so exactly one evaluator applies the run's alerts and the first verdict and policy stay."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict: must be one of {VERDICTS}, got {verdict!r}")
     stmt = (
         update(Run)
         .where(Run.id == run_id, Run.verdict.is_(None))
-        .values(verdict=verdict, evaluated_at=utcnow(), policy=dict(policy), policy_hash=policy_hash)
+        .values(verdict=verdict, evaluated_at=utcnow(), policy=dict(policy), policy_hash=policy_hash,
+                calibration_ids=list(calibration_ids) or None)
         .returning(Run.id)
     )
     if session.execute(stmt).first() is not None:

@@ -21,7 +21,10 @@ from gate.store.db import make_engine, session_scope
 from gate.store.migrate import current_revision, downgrade, head_revision, upgrade
 from gate.store.models import Base
 
-TABLES = {"alembic_version", "alerts", "comparisons", "layer_metrics", "runs", "store_identity", "suites", "workers"}
+TABLES = {
+    "alembic_version", "alerts", "calibrations", "comparisons", "layer_metrics", "runs", "store_identity", "suites",
+    "workers",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

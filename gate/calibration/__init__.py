@@ -1,0 +1,2 @@
+"""Calibration: thresholds learnt from known-good renders (learn), kept with their history (store),
+and the `calibrate` service."""
