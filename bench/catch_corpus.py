@@ -28,7 +28,7 @@ Box = tuple[int, int, int, int]  # x, y, w, h in image pixels
 Damage = Callable[["Scene", np.ndarray, np.random.Generator], tuple[np.ndarray, Box | None]]
 
 FULL_SIZE = 1024  # the frame size the damage sizes are given for
-SIGMAS = (6.0, 14.0, 10.0, 8.0, 12.0)  # sampling noise per scene, on 8-bit values
+SIGMAS = (6.0, 14.0, 10.0, 8.0)  # sampling noise per scene, on 8-bit values; 4 levels over 5 kinds: every pairing
 REF_SEED, CALIB_SEED, TEST_SEED, REGRESSION_SEED = 0, 1, 101, 201  # render seeds: calib < 100 renders
 MAGENTA = (255, 0, 255)  # how an 8-bit render shows a NaN
 HOT = 255  # a firefly: a sample far above anything the light could give
