@@ -14,7 +14,12 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 DEVICES: tuple[str, ...] = get_args(Device)
 VERSIONS = ("0.0", "0.1")  # the LPIPS linear heads' version, not the backbone's weights
 
-STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")  # per-layer feature statistics
+# per-layer feature statistics; spatial_std: per channel over H and W, then averaged over channels;
+# dead: the share of channels near zero (|x| < 1e-6) at every position
+STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite", "spatial_std", "dead")
+# every scored pair's scores (comparisons.scores): from the LPIPS map (mean, region, area), then the
+# pixel guards (fireflies, flat, nonfinite, outliers); see gate.scoring and worker.guards
+SCORES = ("mean", "region", "area", "fireflies", "flat", "nonfinite", "outliers")
 
 COMPARISON_STATUSES = ("queued", "running", "done", "error")
 FINISHED = ("done", "error")  # a comparison in one of these is never computed again

@@ -119,6 +119,10 @@ class Comparison(Base):
     decode_ms: Mapped[float | None]
     model_ms: Mapped[float | None]
     heatmap_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # every score of a scored pair by name (gate.vocabulary.SCORES), and [x, y, w, h] in the candidate's
+    # pixels of those with a location; NULL for pairs never scored and rows older than 0005
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    regions: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class LayerMetric(Base):
@@ -144,6 +148,10 @@ class LayerMetric(Base):
     cand_min: Mapped[float | None]
     cand_max: Mapped[float | None]
     cand_nonfinite: Mapped[int]
+    ref_spatial_std: Mapped[float | None]  # NULL in rows older than 0005
+    ref_dead: Mapped[float | None]
+    cand_spatial_std: Mapped[float | None]
+    cand_dead: Mapped[float | None]
 
 
 class Alert(Base):
