@@ -3,7 +3,9 @@ same weights, same generated pairs. Prints a table and writes JSON.
 
     python bench/compare.py [--quick] [--json bench.json] [--nets alex vgg] [--sizes 64 256 1024] [--no-service]
 
-(a) `compare --pairs` path, decoding included (Engine.compare_files over PNG files)
+(a) `compare --pairs` path, decoding included (Engine.compare_files over PNG files), and the cost of the
+    spatial scores and pixel guards: the same engine with them off (`Engine.with_scores`, a switch only
+    this bench turns), as the throughput ratio scored / unscored (target: >= 0.9)
 (b) one reference against many candidates (the reference-feature cache)
 (c) the service end to end, submit -> rows stored, one worker (bench/service.py: needs the local
     PostgreSQL and Redis; the first net at 256px, or 64px with --quick)
@@ -97,8 +99,9 @@ def bare_reference(model, pairs, batch: int, device: str = "cpu") -> list[float]
     return run, out
 
 
-def ours(settings, net, pairs, precision="fp32", device="cpu"):
+def ours(settings, net, pairs, precision="fp32", device="cpu", scores=True):
     engine = Engine.from_settings(settings, net=net, precision=precision, device=device)
+    engine.with_scores = scores
     out = []
 
     def run():
@@ -157,11 +160,14 @@ def main() -> None:
                 pairs = make_pairs(folder, n, size)
                 ref_run, ref_out = bare_reference(reference, pairs, 8, args.device)
                 fp32_run, fp32_out = ours(settings, net, pairs, device=args.device)
+                unscored_run, _ = ours(settings, net, pairs, device=args.device, scores=False)
                 lows = [ours(settings, net, pairs, precision=p, device=args.device) for p in args.precisions]
-                ref_rate, fp32_rate, *low_rates = rates([ref_run, fp32_run, *(run for run, _ in lows)], n, repeat)
+                ref_rate, fp32_rate, unscored_rate, *low_rates = rates(
+                    [ref_run, fp32_run, unscored_run, *(run for run, _ in lows)], n, repeat)
                 row = {"net": net, "size": size, "pairs": n, "device": args.device,
                        "keep_freed_memory": args.keep_freed_memory,
-                       "reference_pairs_s": ref_rate, "ours_pairs_s": fp32_rate}
+                       "reference_pairs_s": ref_rate, "ours_pairs_s": fp32_rate,
+                       "ours_unscored_pairs_s": unscored_rate, "scores_throughput_ratio": fp32_rate / unscored_rate}
                 row["max_abs_diff_vs_reference"] = float(np.max(np.abs(np.array(fp32_out) - ref_out)))
                 for precision, (_, low_out), low_rate in zip(args.precisions, lows, low_rates):
                     row[f"{precision}_pairs_s"] = low_rate
@@ -204,7 +210,8 @@ def print_row(row: dict) -> None:
             if "ours_peak_rss_mb" in row else "")
     print(f"{row['net']:5} {row['size']:5}px  reference {row['reference_pairs_s']:7.3g}/s  "
           f"ours {row['ours_pairs_s']:7.3g}/s ({ratio('ours_pairs_s', 'reference_pairs_s')})  {low}"
-          f"one-ref ({ratio('one_ref_ours_pairs_s', 'one_ref_reference_pairs_s')})  {peak}"
+          f"one-ref ({ratio('one_ref_ours_pairs_s', 'one_ref_reference_pairs_s')})  "
+          f"scores ({ratio('ours_pairs_s', 'ours_unscored_pairs_s')} of unscored)  {peak}"
           f"|d-ref| {row['max_abs_diff_vs_reference']:.1e}", flush=True)
 
 

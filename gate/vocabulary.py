@@ -14,8 +14,12 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 DEVICES: tuple[str, ...] = get_args(Device)
 VERSIONS = ("0.0", "0.1")  # the LPIPS linear heads' version, not the backbone's weights
 
-STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite")  # per-layer feature statistics
-SCORES = ("mean", "region", "area", "fireflies", "flat", "nonfinite", "outliers")  # per comparison, by name
+# per-layer feature statistics; spatial_std: per channel over H and W, then averaged over channels;
+# dead: the share of channels near zero (|x| < 1e-6) at every position
+STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite", "spatial_std", "dead")
+# every scored pair's scores (comparisons.scores): from the LPIPS map (mean, region, area), then the
+# pixel guards (fireflies, flat, nonfinite, outliers); see gate.scoring and worker.guards
+SCORES = ("mean", "region", "area", "fireflies", "flat", "nonfinite", "outliers")
 REGION_PX = 32  # the worst-region score's window, in image pixels (run option region_px)
 AREA_LEVEL = 1.0  # the area score counts map values above this (run option area_level)
 

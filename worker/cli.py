@@ -28,7 +28,7 @@ def outcome_json(outcome, engine) -> dict:
     model = engine.model
     data = {"ref": outcome.ref, "cand": outcome.cand, "net": model.net, "version": model.version,
             "weights_version": engine.weights_version, "precision": model.precision,
-            "distance": outcome.distance,
+            "distance": outcome.distance, "scores": outcome.scores, "regions": outcome.regions,
             "layers": [{k: layer[k] for k in ("name", "distance", "ref_stats", "cand_stats")}
                        for layer in outcome.layers]}
     if any(str(p).lower().endswith(HDR_SUFFIXES) for p in (outcome.ref, outcome.cand)):

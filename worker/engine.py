@@ -12,17 +12,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import numpy as np
 import torch
 
-from worker import images, tuning, weights
+from gate.scoring import MASK_MARGIN_PX
+from gate.vocabulary import SCORES
+from worker import guards, images, masks, tuning, weights
+from worker.masks import Scoring
 from worker.perceptual import LPIPS, Features
 from worker.perceptual.cache import FeatureCache
+from worker.perceptual.spatial import grid_ignored, spatial_scores
 from worker.science.trained import resolve_heads
+
+Box = list[int]
+DEFAULT_SCORING = Scoring()
 
 
 @dataclass
 class Outcome:
-    """One pair's result, or the reason it has none."""
+    """One pair's result, or the reason it has none. `scores` holds every score of gate.vocabulary.SCORES,
+    `regions` the [x, y, width, height] (candidate pixels) of those with a location."""
 
     ref: str
     cand: str
@@ -32,6 +41,8 @@ class Outcome:
     error: str | None = None
     decode_ms: float = 0.0
     model_ms: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+    regions: dict[str, Box] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,8 +51,11 @@ class _Decoded:
     ref: torch.Tensor
     cand: torch.Tensor
     ref_key: str  # reference content and size: the feature-cache key
-    pair_key: str  # both sides' content: identical pairs are computed once
+    pair_key: str  # both sides' content (and what the candidate ignores): identical pairs are computed once
     decode_ms: float
+    cand_size: tuple[int, int]  # (H, W) as decoded: boxes are reported in these pixels
+    ignored: np.ndarray | None  # (H, W) at the compared size, True = ignored
+    nonfinite: tuple[int, Box | None]  # the candidate's non-finite pixels, set to 0 before the network
 
 
 NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
@@ -97,7 +111,8 @@ class Engine:
     the factory every caller uses, applies `tuning.for_device` (fp32 on CUDA without TF32).
 
     `before_batch`, when set, is called with the candidate paths of each forward pass just before it
-    runs; what it raises fails that pass as the network would (the tests inject faults through it)."""
+    runs; what it raises fails that pass as the network would (the tests inject faults through it).
+    `with_scores` False skips the spatial scores and pixel guards: the bench measures their cost with it."""
 
     def __init__(self, model: LPIPS, *, weights_version: str, device: torch.device, max_pixels: int,
                  max_batch: int, cache: FeatureCache | None = None, resize: images.Resize = "none",
@@ -111,6 +126,7 @@ class Engine:
         self.cache = cache
         self.min_size = images.MIN_SIZE[model.net]
         self.before_batch: Callable[[list[str]], None] | None = None
+        self.with_scores = True
         self._pool = ThreadPoolExecutor(decode_threads or decode_threads_for(device), thread_name_prefix="decode")
 
     @classmethod
@@ -131,29 +147,42 @@ class Engine:
         computes. A pass that fails, fails for a pair of the window being computed."""
         return self.max_batch
 
-    def _decode(self, index: int, ref: Path, cand: Path, refs: _Once[Path, tuple[torch.Tensor, str]]) -> _Decoded:
+    def _decode(self, index: int, ref: Path, cand: Path, refs: _Once[Path, tuple[torch.Tensor, str]],
+                mask_images: _Once[Path, np.ndarray], scoring: Scoring) -> _Decoded:
+        """A candidate's non-finite pixels are counted (outside what it ignores) and set to 0 before the
+        sizes are matched: resizing would smear them."""
         start = time.perf_counter()
         ref_image, ref_hash = refs(ref)
-        cand_image, cand_hash = self._load(cand)
+        cand_image, cand_hash = self._load(cand, keep_nonfinite=True)
+        cand_size = (cand_image.shape[-2], cand_image.shape[-1])
+        ignore = scoring.ignore.get(cand)
+        ignored = None if ignore is None else masks.rasterise(ignore, cand_size, mask_images)
+        nonfinite = guards.take_nonfinite(cand_image, ignored)
         a, b = images.match_sizes(ref, cand, ref_image, cand_image, resize=self.resize)
+        if ignored is not None:
+            ignored = masks.resized(ignored, (b.shape[-2], b.shape[-1]))
         key = f"{ref_hash}:{tuple(a.shape)}"
-        pair_key = f"{key}:{cand_hash}:{tuple(b.shape)}"
-        return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3)
+        pair_key = f"{key}:{cand_hash}:{tuple(b.shape)}:{ignore}"
+        return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3, cand_size, ignored, nonfinite)
 
-    def _load(self, path: Path) -> tuple[torch.Tensor, str]:
+    def _load(self, path: Path, *, keep_nonfinite: bool = False) -> tuple[torch.Tensor, str]:
         """Decoded pixels and the sha256 of the file: its identity for the cache and for dedup."""
-        image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=self.exposure)
+        image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=self.exposure,
+                                  keep_nonfinite=keep_nonfinite)
         return image, images.content_hash(path)
 
-    def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False) -> Iterator[Outcome]:
+    def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False,
+                      scoring: Scoring = DEFAULT_SCORING) -> Iterator[Outcome]:
         """Outcomes in input order; a bad pair gets its error and the rest go on. Decoding of the
         next window overlaps the forward passes of this one."""
         window = self.decode_window
         chunks = [list(range(i, min(i + window, len(pairs)))) for i in range(0, len(pairs), window)]
+        mask_images: _Once[Path, np.ndarray] = _Once(lambda path: masks.load_mask(path, max_pixels=self.max_pixels))
 
         def submit(chunk: list[int]) -> list[Future]:
             refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
-            return [self._pool.submit(self._decode, i, Path(pairs[i][0]), Path(pairs[i][1]), refs) for i in chunk]
+            return [self._pool.submit(self._decode, i, Path(pairs[i][0]), Path(pairs[i][1]), refs, mask_images,
+                                      scoring) for i in chunk]
 
         pending = submit(chunks[0]) if chunks else []
         computed: dict[str, Outcome] = {}
@@ -168,11 +197,11 @@ class Engine:
                     outcomes[i].error = str(exc)
             for item in decoded:
                 outcomes[item.index].decode_ms = item.decode_ms
-            self._run(decoded, outcomes, computed, with_map)
+            self._run(decoded, outcomes, computed, with_map, scoring)
             yield from (outcomes[i] for i in chunk)
 
     def _run(self, decoded: list[_Decoded], outcomes: dict[int, Outcome], computed: dict[str, Outcome],
-             with_map: bool) -> None:
+             with_map: bool, scoring: Scoring) -> None:
         """Pairs of one size share batches; a pair whose two files were already compared is copied."""
         fresh: list[_Decoded] = []
         repeats: list[_Decoded] = []
@@ -184,12 +213,13 @@ class Engine:
             by_shape.setdefault(tuple(item.ref.shape), []).append(item)
         for group in by_shape.values():
             for start in range(0, len(group), self.max_batch):
-                self._batch(group[start:start + self.max_batch], outcomes, with_map)
+                self._batch(group[start:start + self.max_batch], outcomes, with_map, scoring)
         for item in repeats:
             first, outcome = computed[item.pair_key], outcomes[item.index]
             outcome.distance, outcome.layers, outcome.map = first.distance, first.layers, first.map
+            outcome.scores, outcome.regions = first.scores, first.regions
 
-    def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool) -> None:
+    def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool, scoring: Scoring) -> None:
         """References not in the cache and all candidates go through the network in one forward pass."""
         if self.before_batch is not None:
             self.before_batch([outcomes[item.index].cand for item in batch])
@@ -199,7 +229,8 @@ class Engine:
         found = {k: features for k, features in cached.items() if features is not None}
         first = {b.ref_key: b.ref for b in reversed(batch)}
         missing = [k for k in keys if cached[k] is None]
-        both = self.model.features(_stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device))
+        pixels = _stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device)
+        both = self.model.features(pixels)
         computed = both.take(slice(0, len(missing)))
         for row, key in enumerate(missing):
             found[key] = computed.take(slice(row, row + 1))
@@ -209,7 +240,10 @@ class Engine:
         in_order = missing == [b.ref_key for b in batch]  # distinct references, none cached: no regrouping
         refs = computed if in_order else _concat(found[b.ref_key] for b in batch)
         size = (batch[0].ref.shape[-2], batch[0].ref.shape[-1]) if with_map else None
-        result = self.model.compare(refs, cands, size=size)
+        result = self.model.compare(refs, cands, size=size, spatial=self.with_scores)
+        if result.fine is not None:  # with_scores
+            ref_pixels = pixels[:len(batch)] if in_order else _stack([b.ref for b in batch]).to(self.device)
+            self._score(batch, outcomes, ref_pixels, pixels[len(missing):], result.fine, result.distance, scoring)
         elapsed = (time.perf_counter() - start) * 1e3 / len(batch)
         for row, item in enumerate(batch):
             outcome = outcomes[item.index]
@@ -222,6 +256,44 @@ class Engine:
             ]
             if result.map is not None:  # with_map asked for it
                 outcome.map = result.map[row, 0].cpu()
+
+    def _score(self, batch: list[_Decoded], outcomes: dict[int, Outcome], refs: torch.Tensor, cands: torch.Tensor,
+               fine: torch.Tensor, distance: torch.Tensor, scoring: Scoring) -> None:
+        """The spatial scores from the map at the first tap's resolution (`fine`) and the pixel guards,
+        both without the candidates' ignored pixels; `mean` is the distance itself where none are."""
+        size = (cands.shape[-2], cands.shape[-1])
+        ignored = None
+        if any(item.ignored is not None for item in batch):
+            ignored = torch.stack([torch.zeros(size, dtype=torch.bool) if item.ignored is None
+                                   else torch.from_numpy(item.ignored) for item in batch])[:, None].to(self.device)
+        grid = (fine.shape[-2], fine.shape[-1])
+        spatial = spatial_scores(fine, image_size=size, region_px=scoring.region_px,
+                                 area_level=scoring.area_level,
+                                 ignored=None if ignored is None else grid_ignored(ignored, grid, MASK_MARGIN_PX))
+        guarded = guards.pixel_guards(refs, cands, ignored)
+        for row, (item, (local, local_boxes), (guard, guard_boxes)) in enumerate(zip(batch, spatial, guarded)):
+            count, box = item.nonfinite
+            scores = {**local, **guard, "nonfinite": float(count)}
+            if item.ignored is None and self.model.reduction == "mean":
+                scores["mean"] = float(distance[row])
+            found = {**local_boxes, **guard_boxes}
+            boxes = {name: _in_pixels(found[name], size, item.cand_size) for name in found}
+            if box:  # counted on the candidate as decoded: already in its pixels
+                boxes["nonfinite"] = box
+            outcome = outcomes[item.index]
+            outcome.scores = {name: scores[name] for name in SCORES}
+            outcome.regions = {name: boxes[name] for name in SCORES if name in boxes}
+
+
+def _in_pixels(box: Box, compared: tuple[int, int], cand: tuple[int, int]) -> Box:
+    """A box found at the compared size in the candidate's own pixels (they differ only when resized)."""
+    if compared == cand:
+        return box
+    (height, width), (cand_height, cand_width) = compared, cand
+    x0, y0 = box[0] * cand_width // width, box[1] * cand_height // height
+    x1 = -(-(box[0] + box[2]) * cand_width // width)
+    y1 = -(-(box[1] + box[3]) * cand_height // height)
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 Key = TypeVar("Key", bound=Hashable)

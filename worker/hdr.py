@@ -37,9 +37,10 @@ def tonemap(linear: torch.Tensor, exposure: float = 0.0) -> torch.Tensor:
 
 
 def load_hdr(path: str | os.PathLike[str], *, exposure: float = 0.0, max_pixels: int = 64_000_000,
-             min_size: int = SAFE_MIN_SIZE) -> torch.Tensor:
+             min_size: int = SAFE_MIN_SIZE, keep_nonfinite: bool = False) -> torch.Tensor:
     """Decode an OpenEXR file's R, G, B (or Y) channels of its first part and tone-map them to a float32
-    (3, H, W) tensor in [-1, 1]. Bad files raise `ImageError` naming the file and the reason."""
+    (3, H, W) tensor in [-1, 1]. Bad files raise `ImageError` naming the file and the reason; so do NaN
+    or infinite samples, unless `keep_nonfinite` returns them as NaN (a candidate's pixel guard counts them)."""
     import OpenEXR  # deferred: only HDR input needs the OpenEXR bindings
 
     header = _open(OpenEXR, path, header_only=True).header()
@@ -61,12 +62,19 @@ def load_hdr(path: str | os.PathLike[str], *, exposure: float = 0.0, max_pixels:
             raise ImageError(path, "unsupported",
                              f"EXR channel {name} is subsampled; only full-resolution channels are supported")
     linear = torch.from_numpy(np.stack([p.pixels.astype(np.float64) for p in planes]))
-    if not torch.isfinite(linear).all():
-        raise ImageError(path, "nonfinite", "EXR contains NaN or infinite pixel values")
+    finite = torch.isfinite(linear)
+    nonfinite = not finite.all()
+    if nonfinite:
+        if not keep_nonfinite:
+            raise ImageError(path, "nonfinite", "EXR contains NaN or infinite pixel values")
+        linear[~finite] = 0.0
     try:
-        return tonemap(linear, exposure)
+        mapped = tonemap(linear, exposure)
     except ValueError as exc:
         raise ImageError(path, "bad_exposure", str(exc)) from None
+    if nonfinite:
+        mapped[~finite] = torch.nan
+    return mapped
 
 
 def _open(module, path, **options):

@@ -122,7 +122,8 @@ class SizeMismatchError(ImageError):
         return f"{ref} ({rw}x{rh}) and {cand} ({cw}x{ch}): {self.detail}"
 
 
-def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE, exposure: float = 0.0) -> torch.Tensor:
+def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE, exposure: float = 0.0,
+               keep_nonfinite: bool = False) -> torch.Tensor:
     """Decode one image to a float32 (3, H, W) RGB tensor in [-1, 1], or raise `ImageError`. Its memory is
     the decoded (H, W, 3) array, the channels_last layout the networks run in, so nothing is transposed.
 
@@ -131,7 +132,8 @@ def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE,
 
     Formats: PNG (8/16-bit), JPEG (CMYK too), WebP, TIFF (8/16-bit, float), BMP; the first frame only.
     Range comes from the decoded mode, never from pixel values: 8-bit / 255, 16-bit (I;16*, I) / 65535,
-    float (F) is taken as [0, 1] and clamped (NaN/inf rejected); then x * 2 - 1. Pillow keeps only the
+    float (F) is taken as [0, 1] and clamped (NaN/inf rejected, or with `keep_nonfinite` returned as NaN
+    samples, for a candidate's pixel guard to count); then x * 2 - 1. Pillow keeps only the
     high byte of 16-bit colour PNG/TIFF, so those arrive with 8-bit precision.
     Gray is replicated to three channels; palettes are expanded; CMYK/YCbCr go through Pillow's convert.
     Alpha is DROPPED: the colour channels are used as stored (straight, un-premultiplied colour; a
@@ -144,12 +146,13 @@ def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE,
         if fp.read(4) == EXR_MAGIC:
             from worker.hdr import load_hdr  # HDR needs the OpenEXR bindings
 
-            return load_hdr(path, exposure=exposure, max_pixels=max_pixels, min_size=min_size)
+            return load_hdr(path, exposure=exposure, max_pixels=max_pixels, min_size=min_size,
+                            keep_nonfinite=keep_nonfinite)
         fp.seek(0)
         image = _read_header(path, fp, max_pixels)
         _check_size(path, image.size, max_pixels, min_size)
         _decode(path, image)
-        pixels = _unit_range(path, image)
+        pixels = _unit_range(path, image, keep_nonfinite)
     pixels *= 2  # in numpy, single-threaded: torch would fan each small op out over every core
     pixels -= 1  # from every decode thread at once, and oversubscribe the CPU
     return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) over the decoded (H, W, 3): channels_last
@@ -325,7 +328,7 @@ def _pillow_errors(path: StrPath) -> Iterator[None]:
         raise ImageError(path, "truncated", "truncated or corrupt image", str(exc) or type(exc).__name__) from None
 
 
-def _unit_range(path: StrPath, image: Image.Image) -> np.ndarray:
+def _unit_range(path: StrPath, image: Image.Image, keep_nonfinite: bool) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1], scaled by what the mode says the sample type is."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
@@ -333,7 +336,7 @@ def _unit_range(path: StrPath, image: Image.Image) -> np.ndarray:
     if mode == "I":
         return _three_channels(np.clip(_scaled(image, 65535), 0, 1))
     if mode == "F":
-        return _three_channels(_clamped_float(path, image))
+        return _three_channels(_clamped_float(path, image, keep_nonfinite))
     if mode in _GRAY_8BIT_MODES:
         straight = image.convert("LA") if mode == "La" else image  # un-premultiply; Pillow has no La -> L
         return _three_channels(_scaled(straight.convert("L"), 255))
@@ -347,10 +350,13 @@ def _scaled(image: Image.Image, full_scale: int) -> np.ndarray:
     return samples
 
 
-def _clamped_float(path: StrPath, image: Image.Image) -> np.ndarray:
+def _clamped_float(path: StrPath, image: Image.Image, keep_nonfinite: bool) -> np.ndarray:
     samples = _scaled(image, 1)
-    if not np.isfinite(samples).all():
-        raise ImageError(path, "nonfinite", "float image contains NaN or infinite pixel values")
+    finite = np.isfinite(samples)
+    if not finite.all():
+        if not keep_nonfinite:
+            raise ImageError(path, "nonfinite", "float image contains NaN or infinite pixel values")
+        samples[~finite] = np.nan  # clip keeps NaN: +-inf would become 1 and 0 and pass unseen
     return np.clip(samples, 0, 1, out=samples)
 
 

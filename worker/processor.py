@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from itertools import groupby
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
@@ -19,11 +20,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from gate.logs import get_logger
+from gate.scoring import ScoreOptions
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison
 from worker.images import ImageError, resolve_under
+from worker.masks import Ignore, Scoring
 from worker.runtime import Measurement, Models
 
 STORE_ERRORS = (OperationalError, InterfaceError)
@@ -131,21 +134,33 @@ class Processor:
     def _process_run(self, run_id: int, comparisons: list[Comparison], retry: list[int]) -> None:
         run = self.store.run(lambda session: repo.get_run(session, run_id=run_id), what="run")
         maps = bool(run.options.get("maps"))
+        try:
+            options = ScoreOptions.from_options(run.options)
+        except ValueError as exc:  # the submission validates them: only a hand-made run gets here
+            failed = [(c, Measurement(ref=c.ref, cand=c.cand, error=f"run options: {exc}")) for c in comparisons]
+            self._record(failed, False, retry)
+            return
         todo, pairs, refused = [], [], []
+        ignore: dict[Path, Ignore] = {}
         for comparison in comparisons:
             try:
-                pairs.append(
-                    (
-                        resolve_under(self.settings.image_root, comparison.ref),
-                        resolve_under(self.settings.image_root, comparison.cand),
+                pair = (resolve_under(self.settings.image_root, comparison.ref),
+                        resolve_under(self.settings.image_root, comparison.cand))
+                rules = options.masks_for(comparison.cand)
+                if rules:
+                    ignore[pair[1]] = Ignore(
+                        rects=tuple(rect for rule in rules for rect in rule.rects),
+                        masks=tuple(resolve_under(self.settings.image_root, rule.mask) for rule in rules if rule.mask),
                     )
-                )
+                pairs.append(pair)
                 todo.append(comparison)
             except ImageError as exc:
                 refused.append((comparison, Measurement(ref=comparison.ref, cand=comparison.cand, error=str(exc))))
         if refused:
             self._record(refused, False, retry)
-        measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision, with_map=maps)
+        scoring = Scoring(region_px=options.region_px, area_level=options.area_level, ignore=ignore)
+        measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision, with_map=maps,
+                                       scoring=scoring)
         self._record(list(zip(todo, measured)), maps, retry)
 
     def _record(self, outcomes: list[tuple[Comparison, Measurement]], maps: bool, retry: list[int]) -> None:
@@ -153,6 +168,7 @@ class Processor:
         results = [
             {"comparison_id": c.id, "distance": m.distance, "net": m.net, "weights_version": m.weights_version,
              "precision": m.precision, "layers": m.layers, "decode_ms": m.decode_ms, "model_ms": m.model_ms,
+             "scores": m.scores or None, "regions": m.regions if m.scores else None,
              "heatmap_png": _heatmap(m) if maps else None}
             for c, m in outcomes if m.error is None
         ]

@@ -18,7 +18,8 @@ import torch
 
 from gate.logs import get_logger
 from worker import weights
-from worker.engine import Engine, Outcome, emulated_precision
+from worker.engine import DEFAULT_SCORING, Engine, Outcome, emulated_precision
+from worker.masks import Scoring
 
 Pair = tuple[Path, Path]
 TimeUp = tuple[type[BaseException], ...]
@@ -102,20 +103,21 @@ class Extractor:
     def net(self) -> str:
         return self.engine.model.net
 
-    def measure(self, pairs: Sequence[Pair], *, with_map: bool = False) -> Iterator[Measurement]:
+    def measure(self, pairs: Sequence[Pair], *, with_map: bool = False,
+                scoring: Scoring = DEFAULT_SCORING) -> Iterator[Measurement]:
         """OOM halvings last for this call only: the next call starts at the configured batch again."""
         configured = self.engine.max_batch
         try:
-            yield from self._measure(list(pairs), with_map)
+            yield from self._measure(list(pairs), with_map, scoring)
         finally:
             self.engine.max_batch = configured
 
-    def _measure(self, pairs: list[Pair], with_map: bool) -> Iterator[Measurement]:
+    def _measure(self, pairs: list[Pair], with_map: bool, scoring: Scoring) -> Iterator[Measurement]:
         done, tries = 0, 0
         while done < len(pairs):
             rest = pairs[done:]
             try:
-                for outcome in self.engine.compare_files(rest, with_map=with_map):
+                for outcome in self.engine.compare_files(rest, with_map=with_map, scoring=scoring):
                     done, tries = done + 1, 0
                     yield self._measurement(outcome)
             except self.time_up:
@@ -130,17 +132,17 @@ class Extractor:
                     self._sleep(self.backoff(tries))
                     continue
                 window = rest[: self.engine.decode_window]  # the failure is in the window being computed
-                yield from self._isolate(window, with_map, f"{type(exc).__name__}: {exc}")
+                yield from self._isolate(window, with_map, scoring, f"{type(exc).__name__}: {exc}")
                 done, tries = done + len(window), 0
 
-    def _isolate(self, window: list[Pair], with_map: bool, reason: str) -> Iterator[Measurement]:
+    def _isolate(self, window: list[Pair], with_map: bool, scoring: Scoring, reason: str) -> Iterator[Measurement]:
         """Bisect a failing window so its good pairs still succeed and only the bad ones are handed back."""
         if len(window) == 1:
             yield transient_error(window[0], f"transient failure after {self.tries} tries: {reason}")
             return
         half = len(window) // 2
-        yield from self._measure(window[:half], with_map)
-        yield from self._measure(window[half:], with_map)
+        yield from self._measure(window[:half], with_map, scoring)
+        yield from self._measure(window[half:], with_map, scoring)
 
     def _halve(self) -> None:
         self.engine.max_batch //= 2
@@ -247,7 +249,8 @@ class Models:
         return primary, (None if fallback_net in (None, net) else _Lazy(self, fallback_net, version, precision))
 
     def measure(
-        self, pairs: Sequence[Pair], *, net: str, version: str, precision: str, with_map: bool = False
+        self, pairs: Sequence[Pair], *, net: str, version: str, precision: str, with_map: bool = False,
+        scoring: Scoring = DEFAULT_SCORING,
     ) -> Iterator[Measurement]:
         """A Measurement per pair in input order; without any usable backbone every pair gets a
         non-final error (the weights may be provisioned before the next attempt)."""
@@ -258,9 +261,9 @@ class Models:
             return
         if extractor.net != net:
             self.counters.add("fallbacks", len(pairs))
-        for pair, measurement in zip(pairs, extractor.measure(pairs, with_map=with_map)):
+        for pair, measurement in zip(pairs, extractor.measure(pairs, with_map=with_map, scoring=scoring)):
             if measurement.error is None and not measurement.finite and fallback is not None:
-                measurement = fallback.redo(pair, measurement, with_map) or measurement
+                measurement = fallback.redo(pair, with_map, scoring) or measurement
             yield measurement
 
 
@@ -273,13 +276,13 @@ class _Lazy:
     version: str
     precision: str
 
-    def redo(self, pair: Pair, measurement: Measurement, with_map: bool) -> Measurement | None:
+    def redo(self, pair: Pair, with_map: bool, scoring: Scoring) -> Measurement | None:
         """The fallback's finite result for `pair`, or None (keep the primary's)."""
         try:
             extractor = self.models.get(self.net, self.version, self.precision)
         except (weights.WeightsError, ValueError, OSError):
             return None
-        again = next(iter(extractor.measure([pair], with_map=with_map)))
+        again = next(iter(extractor.measure([pair], with_map=with_map, scoring=scoring)))
         if again.error is not None or not again.finite:
             return None
         self.models.counters.add("fallbacks")

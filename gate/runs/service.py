@@ -23,9 +23,9 @@ from gate.runs.pairing import PairingError, pair_dirs
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
-from gate.store.models import Comparison, Run
+from gate.store.models import Comparison, LayerMetric, Run
 from gate.tonemap import HDR_SUFFIXES, tonemap_policy
-from gate.vocabulary import FINISHED
+from gate.vocabulary import FINISHED, STAT_KEYS
 
 POLL_SECONDS = 0.5
 Progress = Callable[[int, int], None]  # (finished, total)
@@ -195,13 +195,24 @@ def require_run(session: Session, run_id: int) -> Run:
 
 
 def run_results(session: Session, run_id: int) -> list[dict[str, Any]]:
-    """The run's comparisons as `results` prints them, in submission order."""
+    """The run's comparisons as `results` prints them, in submission order, with their layers."""
     require_run(session, run_id)
-    return [comparison_result(c) for c in repo.list_comparisons(session, run_id=run_id)]
+    layers: dict[int, list[dict[str, Any]]] = {}
+    for row in repo.layer_metrics(session, run_id=run_id):
+        layers.setdefault(row.comparison_id, []).append(layer_result(row))
+    return [comparison_result(c, layers.get(c.id, [])) for c in repo.list_comparisons(session, run_id=run_id)]
 
 
-def comparison_result(comparison: Comparison) -> dict[str, Any]:
-    """One comparison with the backbone and weights version that scored it."""
+def comparison_result(comparison: Comparison, layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """One comparison with the backbone and weights version that scored it, its scores by name, the
+    [x, y, w, h] of those with a location (null where never scored), and its layers."""
     return {"ref": comparison.ref, "cand": comparison.cand, "status": comparison.status,
             "distance": comparison.distance, "net": comparison.net, "weights_version": comparison.weights_version,
-            "attempts": comparison.attempts, "error": comparison.error}
+            "attempts": comparison.attempts, "error": comparison.error, "scores": comparison.scores,
+            "regions": comparison.regions, "layers": layers}
+
+
+def layer_result(row: LayerMetric) -> dict[str, Any]:
+    """A stored layer as the engine reports it: its distance and both sides' statistics by key."""
+    stats = {f"{side}_stats": {key: getattr(row, f"{side}_{key}") for key in STAT_KEYS} for side in ("ref", "cand")}
+    return {"index": row.layer_index, "name": row.name, "distance": row.distance, **stats}

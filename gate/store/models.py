@@ -122,7 +122,8 @@ class Comparison(Base):
     decode_ms: Mapped[float | None]
     model_ms: Mapped[float | None]
     heatmap_png: Mapped[bytes | None] = mapped_column(LargeBinary)
-    # gate.vocabulary.SCORES by name, and [x, y, w, h] in the candidate's pixels for those with a location
+    # every score of a scored pair by name (gate.vocabulary.SCORES), and [x, y, w, h] in the candidate's
+    # pixels of those with a location; NULL for pairs never scored and rows older than 0005
     scores: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     regions: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 

@@ -199,7 +199,8 @@ def claim_comparisons(
     return sorted(claimed, key=lambda comparison: comparison.id)
 
 
-RESULT_FIELDS = ("distance", "net", "weights_version", "precision", "decode_ms", "model_ms", "heatmap_png")
+RESULT_FIELDS = ("distance", "net", "weights_version", "precision", "decode_ms", "model_ms", "heatmap_png", "scores",
+                 "regions")
 
 
 def record_result(
@@ -214,11 +215,14 @@ def record_result(
     decode_ms: float | None = None,
     model_ms: float | None = None,
     heatmap_png: bytes | None = None,
+    scores: Mapping[str, float] | None = None,
+    regions: Mapping[str, Sequence[int]] | None = None,
 ) -> bool:
     """Store a finished comparison once: a repeat delivery of a done comparison writes nothing and
-    returns False."""
+    returns False. `scores` by name (non-finite ones stored as null), `regions` [x, y, w, h] by name."""
     result = dict(comparison_id=comparison_id, distance=distance, net=net, weights_version=weights_version,
-                  precision=precision, layers=layers, decode_ms=decode_ms, model_ms=model_ms, heatmap_png=heatmap_png)
+                  precision=precision, layers=layers, decode_ms=decode_ms, model_ms=model_ms, heatmap_png=heatmap_png,
+                  scores=scores, regions=regions)
     return record_results(session, results=[result])[0]
 
 
@@ -252,7 +256,8 @@ def record_results(session: Session, *, results: Sequence[Mapping[str, Any]]) ->
         update_done,
         [
             {"new_id": r["comparison_id"], **{f"new_{key}": r.get(key) for key in RESULT_FIELDS},
-             "new_distance": finite_or_none(r["distance"])}
+             "new_distance": finite_or_none(r["distance"]), "new_scores": _scores(r.get("scores")),
+             "new_regions": _regions(r.get("regions"))}
             for r in todo
         ],
     )
@@ -261,6 +266,15 @@ def record_results(session: Session, *, results: Sequence[Mapping[str, Any]]) ->
         conflict = ["comparison_id", "layer_index"]
         session.execute(insert_for(session, LayerMetric).on_conflict_do_nothing(index_elements=conflict), rows)
     return written
+
+
+def _scores(scores: Mapping[str, float] | None) -> dict[str, float | None] | None:
+    """JSON has no NaN: a non-finite score is stored as null."""
+    return None if scores is None else {name: finite_or_none(value) for name, value in scores.items()}
+
+
+def _regions(regions: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]] | None:
+    return None if regions is None else {name: [int(v) for v in box] for name, box in regions.items()}
 
 
 def _layer_row(comparison_id: int, position: int, layer: Mapping[str, Any]) -> dict[str, Any]:

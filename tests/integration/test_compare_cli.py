@@ -1,6 +1,7 @@
 """`lpips-gate compare` end to end: real weights, the LPIPS example images, bad input, exit codes."""
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from PIL import Image
 
 from gate.cli import main
 from gate.settings import Settings
+from gate.vocabulary import SCORES
 from tests.corpus import make_corpus, truncated_error
 from worker.health import FIXTURES  # the LPIPS authors' examples, shipped with the worker
 
@@ -47,8 +49,11 @@ def test_fixtures_give_the_reference_distances_through_the_cli(fixtures, net):
         assert row["net"] == net and row["version"] == "0.1"
         assert len(row["layers"]) == 5
         assert abs(sum(layer["distance"] for layer in row["layers"]) - row["distance"]) <= 1e-5
-        assert set(row["layers"][0]["ref_stats"]) == {"sparsity", "mean", "std", "min", "max", "nonfinite"}
+        assert set(row["layers"][0]["ref_stats"]) == {"sparsity", "mean", "std", "min", "max", "nonfinite",
+                                                      "spatial_std", "dead"}
         assert "metric" not in row
+        assert list(row["scores"]) == list(SCORES) and row["scores"]["mean"] == row["distance"]
+        assert set(row["regions"]) >= {"region"}
 
 
 def test_single_pair_prints_the_distance_and_writes_the_map(fixtures, tmp_path):
@@ -75,7 +80,6 @@ BAD = {
     "bomb_png": "image is 50000x50000 (2500000000 pixels), more than max_pixels=64000000; "
                 "refusing to decode a possible decompression bomb",
     "tiny_8x8": "image is 8x8; the network needs at least 31x31",
-    "nan_tiff": "float image contains NaN or infinite pixel values",
 }
 
 
@@ -84,6 +88,18 @@ def test_bad_input_exits_2_naming_the_file_and_the_reason(corpus, case):
     result = CliRunner().invoke(main, ["compare", str(corpus["good_ref"]), str(corpus[case])], obj=Settings())
     assert result.exit_code == 2
     assert result.stderr == f"Error: {corpus[case]}: {BAD[case]}\n"
+
+
+def test_non_finite_pixels_are_refused_in_the_reference_and_counted_in_the_candidate(corpus):
+    refused = CliRunner().invoke(main, ["compare", str(corpus["nan_tiff"]), str(corpus["good_ref"])], obj=Settings())
+    assert refused.exit_code == 2
+    assert refused.stderr == f"Error: {corpus['nan_tiff']}: float image contains NaN or infinite pixel values\n"
+    scored = CliRunner().invoke(main, ["compare", str(corpus["good_ref"]), str(corpus["nan_tiff"]), "--json"],
+                                obj=Settings())
+    assert scored.exit_code == 0, scored.output
+    row = json.loads(scored.stdout)
+    assert (row["scores"]["nonfinite"], row["regions"]["nonfinite"]) == (1.0, [7, 5, 1, 1])  # the pixel at row 5, col 7
+    assert math.isfinite(row["distance"]) and row["scores"]["mean"] == row["distance"]
 
 
 def test_a_truncated_image_exits_2_naming_the_file_and_the_reason(corpus):

@@ -30,7 +30,8 @@ from gate.store import repository as repo
 from gate.store.models import Run
 
 SUITE = "render"
-HEALTHY = {"sparsity": 0.5, "mean": 0.5, "std": 1.0, "min": 0.0, "max": 4.0, "nonfinite": 0}
+HEALTHY = {"sparsity": 0.5, "mean": 0.5, "std": 1.0, "min": 0.0, "max": 4.0, "nonfinite": 0, "spatial_std": 0.8,
+           "dead": 0.0}
 DISTANCE_LABELS = {"suite": SUITE, "net": "alex", "weights_version": "w1"}
 
 

@@ -300,10 +300,17 @@ def finished_run(pg_url: str, images: Path, broker: redis.Redis) -> list[int]:
     with session_scope(engine) as session:
         repo.claim_comparisons(session, ids=ids[:1], worker="w1", max_attempts=3)
         repo.record_result(session, comparison_id=ids[0], distance=0.125, net="alex",
-                           weights_version="alex-v0.1", precision="fp32", layers=[])
+                           weights_version="alex-v0.1", precision="fp32", layers=[LAYER], scores=SCORED,
+                           regions={"region": [0, 8, 33, 33]})
         repo.record_error(session, comparison_id=ids[1], reason="decode: truncated PNG", final=True)
     engine.dispose()
     return ids
+
+
+STATS = {"sparsity": 0.5, "mean": 0.25, "std": 1.5, "min": 0.0, "max": 8.0, "nonfinite": 0, "spatial_std": 1.25,
+         "dead": 0.0625}
+LAYER = {"index": 0, "name": "features.1", "distance": 0.125, "ref_stats": STATS, "cand_stats": {**STATS, "dead": 0.5}}
+SCORED = {"mean": 0.125, "region": 0.5, "area": 0.0, "fireflies": 0.0, "flat": 0.0, "nonfinite": 0.0, "outliers": 0.0}
 
 
 def _finish(url: str, comparison_id: int, distance: float) -> None:
@@ -318,13 +325,15 @@ def test_results_json_lists_every_comparison_with_its_producer(pg_url: str, imag
                                                                finished_run: list[int]) -> None:
     result = _cli(["results", "--run", "1", "--json"], db=pg_url, root=images)
     assert (result.exit_code, result.stderr) == (0, "")
+    unscored = {"scores": None, "regions": None, "layers": []}
     assert json.loads(result.stdout) == [
         {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "distance": 0.125, "net": "alex",
-         "weights_version": "alex-v0.1", "attempts": 1, "error": None},
+         "weights_version": "alex-v0.1", "attempts": 1, "error": None, "scores": SCORED,
+         "regions": {"region": [0, 8, 33, 33]}, "layers": [LAYER]},
         {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "distance": None, "net": None,
-         "weights_version": None, "attempts": 0, "error": "decode: truncated PNG"},
+         "weights_version": None, "attempts": 0, "error": "decode: truncated PNG", **unscored},
         {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "queued", "distance": None, "net": None,
-         "weights_version": None, "attempts": 0, "error": None},
+         "weights_version": None, "attempts": 0, "error": None, **unscored},
     ]
 
 

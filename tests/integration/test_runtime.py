@@ -12,6 +12,7 @@ import random
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import structlog
 from PIL import Image
@@ -19,11 +20,14 @@ from sqlalchemy import func, select, update
 
 from gate.runs.executors import load_executor
 from gate.runs.queue import make_celery, store_queue_at
+from gate.runs.service import run_results
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Comparison, LayerMetric, Worker, utcnow
+from gate.vocabulary import SCORES, STAT_KEYS
 from tests.integration.services import PrivateRedis, copy_weights, private_folder, remove, write_pairs
+from tests.scenes import render, scene
 from tests.support.faults import Faults, injected
 from worker.celery_app import celery_sweeper, comparison_ids
 from worker.engine import Engine
@@ -224,7 +228,7 @@ def test_message_ids_keep_their_order_once_each():
 # --- the embedded executor (the worker's processor, in this process) ----------------------------
 
 
-def _new_run(url: str, pairs, *, maps: bool, net: str = "alex") -> list[int]:
+def _new_run(url: str, pairs, *, maps: bool, net: str = "alex", options: dict | None = None) -> list[int]:
     engine = make_engine(url)
     try:
         with session_scope(engine) as session:
@@ -235,7 +239,7 @@ def _new_run(url: str, pairs, *, maps: bool, net: str = "alex") -> list[int]:
                 net=net,
                 version="0.1",
                 precision="fp32",
-                options={"maps": maps},
+                options={"maps": maps, **(options or {})},
             )
             return [c.id for c in repo.list_comparisons(session, run_id=run.id)]
     finally:
@@ -405,3 +409,84 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     sweep()  # a backlog is not lost work: exactly the lost message's ids are sent again
     assert _queued_messages(private_redis, queue) == sorted([resent[0:2], resent[4:5]])
     store.dispose()
+
+
+# --- scores -------------------------------------------------------------------------------------
+
+MISSING = (100, 60, 48, 48)  # x, y, w, h of the object the damaged candidates lose
+
+
+@pytest.fixture(scope="module")
+def scenes(image_root) -> list[tuple[str, str]]:
+    """Renders of one scene under scored/: a good re-render, a missing object (unmasked, masked by a
+    rectangle, masked by a mask image), a black frame; and the mask image."""
+    folder = image_root / "scored"
+    folder.mkdir()
+    clean = scene(5)
+    good = render(clean, 2)
+    missing = good.copy()
+    x, y, w, h = MISSING
+    missing[y:y + h, x:x + w] = render(np.full((h, w, 3), 90.0), 7)
+    mask = np.zeros(good.shape[:2], dtype=np.uint8)
+    mask[y:y + h, x:x + w] = 255
+    frames = {"ref": render(clean, 1), "good": good, "missing": missing, "rect_missing": missing,
+              "image_missing": missing, "black": np.zeros_like(good), "mask": mask}
+    for name, pixels in frames.items():
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    return [("scored/ref.png", f"scored/{name}.png") for name in ("good", "missing", "rect_missing",
+                                                                   "image_missing", "black")]
+
+
+def test_the_processor_stores_scores_regions_and_layer_statistics(db_url, weights_dir, image_root, scenes):
+    settings = _settings(weights_dir, image_root, database_url=db_url)
+    masks = [{"glob": "rect_*", "rects": [list(MISSING)], "mask": None},
+             {"glob": "image_*", "rects": [], "mask": "scored/mask.png"},
+             {"glob": "nowhere_*", "rects": [], "mask": "scored/absent.png"}]  # matches none: never read
+    ids = _new_run(db_url, scenes, maps=False, options={"region_px": 32, "area_level": 1.0, "masks": masks})
+    store = Store(db_url, retry_s=0)
+    Processor(settings, store=store, models=Models(settings), name=worker_name(), requeue=print).process(ids)
+    store.dispose()
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        good, missing, rect, image, black = (session.get_one(Comparison, i) for i in ids)
+        for row in (good, missing, rect, image, black):
+            assert (row.status, list(row.scores)) == ("done", list(SCORES))
+        for row in (good, missing, black):
+            assert row.scores["mean"] == row.distance  # no mask: the distance itself
+        assert good.regions == {"region": good.regions["region"]} and len(good.regions["region"]) == 4
+        assert {k: good.scores[k] for k in ("fireflies", "flat", "nonfinite", "outliers")} == dict.fromkeys(
+            ("fireflies", "flat", "nonfinite", "outliers"), 0.0)
+        x, y, w, h = missing.regions["region"]
+        assert x < 148 and 100 < x + w and y < 108 and 60 < y + h  # on the missing object
+        assert missing.scores["region"] > 3 * good.scores["region"]
+        assert rect.scores == image.scores and rect.regions == image.regions  # one mask, two ways to draw it
+        assert rect.distance == missing.distance and rect.scores["region"] < 1.2 * good.scores["region"]
+        assert (black.scores["flat"], "flat" in black.regions) == (1.0, False)
+        metrics = {(m.comparison_id, m.layer_index): m for m in session.scalars(select(LayerMetric))}
+        for index in range(ALEX_LAYERS):
+            healthy, blank = metrics[(good.id, index)], metrics[(black.id, index)]
+            assert healthy.ref_spatial_std == blank.ref_spatial_std > 0  # one reference
+            assert 0.8 < healthy.cand_spatial_std / healthy.ref_spatial_std < 1.25
+            assert blank.cand_spatial_std < 0.4 * blank.ref_spatial_std  # not 0: the convolutions' zero padding
+            assert 0 <= healthy.cand_dead <= blank.cand_dead <= 1
+        results = run_results(session, good.run_id)
+    engine.dispose()
+    assert [(r["scores"], r["regions"]) for r in results] == [
+        (row.scores, row.regions) for row in (good, missing, rect, image, black)]
+    first = results[0]["layers"][0]
+    assert (first["index"], first["name"], first["distance"]) == (0, "features.1", metrics[(good.id, 0)].distance)
+    assert first["cand_stats"] == {key: getattr(metrics[(good.id, 0)], f"cand_{key}") for key in STAT_KEYS}
+
+
+def test_a_missing_mask_image_fails_the_pairs_it_applies_to(db_url, weights_dir, image_root, scenes):
+    settings = _settings(weights_dir, image_root, database_url=db_url)
+    masks = [{"glob": "rect_*", "rects": [], "mask": "scored/absent.png"}]
+    ids = _new_run(db_url, scenes[1:3], maps=False, options={"masks": masks})
+    store = Store(db_url, retry_s=0)
+    Processor(settings, store=store, models=Models(settings), name=worker_name(), requeue=print).process(ids)
+    store.dispose()
+    rows, _ = _rows(db_url, ids)
+    assert [(r.cand, r.status, r.error) for r in rows] == [
+        ("scored/missing.png", "done", None),
+        ("scored/rect_missing.png", "error", "scored/absent.png: file not found"),
+    ]

@@ -28,6 +28,8 @@ def _stats(base: float) -> dict:
         "min": base - 3,
         "max": base + 4,
         "nonfinite": 0,
+        "spatial_std": base + 5,
+        "dead": base / 8,
     }
 
 
@@ -495,6 +497,29 @@ def test_record_results_writes_a_batch_once_in_order(session_factory) -> None:
         layers = [(m.comparison_id, m.layer_index) for m in repo.layer_metrics(session, run_id=run_id)]
     assert rows == {first: ("done", None), second: ("done", 0.5), third: ("done", 0.75)}
     assert sorted(layers) == sorted((i, x) for i in (first, second, third) for x in (0, 1))
+
+
+def test_record_results_stores_scores_regions_and_the_spatial_statistics(session_factory) -> None:
+    first, second, third = _ids(session_factory, _new_run(session_factory))
+    scores = {"mean": 0.25, "region": 0.75, "area": 0.0625, "fireflies": 12.0, "flat": 0.0, "nonfinite": 0.0,
+              "outliers": float("nan")}
+    regions = {"region": [96, 32, 33, 33], "fireflies": [100, 40, 37, 39]}
+    result = {"distance": 0.25, "net": "alex", "weights_version": "w1", "precision": "fp32", "layers": LAYERS}
+    with session_factory.begin() as session:
+        assert repo.record_results(session, results=[
+            {**result, "comparison_id": first, "scores": scores, "regions": regions},
+            {**result, "comparison_id": second, "scores": {**scores, "outliers": 0.0}, "regions": {}},
+            {**result, "comparison_id": third},  # a result without scores: a worker that does not score
+        ]) == [True, True, True]
+    with session_factory() as session:
+        one, two, three = (session.get_one(Comparison, i) for i in (first, second, third))
+        metric = session.scalars(select(LayerMetric).where(LayerMetric.comparison_id == first,
+                                                           LayerMetric.layer_index == 0)).one()
+    assert (one.scores, one.regions) == ({**scores, "outliers": None}, regions)  # JSON has no NaN
+    assert (two.scores["outliers"], two.regions) == (0.0, {})
+    assert (three.scores, three.regions) == (None, None)
+    assert (metric.ref_spatial_std, metric.ref_dead, metric.cand_spatial_std, metric.cand_dead) == (
+        5.5, 0.0625, 5.25, 0.03125)
 
 
 def test_record_results_refuses_an_unknown_comparison_and_writes_nothing(session_factory) -> None:

@@ -31,6 +31,7 @@ DONE = (
     "gray16.tif",
     "image.bmp",
     "lossless.webp",
+    "nan.tif",  # a candidate's NaN pixels are counted (its `nonfinite` score), not refused
     "palette.png",
     "premultiplied.tif",
     "rgb16.png",
@@ -60,7 +61,6 @@ def expected_outcomes(root, outside) -> dict[tuple[str, str], tuple[str, str | N
             f"{root}/good_ref.png (64x64) and {root}/mismatch_ref.png (64x48): sizes differ; "
             "pass --resize ref|cand to resize"
         ),
-        "nan.tif": f"{root}/nan.tif: float image contains NaN or infinite pixel values",
         "not_image.png": f"{root}/not_image.png: not an image file (expected PNG, JPEG, WebP, TIFF, BMP or OpenEXR)",
         "tiny_1x1.png": f"{root}/tiny_1x1.png: image is 1x1; the network needs at least 31x31",
         "tiny_8x8.png": f"{root}/tiny_8x8.png: image is 8x8; the network needs at least 31x31",
@@ -76,6 +76,8 @@ def expected_outcomes(root, outside) -> dict[tuple[str, str], tuple[str, str | N
     outcomes = {("good_ref.png", cand): ("error", error) for cand, error in against_ref.items()}
     outcomes |= {("good_ref.png", cand): ("done", None) for cand in DONE}
     outcomes[("escape.png", "good_cand.png")] = ("error", "escape.png: path escapes the image root")
+    nan_ref = f"{root}/nan.tif: float image contains NaN or infinite pixel values"
+    outcomes[("nan.tif", "good_cand.png")] = ("error", nan_ref)
     both_mismatched = (
         f"{root}/mismatch_ref.png (64x48) and {root}/mismatch_cand.png (32x32): sizes differ; "
         "pass --resize ref|cand to resize"

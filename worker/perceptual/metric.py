@@ -16,6 +16,7 @@ from worker.perceptual.extractor import extract
 from worker.perceptual.heads import Heads, shipped_heads
 from worker.perceptual.normalise import NORMALISERS
 from worker.perceptual.reduce import REDUCTIONS
+from worker.perceptual.spatial import fine_map
 from worker.perceptual.stats import layer_stats
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,6 +52,7 @@ class Result:
     ref_stats: list[list[dict[str, float]]]
     cand_stats: list[list[dict[str, float]]]
     map: torch.Tensor | None = None  # (N, 1, H, W)
+    fine: torch.Tensor | None = None  # (N, 1, h, w): the map at the first tapped layer's resolution
 
 
 class LPIPS(nn.Module):
@@ -128,33 +130,50 @@ class LPIPS(nn.Module):
     def layer_maps(self, f0: Features, f1: Features) -> list[torch.Tensor]:
         """Per-position distance of each layer, (N,1,h,w)."""
         with torch.inference_mode():
-            diffs = [(a - b) ** 2 for a, b in zip(f0.layers, f1.layers)]
-            if self.heads is None:
-                return [d.sum(dim=1, keepdim=True) for d in diffs]
-            return [self.heads[i](d) for i, d in enumerate(diffs)]
+            return [self._weighted(i, (a - b) ** 2) for i, (a, b) in enumerate(zip(f0.layers, f1.layers))]
 
-    def compare(self, f0: Features, f1: Features, *, size: tuple[int, int] | None = None) -> Result:
-        """Distances from precomputed features; `size` (H, W) also returns the spatial map."""
+    def compare(self, f0: Features, f1: Features, *, size: tuple[int, int] | None = None,
+                spatial: bool = False) -> Result:
+        """Distances from precomputed features; `size` (H, W) also returns the spatial map, `spatial` the
+        map at the first tap's resolution (`fine`) for the local scores."""
         if size is None and self.reduction == "mean":
-            layers = self._mean_layers(f0, f1)
-            return Result(layers.sum(dim=1), layers, f0.stats, f1.stats)
+            layers, maps = self._mean_layers(f0, f1, with_maps=spatial)
+            return Result(layers.sum(dim=1), layers, f0.stats, f1.stats, fine=fine_map(maps) if spatial else None)
         maps = self.layer_maps(f0, f1)
         reduce = REDUCTIONS[self.reduction]
         with torch.inference_mode():
             layers = torch.stack([reduce(m) for m in maps], dim=1)
-            spatial = None
+            full = None
             if size is not None:
                 upsampled = (F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
-                spatial = cast(torch.Tensor, sum(upsampled))  # maps is never empty: a tensor, never sum's start 0
-        return Result(layers.sum(dim=1), layers, f0.stats, f1.stats, spatial)
+                full = cast(torch.Tensor, sum(upsampled))  # maps is never empty: a tensor, never sum's start 0
+            fine = fine_map(maps) if spatial else None
+        return Result(layers.sum(dim=1), layers, f0.stats, f1.stats, full, fine)
 
-    def _mean_layers(self, f0: Features, f1: Features) -> torch.Tensor:
-        """The spatial mean commutes with the 1x1 heads: average first, then weight (N,C), not (N,C,H,W)."""
+    def _mean_layers(self, f0: Features, f1: Features, *, with_maps: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The spatial mean commutes with the 1x1 heads: average first, then weight (N,C), not (N,C,H,W).
+        The distance always comes from these means; `with_maps` also weights each position, for the
+        local scores, from the same squared differences."""
         with torch.inference_mode():
-            means = [((a - b) ** 2).mean(dim=(2, 3)) for a, b in zip(f0.layers, f1.layers)]
+            means, maps = [], []
+            for i, (a, b) in enumerate(zip(f0.layers, f1.layers)):
+                squared = (a - b) ** 2
+                means.append(squared.mean(dim=(2, 3)))
+                if with_maps:
+                    maps.append(self._weighted(i, squared))
+                del squared
             if self.heads is None:
-                return torch.stack([m.sum(dim=1) for m in means], dim=1)
-            return torch.stack([m @ self.heads[i].conv.weight.flatten() for i, m in enumerate(means)], dim=1)
+                return torch.stack([m.sum(dim=1) for m in means], dim=1), maps
+            weights = [self.heads[i].conv.weight.flatten() for i in range(len(means))]
+            return torch.stack([m @ w for m, w in zip(means, weights)], dim=1), maps
+
+    def _weighted(self, layer: int, squared: torch.Tensor) -> torch.Tensor:
+        """(N,C,h,w) squared differences -> (N,1,h,w), weighted by the layer's head (summed without one):
+        a matrix-vector product over the channels-last memory, several times faster than the 1x1 conv."""
+        if self.heads is None:
+            return squared.sum(dim=1, keepdim=True)
+        weight = self.heads[layer].conv.weight.flatten().to(squared.dtype)
+        return torch.matmul(squared.permute(0, 2, 3, 1), weight).unsqueeze(1)
 
     def run(self, in0: torch.Tensor, in1: torch.Tensor, *, with_map: bool = False) -> Result:
         """Both images of every pair in one batched forward pass."""

@@ -10,7 +10,8 @@ BY_NET = {("alex", "0.1"): Policy(max_distance=0.1), ("vgg", "0.1"): Policy(max_
 
 
 def _stats(sparsity=0.5, std=0.5, nonfinite=0):
-    return {"sparsity": sparsity, "mean": 0.2, "std": std, "min": -1.0, "max": 3.0, "nonfinite": nonfinite}
+    return {"sparsity": sparsity, "mean": 0.2, "std": std, "min": -1.0, "max": 3.0, "nonfinite": nonfinite,
+            "spatial_std": 0.4, "dead": 0.0}
 
 
 def _layer(index=0, name="relu1", ref=None, cand=None):
@@ -87,7 +88,7 @@ def test_results_validate_their_fields():
         _pair("a.png", 0.1, status="ok")
     with pytest.raises(ValueError, match=r"^a.png -> cand/a.png: a done comparison needs its net and weights_version$"):
         _pair("a.png", 0.1, net=None)
-    with pytest.raises(ValueError, match=r"^layer 'relu1' cand_stats: missing std, nonfinite$"):
+    with pytest.raises(ValueError, match=r"^layer 'relu1' cand_stats: missing std, nonfinite, spatial_std, dead$"):
         LayerResult(0, "relu1", 0.0, _stats(), {"sparsity": 0, "mean": 0, "min": 0, "max": 0})
 
 

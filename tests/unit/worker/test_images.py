@@ -178,6 +178,15 @@ def test_bad_input_names_the_file_and_the_reason(corpus, name, reason, text):
     assert (caught.value.path, caught.value.reason) == (corpus[name], reason)
 
 
+def test_a_float_tiff_may_keep_its_non_finite_samples_as_nan(corpus):
+    """For a candidate: its NaN sample comes back NaN (the guard counts it), the rest as decoded."""
+    image = load(corpus["nan_tiff"], keep_nonfinite=True)
+    assert torch.isnan(image).nonzero().tolist() == [[0, 5, 7], [1, 5, 7], [2, 5, 7]]  # gray: all three channels
+    expected = torch.from_numpy(np.clip(float_ramp(), 0, 1) * 2 - 1)
+    finite = torch.isfinite(image[0])
+    assert torch.equal(image[0][finite], expected[finite])
+
+
 @pytest.mark.parametrize("name", ["truncated_png", "truncated_jpeg"])
 def test_truncated_images_say_so_in_our_words_then_in_the_decoders(corpus, name):
     with pytest.raises(ImageError) as caught:

@@ -174,3 +174,18 @@ def test_compare_reads_exr_by_its_magic_bytes_and_states_the_tone_map(tmp_path):
         rows.append(__import__("json").loads(result.stdout))
     assert rows[0]["tonemap"] == "exr:srgb-clamp-v1:exposure=+0" and "tonemap" not in rows[1]
     assert abs(rows[0]["distance"] - rows[1]["distance"]) <= 1e-4
+
+
+def test_a_candidate_may_keep_its_non_finite_samples_as_nan(tmp_path):
+    """A reference is refused for them; a candidate's come back as NaN for its `nonfinite` guard to
+    count, every other sample tone-mapped as usual."""
+    ones = np.ones((64, 64), dtype=np.float32)
+    red, green = ones.copy(), ones.copy()
+    red[3, 4], green[10, 20] = np.nan, np.inf
+    path = write_exr(tmp_path / "bad.exr", {"R": red, "G": green, "B": ones})
+    assert exr_error(path)[0] == "nonfinite"
+    image = load_image(path, max_pixels=10**6, keep_nonfinite=True)
+    assert torch.isnan(image).nonzero().tolist() == [[0, 3, 4], [1, 10, 20]]
+    clean = load_hdr(write_exr(tmp_path / "ones.exr", {"R": ones, "G": ones, "B": ones}))
+    finite = torch.isfinite(image)
+    assert torch.equal(image[finite], clean[finite])
