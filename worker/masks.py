@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.scoring import AREA_LEVEL, REGION_PX, Rect
+from gate.scoring import Rect
+from gate.vocabulary import AREA_LEVEL, REGION_PX
 from worker import images
 
 
