@@ -203,4 +203,4 @@ def test_drift_condition_per_backbone_and_none_without_enough_samples():
 
 def test_evaluate_orders_rules_and_counts_every_checked_condition():
     rules = [c.rule for c in evaluate(_layered_run(), GATE)]
-    assert rules == ["distance"] + ["sparsity"] * 4 + ["variance"] * 4 + ["nonfinite"] * 4
+    assert rules == ["distance"] + ["sparsity"] * 4 + ["variance"] * 4 + ["nonfinite"] * 4 + ["flatness"] * 2
