@@ -139,7 +139,9 @@ def test_calibrate_stores_thresholds_with_history_and_check_judges_by_the_newest
     damaged = _check(db_url, renders, "hole", "--junit", str(junit))
     assert (damaged.exit_code, _verdicts(damaged)) == (1, ("fail", ["fail", "fail"])), damaged.output
     properties = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().find("testsuite/properties")}
-    assert float(properties["threshold"]) == shown["thresholds"]["mean"]  # the report shows what judged it
+    first_limit = _in_store(db_url, lambda session: calibrations.latest(
+        session, suite="render", net="alex", weights_version=shown["weights_version"]).limits("hole/a.png")["mean"])
+    assert float(properties["threshold"]) == first_limit  # the report shows what judged it: a.png's own limit
     holes = [pair["distance"] for pair in json.loads(damaged.stdout)["pairs"]]
     assert min(holes) > shown["thresholds"]["mean"]  # judged by the calibrated mean
     damaged_run = json.loads(damaged.stdout)["run"]
@@ -157,7 +159,8 @@ def test_calibrate_stores_thresholds_with_history_and_check_judges_by_the_newest
     assert newest == history[1]
 
     again = _check(db_url, renders, "hole")  # the newest calibration, a hundred times the noise, applies
-    assert (again.exit_code, _verdicts(again)) == (0, ("pass", ["pass", "pass"]))
+    assert all("distance" in pair["reasons"] for pair in json.loads(damaged.stdout)["pairs"])
+    assert all("distance" not in pair["reasons"] for pair in json.loads(again.stdout)["pairs"])
     runs = _in_store(db_url, lambda session: {run.id: run.calibration_ids for run in session.scalars(select(Run))})
     assert (runs[4], runs[5], runs[json.loads(again.stdout)["run"]]) == ([1], [1], [2])
     assert runs[1] is None  # a calibration run: not judged yet
@@ -192,12 +195,15 @@ def test_per_image_limits_need_three_good_renders_of_the_image(sqlite_url: str, 
 def test_explicit_thresholds_win_and_an_uncalibrated_net_is_still_refused(sqlite_url: str, renders: Path,
                                                                           tmp_path: Path) -> None:
     assert _calibrate(sqlite_url, renders, "good1", "good2", "good3").exit_code == 0
-    lenient = _check(sqlite_url, renders, "hole", "--threshold", "1.0")
-    assert (lenient.exit_code, _verdicts(lenient)) == (0, ("pass", ["pass", "pass"]))
+    lenient = _check(sqlite_url, renders, "hole", "--threshold", "1.0")  # the mean's limit only
+    assert all("distance" not in pair["reasons"] for pair in json.loads(lenient.stdout)["pairs"])
     strict = _check(sqlite_url, renders, "good4", "--threshold", "0.0001")
     assert (strict.exit_code, _verdicts(strict)) == (1, ("fail", ["fail", "fail"]))
     policy = tmp_path / "gate.toml"
     policy.write_text("[suite.render]\nmax_distance = 1.0\n")
+    declared = _check(sqlite_url, renders, "hole", "--policies", str(policy))
+    assert all("distance" not in pair["reasons"] for pair in json.loads(declared.stdout)["pairs"])
+    policy.write_text("[suite.render]\nmax_distance = 1.0\nmax_region = 10.0\nmax_outliers = 1000000\n")
     declared = _check(sqlite_url, renders, "hole", "--policies", str(policy))
     assert (declared.exit_code, _verdicts(declared)) == (0, ("pass", ["pass", "pass"]))
 
@@ -205,7 +211,7 @@ def test_explicit_thresholds_win_and_an_uncalibrated_net_is_still_refused(sqlite
         refused = _check(sqlite_url, renders, "good4", *args, suite=suite)
         assert (refused.exit_code, refused.stderr) == (
             2, f"Error: --threshold: none given and the policies set no max_distance for suite {suite!r}\n")
-    assert _in_store(sqlite_url, lambda session: session.scalar(select(func.count()).select_from(Run))) == 6
+    assert _in_store(sqlite_url, lambda session: session.scalar(select(func.count()).select_from(Run))) == 7
 
 
 def test_the_daemon_judges_a_submitted_run_by_the_calibration(sqlite_url: str, renders: Path) -> None:
