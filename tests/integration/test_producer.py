@@ -354,7 +354,7 @@ def test_wait_prints_the_run_once_every_comparison_is_finished(pg_url: str, imag
     assert json.loads(result.stdout) == {
         "run": 1, "suite": "smoke", "verdict": None, "policy": None, "pairs": [
             {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "verdict": None, "distance": 0.125,
-             "error": None, "scores": None, "reasons": [], "where": None},
+             "error": None, "scores": SCORED, "reasons": [], "where": None},
             {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "verdict": None, "distance": None,
              "error": "decode: truncated PNG", "scores": None, "reasons": [], "where": None},
             {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "done", "verdict": None, "distance": 0.5,
