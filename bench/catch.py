@@ -61,7 +61,7 @@ def pairs_of(summary: dict[str, Any], folder: str) -> list[dict[str, Any]]:
     """A checked run's pairs as the bench keeps them, named by their file inside the folder."""
     return [
         {"file": str(PurePosixPath(pair["cand"]).relative_to(folder)), "verdict": pair["verdict"],
-         "distance": pair["distance"], "reasons": pair.get("reasons", []), "where": pair.get("where")}
+         "distance": pair["distance"], "reasons": pair["reasons"], "where": pair["where"], "scores": pair["scores"]}
         for pair in summary["pairs"]
     ]
 

@@ -19,7 +19,7 @@ VERSIONS = ("0.0", "0.1")  # the LPIPS linear heads' version, not the backbone's
 STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite", "spatial_std", "dead")
 # every scored pair's scores (comparisons.scores): from the LPIPS map (mean, region, area), then the
 # pixel guards (fireflies, flat, nonfinite, outliers); see gate.scoring and worker.guards
-SCORES = ("mean", "region", "area", "fireflies", "flat", "nonfinite", "outliers")
+SCORES = ("mean", "region", "area", "fireflies", "flat", "nonfinite", "outliers", "tone", "levels")
 REGION_PX = 32  # the worst-region score's window, in image pixels (run option region_px)
 AREA_LEVEL = 1.0  # the area score counts map values above this (run option area_level)
 

@@ -23,6 +23,7 @@ from worker.perceptual import LPIPS, Features
 from worker.perceptual.cache import FeatureCache
 from worker.perceptual.spatial import grid_ignored, spatial_scores
 from worker.science.trained import resolve_heads
+from worker.tone import levels_lost, tone_shifts
 
 Box = list[int]
 DEFAULT_SCORING = Scoring()
@@ -271,12 +272,15 @@ class Engine:
                                  area_level=scoring.area_level,
                                  ignored=None if ignored is None else grid_ignored(ignored, grid, MASK_MARGIN_PX))
         guarded = guards.pixel_guards(refs, cands, ignored)
-        for row, (item, (local, local_boxes), (guard, guard_boxes)) in enumerate(zip(batch, spatial, guarded)):
+        toned = tone_shifts(refs, cands, scoring.region_px, ignored)
+        quantised = levels_lost(refs, cands, scoring.region_px, ignored)
+        for row, (item, (local, local_boxes), (guard, guard_boxes), (tone, tone_box), (lost, lost_box)) in enumerate(
+                zip(batch, spatial, guarded, toned, quantised)):
             count, box = item.nonfinite
-            scores = {**local, **guard, "nonfinite": float(count)}
+            scores = {**local, **guard, "nonfinite": float(count), "tone": tone, "levels": lost}
             if item.ignored is None and self.model.reduction == "mean":
                 scores["mean"] = float(distance[row])
-            found = {**local_boxes, **guard_boxes}
+            found = {**local_boxes, **guard_boxes, "tone": tone_box, "levels": lost_box}
             boxes = {name: _in_pixels(found[name], size, item.cand_size) for name in found}
             if box:  # counted on the candidate as decoded: already in its pixels
                 boxes["nonfinite"] = box

@@ -3,10 +3,10 @@
 A score's noise floor is the largest value the good renders gave it; its threshold is a margin above
 that floor, because a few good renders rarely show the largest value sampling noise will ever give:
 
-- continuous scores (`mean`, `region`, `area`, and any score not named below):
+- continuous scores (`mean`, `region`, `area`, `tone`, `levels`, and any score not named below):
   `max * (1 + margin) + floor`, with a small absolute floor per score (`mean` 0.002, `region` 0.02,
-  `area` 0.002, else 0), so renders that came out identical still leave room for the last bits of
-  noise (GPU reductions, encoders);
+  `area` 0.002, `tone` 1 level, `levels` 0.05, else 0), so renders that came out identical still
+  leave room for the last bits of noise (GPU reductions, encoders);
 - counts (`fireflies`, `outliers`, `nonfinite`): `ceil(max * (1 + margin)) + slack`, the slack 1 for
   the detectors that noise trips now and then (fireflies, outliers) and 0 for non-finite pixels, which
   no sampler produces by chance;
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 DEFAULT_MARGIN = 0.25
 MIN_PER_IMAGE = 3
-FLOORS = {"mean": 0.002, "region": 0.02, "area": 0.002}
+FLOORS = {"mean": 0.002, "region": 0.02, "area": 0.002, "tone": 1.0, "levels": 0.05}
 COUNT_SLACK = {"fireflies": 1, "outliers": 1, "nonfinite": 0}
 BINARY = frozenset({"flat"})
 

@@ -29,6 +29,8 @@ PAIR_RULES = (
     PairRule("fireflies", "fireflies", lambda policy: policy.max_fireflies),
     PairRule("outliers", "outliers", lambda policy: policy.max_outliers),
     PairRule("nonfinite", "nonfinite", lambda policy: policy.max_nonfinite),
+    PairRule("tone", "tone", lambda policy: policy.max_tone),
+    PairRule("levels", "levels", lambda policy: policy.max_levels_lost),
     PairRule("flat", "flat", lambda policy: 0.0 if policy.fail_flat else None),  # the score is 1.0 when flat
 )
 

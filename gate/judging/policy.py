@@ -92,7 +92,8 @@ class DriftPolicy(_Frozen):
 
 # score name -> the Policy field that limits it; "mean" is the LPIPS mean (max_distance)
 LIMITS = {"mean": "max_distance", "region": "max_region", "area": "max_area", "fireflies": "max_fireflies",
-          "outliers": "max_outliers", "nonfinite": "max_nonfinite"}
+          "outliers": "max_outliers", "nonfinite": "max_nonfinite", "tone": "max_tone",
+          "levels": "max_levels_lost"}
 SCALE_FIELDS = ("max_distance", "max_region", "max_area")  # on one backbone's LPIPS scale
 RUN_OPTIONS = ("region_px", "area_level")  # what the workers compute with: one value per run, set per suite
 PER_SUITE = ("drift", "alert_cooldown_s", *RUN_OPTIONS)  # never per image
@@ -105,6 +106,8 @@ class Policy(_Frozen):
     max_fireflies: float | None = Field(default=None, ge=0)  # isolated over-bright candidate pixels
     max_outliers: float | None = Field(default=None, ge=0)  # candidate pixels outside the reference's local range
     max_nonfinite: float | None = Field(default=None, ge=0)  # NaN/Inf candidate pixels (EXR)
+    max_tone: float | None = Field(default=None, ge=0)  # a region's mean colour shift, in 8-bit levels
+    max_levels_lost: float | None = Field(default=None, ge=0, le=1)  # share of a region's distinct levels lost
     fail_flat: bool = True  # a blank or flat candidate of a reference that is not fails
     max_sparsity: float = Field(default=0.98, ge=0, le=1)  # per layer, share of |x| < 1e-6
     min_std: float = Field(default=1e-4, ge=0)  # per layer activation std

@@ -28,11 +28,11 @@ EXPECTED_REASONS = {  # any of these among a pair's failed rules names the regre
     "texture_dropout": {"region"},
     "black_frame": {"flat"},
     "grey_frame": {"flat"},
-    "colour_cast": {"region", "outliers"},
-    "exposure": {"distance", "area"},
+    "colour_cast": {"region", "outliers", "tone"},
+    "exposure": {"distance", "area", "tone"},
     "shadow_acne": {"region"},
     "nan_block": {"outliers"},
-    "banding": {"region", "area"},
+    "banding": {"region", "area", "tone", "levels"},
 }
 
 

@@ -1,0 +1,75 @@
+"""The `tone` guard: the largest shift of a region's mean colour, in 8-bit levels, with its box.
+
+Sampling noise averages out over a region (sigma / side of it: well under one level at 32 px), so a
+region whose mean moved is a change of tone, not noise: a colour cast, an exposure shift, banding.
+LPIPS sees such changes weakly; their mean colour does not hide them. Windows of `window_px` pixels
+at half-window strides; ignored pixels (masks) are left out of both means."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+STEP = 2 / 255  # one 8-bit level in the [-1, 1] range the decoder produces
+
+Box = list[int]
+
+
+def tone_shifts(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
+                ignored: torch.Tensor | None = None) -> list[tuple[float, Box]]:
+    """(the largest per-channel shift of a window's mean, in levels; its box) for each pair of
+    (N,3,H,W) batches in [-1, 1]; `ignored` is (N,1,H,W) bool."""
+    height, width = cands.shape[-2:]
+    side = max(1, min(window_px, height, width))
+    stride = max(1, side // 2)
+    with torch.inference_mode():
+        difference = cands - refs
+        kept = torch.ones_like(difference[:, :1]) if ignored is None else (~ignored).to(difference.dtype)
+        total = F.avg_pool2d(difference * kept, side, stride)
+        share = F.avg_pool2d(kept, side, stride)
+        shift = (total / share.clamp(min=1e-6)).abs().amax(dim=1) * (share[:, 0] >= 0.5)  # (N, h, w)
+        best = shift.flatten(1).argmax(dim=1)
+        values = shift.flatten(1).gather(1, best[:, None])[:, 0] / STEP
+    columns = shift.shape[-1]
+    found = []
+    for value, index in zip(values.tolist(), best.tolist()):
+        y, x = (index // columns) * stride, (index % columns) * stride
+        found.append((value, [x, y, min(side, width - x), min(side, height - y)]))
+    return found
+
+
+def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
+                ignored: torch.Tensor | None = None) -> list[tuple[float, Box]]:
+    """(the largest share of a window's distinct 8-bit levels that the candidate lost; its box) for each
+    pair of (N,3,H,W) batches in [-1, 1], over non-overlapping windows of `window_px`, per channel.
+
+    Banding, posterisation and flattened texture keep a region's mean but lose its levels: quantised to 8
+    levels, a noisy region that held 60 distinct values holds 8. Noise alone keeps the count within a few
+    percent. Windows with ignored pixels are left out."""
+    height, width = cands.shape[-2:]
+    side = max(1, min(window_px, height, width))
+    rows, cols = height // side, width // side
+    found = []
+    with torch.inference_mode():
+        for n in range(cands.shape[0]):
+            counts = [_distinct(image[n, :, :rows * side, :cols * side], side) for image in (refs, cands)]
+            lost = ((counts[0] - counts[1]).clamp(min=0) / counts[0].clamp(min=1)).amax(dim=0)  # (windows,)
+            if ignored is not None:
+                hidden = ignored[n, 0, :rows * side, :cols * side].reshape(rows, side, cols, side).any(dim=(1, 3))
+                lost = lost * ~hidden.flatten()
+            best = int(lost.argmax())
+            y, x = (best // cols) * side, (best % cols) * side
+            found.append((float(lost[best]), [x, y, side, side]))
+    return found
+
+
+def _distinct(image: torch.Tensor, side: int) -> torch.Tensor:
+    """(3, windows): how many distinct 8-bit levels each channel takes in each side x side window."""
+    channels, height, width = image.shape
+    rows, cols = height // side, width // side
+    levels = ((image.float() + 1) * 127.5).round_().clamp_(0, 255).long()
+    window = (torch.arange(height, device=image.device)[:, None] // side * cols
+              + torch.arange(width, device=image.device)[None, :] // side)  # (H, W) window index
+    keys = (torch.arange(channels, device=image.device)[:, None, None] * rows * cols + window) * 256 + levels
+    present = torch.bincount(keys.flatten(), minlength=channels * rows * cols * 256) > 0
+    return present.view(channels, rows * cols, 256).sum(dim=2).float()
