@@ -96,3 +96,24 @@ def test_non_finite_pixels_under_a_mask_are_not_counted():
     ignored[7, 9] = True
     assert take_nonfinite(cand, ignored) == (1, [3, 2, 1, 1])
     assert torch.isfinite(cand).all()
+
+
+def test_a_firefly_is_judged_against_all_eight_neighbours():
+    """On flat grey (no noise: the floor levels apply), a 3x3 white block: its centre has eight white
+    neighbours and is no firefly; each of the other eight has grey ones and is."""
+    ref = np.full((64, 64, 3), 120, dtype=np.uint8)
+    cand = ref.copy()
+    cand[20:23, 30:33] = 255
+    scores, regions = guards(ref, cand)
+    assert (scores["fireflies"], regions["fireflies"]) == (8.0, [30, 20, 3, 3])
+
+
+def test_an_outlier_is_judged_against_the_whole_5x5_window_of_the_reference():
+    """A candidate pixel as bright as a reference pixel two rows down and one column right is within the
+    reference's local range; three rows down, it is not."""
+    ref = np.full((64, 64, 3), 120, dtype=np.uint8)
+    ref[22, 31] = ref[43, 11] = 250
+    cand = ref.copy()
+    cand[20, 30] = cand[40, 10] = 250
+    scores, regions = guards(ref, cand)
+    assert (scores["outliers"], regions["outliers"]) == (1.0, [10, 40, 1, 1])
