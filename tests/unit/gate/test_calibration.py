@@ -79,7 +79,8 @@ def test_a_pair_gets_its_images_limits_by_the_longest_path_that_ends_its_own() -
 
 
 def test_calibrated_limits_fill_only_what_the_policy_leaves_unset() -> None:
-    limits = {"mean": 0.03, "region": 0.5, "area": 0.01, "fireflies": 2.0, "outliers": 1.0, "nonfinite": 0.0}
+    limits = {"mean": 0.03, "region": 0.5, "area": 0.01, "fireflies": 2.0, "outliers": 1.0, "nonfinite": 0.0,
+              "tone": 4.0, "levels": 0.3}
     filled = with_calibration(Policy(), limits)
     judged = set(LIMITS.values())
     assert "max_distance" in judged

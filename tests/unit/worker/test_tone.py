@@ -1,0 +1,55 @@
+"""The tone and levels guards on generated frames: noise keeps them small, a tone shift or banding
+does not, and each is located on its window."""
+
+import numpy as np
+import torch
+
+from worker.tone import STEP, levels_lost, tone_shifts
+
+SIZE, WINDOW = 128, 32
+
+
+def _frames(seed: int, sigma: float = 14.0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A smooth gradient rendered twice with different noise: (ref, cand) in [-1, 1], and the clean frame."""
+    ramp = np.linspace(40, 215, SIZE)
+    clean = np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1)
+    rng = np.random.default_rng(seed)
+    renders = [np.clip(clean + rng.normal(0, sigma, clean.shape), 0, 255).round() for _ in range(2)]
+    return (*(_tensor(render) for render in renders), clean)
+
+
+def _tensor(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None].float()
+
+
+def test_noise_alone_moves_no_window_mean_by_more_than_two_levels_nor_loses_levels():
+    ref, cand, _ = _frames(0)
+    ((tone, _box),) = tone_shifts(ref, cand, WINDOW)
+    ((lost, _box),) = levels_lost(ref, cand, WINDOW)
+    assert tone < 2.0 and lost < 0.15
+
+
+def test_a_colour_cast_on_one_region_is_measured_in_levels_and_located():
+    ref, cand, _ = _frames(1)
+    cand[:, 0, 64:128, 0:64] += 20 * STEP  # red up by 20 levels in the lower-left quarter
+    ((tone, (x, y, w, h)),) = tone_shifts(ref, cand, WINDOW)
+    assert 18 < tone < 22
+    assert x < 64 and y >= 64 - WINDOW // 2 and (w, h) == (WINDOW, WINDOW)
+
+
+def test_banding_keeps_the_mean_but_loses_levels_where_it_is():
+    ref, _, clean = _frames(2)
+    banded = clean.copy()
+    banded[0:64, 64:128] = (banded[0:64, 64:128] // 32) * 32 + 16  # 8 levels
+    ((lost, (x, y, _w, _h)),) = levels_lost(ref, _tensor(banded), WINDOW)
+    assert lost > 0.7 and x >= 64 and y < 64
+
+
+def test_ignored_pixels_count_for_neither_guard():
+    ref, cand, _ = _frames(3)
+    cand[:, :, 0:32, 0:32] = -1  # blacked out under a mask
+    ignored = torch.zeros(1, 1, SIZE, SIZE, dtype=torch.bool)
+    ignored[..., 0:32, 0:32] = True
+    assert tone_shifts(ref, cand, WINDOW)[0][0] > 50
+    assert tone_shifts(ref, cand, WINDOW, ignored)[0][0] < 2.0
+    assert levels_lost(ref, cand, WINDOW, ignored)[0][0] < 0.15
