@@ -102,12 +102,12 @@ PER_SUITE = ("drift", "alert_cooldown_s", *RUN_OPTIONS)  # never per image
 class Policy(_Frozen):
     max_distance: float | None = Field(default=None, ge=0)  # a pair fails when its mean LPIPS is above
     max_region: float | None = Field(default=None, ge=0)  # ... or its worst region's mean LPIPS
-    max_area: float | None = Field(default=None, ge=0, le=1)  # ... or its share of the frame above area_level
+    max_area: float | None = Field(default=None, ge=0)  # ... or its share of the frame above area_level
     max_fireflies: float | None = Field(default=None, ge=0)  # isolated over-bright candidate pixels
     max_outliers: float | None = Field(default=None, ge=0)  # candidate pixels outside the reference's local range
     max_nonfinite: float | None = Field(default=None, ge=0)  # NaN/Inf candidate pixels (EXR)
     max_tone: float | None = Field(default=None, ge=0)  # a region's mean colour shift, in 8-bit levels
-    max_levels_lost: float | None = Field(default=None, ge=0, le=1)  # share of a region's distinct levels lost
+    max_levels_lost: float | None = Field(default=None, ge=0)  # share of a region's distinct levels lost
     fail_flat: bool = True  # a blank or flat candidate of a reference that is not fails
     max_sparsity: float = Field(default=0.98, ge=0, le=1)  # per layer, share of |x| < 1e-6
     min_std: float = Field(default=1e-4, ge=0)  # per layer activation std

@@ -203,7 +203,8 @@ def test_explicit_thresholds_win_and_an_uncalibrated_net_is_still_refused(sqlite
     policy.write_text("[suite.render]\nmax_distance = 1.0\n")
     declared = _check(sqlite_url, renders, "hole", "--policies", str(policy))
     assert all("distance" not in pair["reasons"] for pair in json.loads(declared.stdout)["pairs"])
-    policy.write_text("[suite.render]\nmax_distance = 1.0\nmax_region = 10.0\nmax_outliers = 1000000\n")
+    policy.write_text("[suite.render]\nmax_distance = 1.0\nmax_region = 10.0\nmax_outliers = 1000000\n"
+                      "max_tone = 255\nmax_levels_lost = 1.0\n")
     declared = _check(sqlite_url, renders, "hole", "--policies", str(policy))
     assert (declared.exit_code, _verdicts(declared)) == (0, ("pass", ["pass", "pass"]))
 

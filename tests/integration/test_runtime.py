@@ -453,7 +453,7 @@ def test_the_processor_stores_scores_regions_and_layer_statistics(db_url, weight
             assert (row.status, list(row.scores)) == ("done", list(SCORES))
         for row in (good, missing, black):
             assert row.scores["mean"] == row.distance  # no mask: the distance itself
-        assert good.regions == {"region": good.regions["region"]} and len(good.regions["region"]) == 4
+        assert set(good.regions) == {"region", "tone", "levels"} and all(len(box) == 4 for box in good.regions.values())
         assert {k: good.scores[k] for k in ("fireflies", "flat", "nonfinite", "outliers")} == dict.fromkeys(
             ("fireflies", "flat", "nonfinite", "outliers"), 0.0)
         x, y, w, h = missing.regions["region"]

@@ -398,7 +398,7 @@ def test_image_rules_change_the_policy_hash_and_survive_the_round_trip(with_imag
         ("[[defaults.images]]\nglob = 'a*'\n", "defaults.images: image rules belong to a suite"),
         ("[suite.r.nets.vgg]\narea_level = 0.5\n", "suite.r.nets.vgg.area_level: set per suite, not per net"),
         ("[suite.r]\nregion_px = 0\n", "suite.r.region_px: Input should be greater than or equal to 1"),
-        ("[suite.r]\nmax_area = 1.5\n", "suite.r.max_area: Input should be less than or equal to 1"),
+        ("[suite.r]\nmax_area = -0.5\n", "suite.r.max_area: Input should be greater than or equal to 0"),
     ],
 )
 def test_invalid_image_rules_and_scores_name_the_key(tmp_path, text, message):
