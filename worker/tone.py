@@ -49,27 +49,27 @@ def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
     height, width = cands.shape[-2:]
     side = max(1, min(window_px, height, width))
     rows, cols = height // side, width // side
-    found = []
     with torch.inference_mode():
-        for n in range(cands.shape[0]):
-            counts = [_distinct(image[n, :, :rows * side, :cols * side], side) for image in (refs, cands)]
-            lost = ((counts[0] - counts[1]).clamp(min=0) / counts[0].clamp(min=1)).amax(dim=0)  # (windows,)
-            if ignored is not None:
-                hidden = ignored[n, 0, :rows * side, :cols * side].reshape(rows, side, cols, side).any(dim=(1, 3))
-                lost = lost * ~hidden.flatten()
-            best = int(lost.argmax())
-            y, x = (best // cols) * side, (best % cols) * side
-            found.append((float(lost[best]), [x, y, side, side]))
-    return found
+        counts = [_distinct(image[..., :rows * side, :cols * side], side) for image in (refs, cands)]
+        lost = ((counts[0] - counts[1]).clamp(min=0) / counts[0].clamp(min=1)).amax(dim=1)  # (N, windows)
+        if ignored is not None:
+            hidden = ignored[:, 0, :rows * side, :cols * side].reshape(-1, rows, side, cols, side).any(dim=(2, 4))
+            lost = lost * ~hidden.flatten(1)
+        best = lost.argmax(dim=1)
+        values = lost.gather(1, best[:, None])[:, 0]
+    return [(float(value), [(index % cols) * side, (index // cols) * side, side, side])
+            for value, index in zip(values.tolist(), best.tolist())]
 
 
-def _distinct(image: torch.Tensor, side: int) -> torch.Tensor:
-    """(3, windows): how many distinct 8-bit levels each channel takes in each side x side window."""
-    channels, height, width = image.shape
+def _distinct(images: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, 3, windows): how many distinct 8-bit levels each channel takes in each side x side window,
+    for the whole batch in one count."""
+    n, channels, height, width = images.shape
     rows, cols = height // side, width // side
-    levels = ((image.float() + 1) * 127.5).round_().clamp_(0, 255).long()
-    window = (torch.arange(height, device=image.device)[:, None] // side * cols
-              + torch.arange(width, device=image.device)[None, :] // side)  # (H, W) window index
-    keys = (torch.arange(channels, device=image.device)[:, None, None] * rows * cols + window) * 256 + levels
-    present = torch.bincount(keys.flatten(), minlength=channels * rows * cols * 256) > 0
-    return present.view(channels, rows * cols, 256).sum(dim=2).float()
+    levels = ((images.float() + 1) * 127.5).round_().clamp_(0, 255).long()
+    window = (torch.arange(height, device=images.device)[:, None] // side * cols
+              + torch.arange(width, device=images.device)[None, :] // side)  # (H, W) window index
+    plane = torch.arange(n * channels, device=images.device).view(n, channels, 1, 1)
+    keys = (plane * rows * cols + window) * 256 + levels
+    present = torch.bincount(keys.flatten(), minlength=n * channels * rows * cols * 256) > 0
+    return present.view(n, channels, rows * cols, 256).sum(dim=3).float()
