@@ -1,6 +1,6 @@
 """The run options the worker scores by, in one place: the submission writes them into a run's options
 (`region_px`, `area_level`, `masks`), the worker reads them back with `ScoreOptions.from_options`, and
-per-image policy rules match candidates with the same `glob_matches`. No torch: the gate imports it.
+`glob_matches` picks the masks that apply to a candidate. No torch: the gate imports it.
 
 `masks` is a list of {"glob": str, "rects": [[x, y, w, h], ...], "mask": path or null}: every rule whose
 glob matches a candidate applies to it; rectangles are in the candidate's pixels, a mask image is a path

@@ -4,7 +4,6 @@ PostgreSQL; then `check`, `wait` and the gate daemon judging by the calibrated t
 
 from __future__ import annotations
 
-import ast
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,6 +22,7 @@ from gate.cli import main
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Calibration, Run
+from tests.support.imports import service_imports
 
 SIZE = 96
 IMAGES = ("a.png", "b.png")
@@ -230,13 +230,7 @@ def test_the_daemon_judges_a_submitted_run_by_the_calibration(sqlite_url: str, r
 
 
 def test_the_calibrate_command_calls_one_service_and_nothing_private() -> None:
-    tree = ast.parse(Path(gate.cli.calibrate.__file__).read_text(encoding="utf-8"))
-    imported = {
-        (node.module, alias.name)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("gate.cli")
-        for alias in node.names
-    }
+    imported = service_imports(gate.cli.calibrate.__file__)
     assert ("gate.calibration.service", "calibrate") in imported
     assert [name for _module, name in imported if name.startswith("_")] == []
 

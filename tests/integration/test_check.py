@@ -4,7 +4,6 @@ codes, printed pairs, alert rows, the HTML report in headless Chromium and the J
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Run
 from tests.corpus import truncated_error
+from tests.support.imports import service_imports
 from tests.unit.gate.test_report import _screenshot, _solid_box
 
 SIZE = 64
@@ -231,13 +231,7 @@ def _stored_heatmap(db_url: str) -> Image.Image:
 
 def test_the_check_command_calls_one_service_and_nothing_private() -> None:
     """The CLI parses, calls gate.runs.check and prints: it reaches no private helper of a service."""
-    tree = ast.parse(Path(gate.cli.judging.__file__).read_text(encoding="utf-8"))
-    imported = {
-        (node.module, alias.name)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("gate.cli")
-        for alias in node.names
-    }
+    imported = service_imports(gate.cli.judging.__file__)
     assert ("gate.runs.check", "check") in imported
     assert [name for _module, name in imported if name.startswith("_")] == []
 
