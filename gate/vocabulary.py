@@ -23,8 +23,10 @@ SCORES = ("mean", "region", "area", "fireflies", "flat", "nonfinite", "outliers"
 REGION_PX = 32  # the worst-region score's window, in image pixels (run option region_px)
 AREA_LEVEL = 1.0  # the area score counts map values above this (run option area_level)
 
-COMPARISON_STATUSES = ("queued", "running", "done", "error")
-FINISHED = ("done", "error")  # a comparison in one of these is never computed again
+# new: a candidate without a reference; missing: a reference without a candidate (neither is computed)
+COMPARISON_STATUSES = ("queued", "running", "done", "error", "new", "missing")
+UNPAIRED = ("new", "missing")
+FINISHED = ("done", "error", *UNPAIRED)  # a comparison in one of these is never computed again
 VERDICTS = ("pass", "fail", "error")
 ALERT_RULES = ("distance", "score", "sparsity", "variance", "nonfinite", "flatness", "dead", "drift")
 ALERT_STATES = ("open", "resolved")

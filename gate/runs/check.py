@@ -33,6 +33,7 @@ class CheckRequest:
     timeout: float = 3600.0
     report: Path | None = None
     junit: Path | None = None
+    meta: dict[str, str] | None = None
 
 
 def check(settings: Settings, request: CheckRequest, *, progress: Progress | None = None) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def check(settings: Settings, request: CheckRequest, *, progress: Progress | Non
         run_id, _ids = submit_run(settings, engine, request.ref_dir, request.cand_dir, suite=request.suite,
                                   threshold=request.threshold, net=request.net, version=None,
                                   precision=request.precision, maps=request.report is not None,
-                                  policies=request.policies)
+                                  policies=request.policies, meta=request.meta)
         poll_until_finished(engine, run_id, timeout=request.timeout, progress=progress)
         summary = judge_run(engine, run_id=run_id, policies=None, settings=settings)
         if request.report or request.junit:

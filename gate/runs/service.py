@@ -45,11 +45,13 @@ def validate_options(suite: str, threshold: float | None) -> None:
 
 def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path, *, suite: str,
                threshold: float | None, net: str | None, version: str | None, precision: str | None,
-               maps: bool, policies: PolicySet | None = None) -> tuple[int, list[int]]:
+               maps: bool, policies: PolicySet | None = None,
+               meta: dict[str, str] | None = None) -> tuple[int, list[int]]:
     """Store a run comparing the two folders and hand its comparisons to the broker, or compute them
     here without one; returns the run id and its comparison ids. Unset net, version and precision
     come from Settings. Given policies and/or a threshold become the run's own policy, which every
-    judge then uses; without either the gate daemon judges it by its policies."""
+    judge then uses; without either the gate daemon judges it by its policies. `meta` (commit,
+    pipeline...) is stored with the run as its submitter gives it."""
     validate_options(suite, threshold)
     pairs = _pair(ref_dir, cand_dir, settings.image_root)
     dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
@@ -60,7 +62,8 @@ def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path
     with session_scope(engine) as session:
         created = repo.create_run(session, suite_name=suite, pairs=pairs, threshold=threshold, net=net,
                                   version=version or settings.version, precision=precision or settings.precision,
-                                  options=options, policy=None if own is None else own.model_dump(mode="json"))
+                                  options=options, policy=None if own is None else own.model_dump(mode="json"),
+                                  meta=meta)
         run_id, ids = created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
     dispatch(engine, run_id, ids)
     return run_id, ids

@@ -93,6 +93,8 @@ class Run(Base):
     # the calibrations (gate.calibration.store) that filled what that policy leaves unset, written
     # with the verdict; NULL when none did
     calibration_ids: Mapped[list[int] | None] = mapped_column(JSON(none_as_null=True))
+    # what produced it, as its submitter says (`--meta KEY=VALUE`: commit, pipeline, author)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
 
     suite: Mapped[Suite] = relationship(lazy="joined")
 
@@ -126,6 +128,9 @@ class Comparison(Base):
     # pixels of those with a location; NULL for pairs never scored and rows older than 0005
     scores: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     regions: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # small previews of both images for the report (tone-mapped for EXR); NULL unless the run asked for maps
+    ref_thumb: Mapped[bytes | None] = mapped_column(LargeBinary)
+    cand_thumb: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class LayerMetric(Base):
@@ -230,3 +235,19 @@ class StoreIdentity(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str]
     created_at: Mapped[datetime]
+
+
+class Approval(Base):
+    """One file of an approved run: its candidate replaced the reference (`lpips-gate approve`). The
+    sha256s say what was replaced by what (`sha256_before` is NULL for a new frame)."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    ref: Mapped[str]
+    cand: Mapped[str]
+    sha256_before: Mapped[str | None]
+    sha256_after: Mapped[str]
+    approved_at: Mapped[datetime] = mapped_column(default=utcnow)
+    approved_by: Mapped[str | None]

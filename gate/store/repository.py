@@ -64,6 +64,7 @@ def create_run(
     threshold: float | None = None,
     options: Mapping[str, Any] | None = None,
     policy: Mapping[str, Any] | None = None,
+    meta: Mapping[str, str] | None = None,
 ) -> Run:
     """A run and its comparisons, all queued; a pair given twice is stored once. `policy`, when its
     submitter gives one, is what judges it (gate.judging.policy.SuitePolicies as JSON)."""
@@ -79,6 +80,7 @@ def create_run(
         threshold=threshold,
         options=dict(options or {}),
         policy=None if policy is None else dict(policy),
+        meta=dict(meta or {}),
     )
     session.add(run)
     session.flush()

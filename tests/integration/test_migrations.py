@@ -22,8 +22,8 @@ from gate.store.migrate import current_revision, downgrade, head_revision, upgra
 from gate.store.models import Base
 
 TABLES = {
-    "alembic_version", "alerts", "calibrations", "comparisons", "layer_metrics", "runs", "store_identity", "suites",
-    "workers",
+    "alembic_version", "alerts", "approvals", "calibrations", "comparisons", "layer_metrics", "runs", "store_identity",
+    "suites", "workers",
 }
 
 

@@ -83,7 +83,7 @@ def test_verdicts_refuse_what_cannot_be_judged(pairs, policy, message):
 
 def test_results_validate_their_fields():
     with pytest.raises(
-        ValueError, match=r"^a.png -> cand/a.png: status 'ok' is not one of queued, running, done, error$"
+        ValueError, match=r"^a.png -> cand/a.png: status 'ok' is not one of queued, running, done, error, new, missing$"
     ):
         _pair("a.png", 0.1, status="ok")
     with pytest.raises(ValueError, match=r"^a.png -> cand/a.png: a done comparison needs its net and weights_version$"):
