@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
 from platformdirs import user_cache_path, user_data_path
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gate.vocabulary import Device, Net, Precision
+
+
+def _split_urls(text: str) -> list[str]:
+    return [url.strip() for url in text.split(",") if url.strip()]
 
 
 def _default_database_url() -> str:
@@ -48,11 +54,29 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = None
     heartbeat_file: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "heartbeat")
-    webhook_url: str | None = None
+    webhook_url: str | None = None  # an Alertmanager's POST /api/v2/alerts, or several separated by commas
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)  # more: comma-separated or JSON
+    public_url: str = "http://127.0.0.1:8080"  # the HTTP pages: alerts link to {public_url}/runs/{id}
+    runbook_url: str = "docs/runbook.md"  # where docs/runbook.md is published: alerts link to its #rule section
     webhook_timeout_s: float = Field(default=10.0, gt=0)  # per POST to the webhook
     alert_resend_s: float = Field(default=60.0, gt=0)  # open alerts re-sent this often, each valid 4x as long
     log_json: bool = True
     log_level: str = "INFO"
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        """LPIPS_GATE_WEBHOOK_URLS: a JSON list or comma-separated URLs."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else _split_urls(text)
+        return value
+
+    @property
+    def alert_receivers(self) -> tuple[str, ...]:
+        """Every Alertmanager alerts go to (webhook_url's, then webhook_urls', once each); none: alerts stay
+        in the store."""
+        return tuple(dict.fromkeys([*_split_urls(self.webhook_url or ""), *self.webhook_urls]))
 
     @property
     def embedded_store(self) -> bool:

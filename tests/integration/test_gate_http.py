@@ -1,0 +1,119 @@
+"""The gate daemon's HTTP endpoints (gate.judging.http): the daemon runs as `lpips-gate gate --http-port`
+in a subprocess on real PostgreSQL, judges a failing run, and its /healthz, /readyz and /metrics say so."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session
+
+from gate.judging.daemon import STALE_GRACE_S, STALE_TICKS, Daemon
+from gate.store import make_engine
+from tests.integration.test_gate import SUITE, finished_run, policies, settings_for
+
+WAIT_S = 60.0  # a deadline against hanging, not a speed target
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def gate_metrics(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = get(f"{base}/metrics")
+    assert status == 200
+    return samples(text)
+
+
+@pytest.fixture
+def gate_http(pg_url: str, tmp_path: Path) -> Iterator[str]:
+    """`lpips-gate gate --http-port 0 --interval 0.2` on pg_url; yields its base URL."""
+    policy = tmp_path / "gate.toml"
+    policy.write_text(f"[suite.{SUITE}]\nmax_distance = 0.1\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LPIPS_GATE_")}
+    env.update(LPIPS_GATE_DATABASE_URL=pg_url, LPIPS_GATE_LOG_JSON="true")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "gate.cli", "gate", "--policies", str(policy), "--interval", "0.2", "--http-port", "0"],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert daemon.stderr is not None
+        lines = [json.loads(daemon.stderr.readline()) for _ in range(2)]
+        assert [line["event"] for line in lines] == ["gate http listening", "gate started"]
+        yield f"http://127.0.0.1:{lines[0]['port']}"
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def test_the_gate_answers_probes_and_counts_what_it_judged(pg_url: str, gate_http: str) -> None:
+    engine = make_engine(pg_url)
+    try:
+        with Session(engine) as session, session.begin():
+            finished_run(session, [0.3])
+    finally:
+        engine.dispose()
+    deadline = time.monotonic() + WAIT_S
+    while gate_metrics(gate_http)[("lpips_gate_runs_judged_total", ())] < 1:
+        assert time.monotonic() < deadline, "the daemon did not judge the run"
+        time.sleep(0.1)
+    started = time.time()
+    while gate_metrics(gate_http)[("lpips_gate_last_tick_timestamp_seconds", ())] < started:
+        assert time.monotonic() < deadline, "the daemon stopped ticking"
+        time.sleep(0.1)
+    metrics = gate_metrics(gate_http)
+    assert metrics[("lpips_gate_runs_judged_total", ())] == 1
+    assert {v: metrics[("lpips_gate_verdicts_total", (("verdict", v),))] for v in ("pass", "fail", "error")} == {
+        "pass": 0, "fail": 1, "error": 0,
+    }
+    assert metrics[("lpips_gate_open_alerts", (("rule", "distance"),))] == 1
+    assert metrics[("lpips_gate_open_alerts", (("rule", "drift"),))] == 0
+    assert metrics[("lpips_gate_evaluation_seconds_count", ())] == 1
+    assert metrics[("lpips_gate_webhook_failures_total", ())] == 0
+    assert metrics[("lpips_gate_tick_failures_total", ())] == 0
+    assert get(f"{gate_http}/healthz") == (200, "ok\n")
+    assert get(f"{gate_http}/readyz") == (200, "ok\n")
+    assert get(f"{gate_http}/nothing")[0] == 404
+
+
+def test_healthz_fails_once_the_loop_stops_ticking() -> None:
+    now = [1000.0]
+    daemon = Daemon(make_engine("sqlite://"), policies(), settings_for("sqlite://"), clock=lambda: now[0])
+    daemon.last_beat, daemon.stale_after_s = now[0], STALE_TICKS * 10.0 + STALE_GRACE_S
+    now[0] += daemon.stale_after_s
+    assert daemon.alive()
+    now[0] += 0.001
+    assert not daemon.alive()
+
+
+def test_readyz_fails_while_the_store_does_not_answer() -> None:
+    missing = make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/lpips_gate_test_never_created")
+    try:
+        assert not Daemon(missing, policies(), settings_for("sqlite://")).ready()
+    finally:
+        missing.dispose()
