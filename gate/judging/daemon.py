@@ -31,7 +31,7 @@ from gate.judging.verdict import EvaluationError, judge_run
 from gate.logs import get_logger
 from gate.settings import Settings
 from gate.store import repository as repo
-from gate.store import session_scope
+from gate.store import session_scope, status
 
 log = get_logger("gate.judging.daemon")
 
@@ -56,7 +56,8 @@ class Daemon:
             evaluated = sum(self._evaluate(run_id) for run_id in self._pending())
             sent = alerts.send_due(self.engine, settings=self.settings, cooldown=alerts.cooldown_from(self.policies))
             with session_scope(self.engine) as session:
-                metrics.open_alerts(open_alert_counts(session))
+                metrics.store_state(by_rule=open_alert_counts(session), queued=status.queued_comparisons(session),
+                                    last_heartbeat=status.last_worker_heartbeat(session))
         except DBAPIError as exc:
             metrics.TICK_FAILURES.inc()
             log.error("database unavailable, retried next tick", error=str(exc.orig))

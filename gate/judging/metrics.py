@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -21,6 +22,11 @@ OPEN_ALERTS = Gauge("lpips_gate_open_alerts", "Open alerts in the store, by rule
 ALERTS_SENT = Counter("lpips_gate_alerts_sent", "Alerts delivered to an Alertmanager (one count per alert)")
 WEBHOOK_FAILURES = Counter("lpips_gate_webhook_failures", "POSTs to an Alertmanager that failed (retried next tick)")
 TICK_FAILURES = Counter("lpips_gate_tick_failures", "Gate daemon passes cut short by an unavailable database")
+QUEUED = Gauge("lpips_gate_comparisons_queued", "Comparisons waiting for a worker (from the store, each tick)")
+LAST_WORKER_HEARTBEAT = Gauge(
+    "lpips_gate_last_worker_heartbeat_timestamp_seconds",
+    "Unix time of the newest worker heartbeat in the store (0 until a worker ever started)",
+)
 LAST_TICK = Gauge("lpips_gate_last_tick_timestamp_seconds", "Unix time the gate daemon last finished a pass")
 
 for _verdict in VERDICTS:  # every series exists from the start, so rates and rules see zeros, not gaps
@@ -35,10 +41,14 @@ def judged(verdict: str, seconds: float) -> None:
     EVALUATION_SECONDS.observe(seconds)
 
 
-def open_alerts(by_rule: Mapping[str, int]) -> None:
-    """Every rule's count (zero when none is open)."""
+def store_state(*, by_rule: Mapping[str, int], queued: int, last_heartbeat: datetime | None) -> None:
+    """What the store said this tick: open alerts by rule (zero for rules with none), the backlog, the
+    workers' newest heartbeat."""
     for rule in ALERT_RULES:
         OPEN_ALERTS.labels(rule).set(by_rule.get(rule, 0))
+    QUEUED.set(queued)
+    if last_heartbeat is not None:
+        LAST_WORKER_HEARTBEAT.set(last_heartbeat.timestamp())
 
 
 def ticked() -> None:

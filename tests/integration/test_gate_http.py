@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,13 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gate.judging.daemon import STALE_GRACE_S, STALE_TICKS, Daemon
 from gate.store import make_engine
+from gate.store import repository as repo
+from gate.store.models import Worker
 from tests.integration.test_gate import SUITE, finished_run, policies, settings_for
 
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 WAIT_S = 60.0  # a deadline against hanging, not a speed target
 
 
@@ -76,6 +85,10 @@ def test_the_gate_answers_probes_and_counts_what_it_judged(pg_url: str, gate_htt
     try:
         with Session(engine) as session, session.begin():
             finished_run(session, [0.3])
+            finished_run(session, [0.05, 0.05], queued=[0, 1])  # waits for a worker: not judged
+            repo.heartbeat(session, worker="gpu-0", hostname="node-a", pid=7)
+        with Session(engine) as session:
+            [beat] = session.scalars(select(Worker.last_seen)).all()
     finally:
         engine.dispose()
     deadline = time.monotonic() + WAIT_S
@@ -96,6 +109,8 @@ def test_the_gate_answers_probes_and_counts_what_it_judged(pg_url: str, gate_htt
     assert metrics[("lpips_gate_evaluation_seconds_count", ())] == 1
     assert metrics[("lpips_gate_webhook_failures_total", ())] == 0
     assert metrics[("lpips_gate_tick_failures_total", ())] == 0
+    assert metrics[("lpips_gate_comparisons_queued", ())] == 2
+    assert metrics[("lpips_gate_last_worker_heartbeat_timestamp_seconds", ())] == beat.timestamp()
     assert get(f"{gate_http}/healthz") == (200, "ok\n")
     assert get(f"{gate_http}/readyz") == (200, "ok\n")
     assert get(f"{gate_http}/nothing")[0] == 404
@@ -117,3 +132,43 @@ def test_readyz_fails_while_the_store_does_not_answer() -> None:
         assert not Daemon(missing, policies(), settings_for("sqlite://")).ready()
     finally:
         missing.dispose()
+
+
+SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "gauge": ("",), "unknown": ("",)}
+
+
+def exported_names(text: str) -> set[str]:
+    """Every sample name a Prometheus text exposition can have, samples present or not."""
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(text)
+        for suffix in SUFFIXES[family.type]
+    }
+
+
+def worker_exposition() -> str:
+    """What a worker's /metrics serves (worker.metrics: its counters, histogram and the queue depth)."""
+    from worker import metrics as worker_metrics
+
+    registry = CollectorRegistry()
+    for collector in (worker_metrics.PAIRS, worker_metrics.PAIR_SECONDS, *worker_metrics.EVENTS.values()):
+        registry.register(collector)
+    registry.register(worker_metrics.QueueDepth(redis.Redis.from_url(REDIS_URL), "lpips.metrics-names"))
+    return generate_latest(registry).decode()
+
+
+def queried_names(expr: str) -> set[str]:
+    return set(re.findall(r"\blpips_gate_[a-zA-Z0-9_]+", expr))
+
+
+def test_every_metric_the_rules_and_the_dashboard_query_is_exported(gate_http: str) -> None:
+    exported = exported_names(get(f"{gate_http}/metrics")[1]) | exported_names(worker_exposition())
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text(encoding="utf-8"))
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "lpips-gate.json").read_text(encoding="utf-8"))
+    exprs += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) == 5 + 18  # every rule and every panel query
+    for expr in exprs:
+        assert queried_names(expr), f"{expr!r} queries no lpips-gate metric"
+        assert queried_names(expr) <= exported, f"{expr!r}: not exported: {queried_names(expr) - exported}"
