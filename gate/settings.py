@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default_factory=_default_database_url)
     broker_url: str | None = None  # None: run the work in-process (the embedded default)
+    queue_name: str | None = None  # None: lpips.<store key>; a fixed name for KEDA, bound to one store on Redis
+    celery_events: bool = False  # workers send task events (Flower, `celery events`)
     weights_dir: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "weights")
     image_root: Path = Field(default_factory=Path.cwd)  # the only folder task paths may point into
 

@@ -117,7 +117,7 @@ def _store_queue(settings) -> str:
     from gate.runs.queue import StoreNotReady, store_queue_at
 
     try:
-        return store_queue_at(settings.database_url)
+        return store_queue_at(settings.database_url, settings)
     except StoreNotReady as exc:
         raise GateError(str(exc)) from exc
 
