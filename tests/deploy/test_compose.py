@@ -33,7 +33,8 @@ def test_every_bind_mounted_host_path_exists_in_the_repository() -> None:
         "./deploy/prometheus/prometheus.yml", "./deploy/prometheus/rules.yml", "./images", "./policies.example.toml",
     ]
     assert [path for path in bound if not (ROOT / path).exists()] == []
-    named = {v.split(":")[0] for service in SERVICES.values() for v in service.get("volumes", []) if host_path(v) is None}
+    volumes = [v for service in SERVICES.values() for v in service.get("volumes", [])]
+    named = {v.split(":")[0] for v in volumes if host_path(v) is None}
     assert named <= set(COMPOSE["volumes"])
 
 
