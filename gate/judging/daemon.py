@@ -63,8 +63,8 @@ class Daemon:
             log.error("database unavailable, retried next tick", error=str(exc.orig))
             return {"evaluated": 0, "sent": 0}
         finally:
-            self.last_beat = self.clock()
-            metrics.ticked()
+            self.last_beat = self.clock()  # alive (/healthz) whether or not the store answered
+        metrics.ticked()  # the metric counts completed passes only: an outage shows as a gate not ticking
         return {"evaluated": evaluated, "sent": sent}
 
     def alive(self) -> bool:

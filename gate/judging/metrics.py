@@ -27,7 +27,9 @@ LAST_WORKER_HEARTBEAT = Gauge(
     "lpips_gate_last_worker_heartbeat_timestamp_seconds",
     "Unix time of the newest worker heartbeat in the store (0 until a worker ever started)",
 )
-LAST_TICK = Gauge("lpips_gate_last_tick_timestamp_seconds", "Unix time the gate daemon last finished a pass")
+LAST_TICK = Gauge(
+    "lpips_gate_last_tick_timestamp_seconds", "Unix time the gate daemon last completed a pass (the store answered)"
+)
 
 for _verdict in VERDICTS:  # every series exists from the start, so rates and rules see zeros, not gaps
     VERDICTS_GIVEN.labels(_verdict)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -126,12 +126,21 @@ def test_healthz_fails_once_the_loop_stops_ticking() -> None:
     assert not daemon.alive()
 
 
-def test_readyz_fails_while_the_store_does_not_answer() -> None:
+def test_a_store_outage_is_not_ready_and_not_a_completed_pass_but_the_loop_lives() -> None:
     missing = make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/lpips_gate_test_never_created")
+    daemon = Daemon(missing, policies(), settings_for("sqlite://"))
+    before = {name: REGISTRY.get_sample_value(name) for name in ("lpips_gate_tick_failures_total",
+                                                                  "lpips_gate_last_tick_timestamp_seconds")}
     try:
-        assert not Daemon(missing, policies(), settings_for("sqlite://")).ready()
+        assert not daemon.ready()
+        assert daemon.tick() == {"evaluated": 0, "sent": 0}
     finally:
         missing.dispose()
+    assert daemon.alive()
+    assert REGISTRY.get_sample_value("lpips_gate_tick_failures_total") == before["lpips_gate_tick_failures_total"] + 1
+    assert REGISTRY.get_sample_value("lpips_gate_last_tick_timestamp_seconds") == (
+        before["lpips_gate_last_tick_timestamp_seconds"]
+    )
 
 
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
