@@ -53,8 +53,9 @@ def test_the_services_of_the_stack() -> None:
     assert "--http-port" in SERVICES["gate"]["command"]
     for name in LONG_RUNNING:
         assert SERVICES[name]["restart"] == "unless-stopped", name
-    for name in ("migrate", "weights"):
+    for name in ("migrate", "weights"):  # one-shot: no restart, and not probed as a daemon
         assert SERVICES[name]["restart"] == "no", name
+        assert SERVICES[name]["healthcheck"] == {"disable": True}, name
 
 
 def test_workers_get_every_gpu_and_a_heartbeat_only_liveness() -> None:
