@@ -1,6 +1,6 @@
 """The package as an operator installs it: a wheel built from the checkout, installed (with its
 dependencies from the index) into a fresh virtual environment outside the checkout, migrates a fresh
-PostgreSQL database from an unrelated folder, and has no torch."""
+PostgreSQL database from an unrelated folder, runs the gate daemon on it, and has no torch."""
 
 from __future__ import annotations
 
@@ -74,6 +74,9 @@ def test_the_wheel_migrates_a_fresh_database_from_any_folder(
     assert {"alembic_version", "store_identity", "suites", "runs", "comparisons", "alerts"} <= tables
     where = _run(installed / "python", "-c", "import gate; print(gate.__file__)", cwd=tmp_path, env=_clean_env())
     assert Path(where.strip()).is_relative_to(installed.parent)
+    # the light install runs the gate daemon, its HTTP endpoints included (prometheus-client is a base dependency)
+    _run(installed / "lpips-gate", "gate", "--once", "--http-port", "0", cwd=tmp_path,
+         env=_clean_env(LPIPS_GATE_DATABASE_URL=pg_empty_url))
 
 
 def test_the_light_install_has_no_torch(installed: Path, tmp_path: Path) -> None:
