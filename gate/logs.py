@@ -1,4 +1,6 @@
 """structlog set up once per process from Settings: JSON lines (or console) on stderr, ids bound per task.
+Without LPIPS_GATE_LOG_JSON the form follows stderr: a person at a terminal reads console lines, a
+log collector (a pipe, a file, a container runtime) gets JSON.
 
 A command's stdout is its answer, so every command that may log calls `configure` before it does."""
 
@@ -39,9 +41,19 @@ class _CurrentStderr:
 STDERR = _CurrentStderr()
 
 
+def json_logs(settings: Settings) -> bool:
+    """LPIPS_GATE_LOG_JSON if set, else JSON unless stderr is a terminal."""
+    if settings.log_json is not None:
+        return settings.log_json
+    return not sys.stderr.isatty()
+
+
+def renderer(settings: Settings) -> Any:
+    return structlog.processors.JSONRenderer() if json_logs(settings) else structlog.dev.ConsoleRenderer()
+
+
 def configure(settings: Settings) -> None:
     level = logging.getLevelName(settings.log_level.upper())
-    renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -49,7 +61,7 @@ def configure(settings: Settings) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
             structlog.processors.format_exc_info,
-            renderer,
+            renderer(settings),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, STDERR)),

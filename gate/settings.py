@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
 from platformdirs import user_cache_path, user_data_path
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gate.vocabulary import Device, Net, Precision
+
+
+def _split_urls(text: str) -> list[str]:
+    return [url.strip() for url in text.split(",") if url.strip()]
 
 
 def _default_database_url() -> str:
@@ -20,8 +26,12 @@ def _default_database_url() -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LPIPS_GATE_", extra="ignore")
 
-    database_url: str = Field(default_factory=_default_database_url)
-    broker_url: str | None = None  # None: run the work in-process (the embedded default)
+    # URLs may hold credentials: repr=False keeps them out of a printed Settings (and its errors)
+    database_url: str = Field(default_factory=_default_database_url, repr=False)
+    database_password: SecretStr | None = None  # replaces database_url's password (URL in a ConfigMap, it in a Secret)
+    broker_url: str | None = Field(default=None, repr=False)  # None: run the work in-process (the embedded default)
+    queue_name: str | None = None  # None: lpips.<store key>; a fixed name for KEDA, bound to one store on Redis
+    celery_events: bool = False  # workers send task events (Flower, `celery events`)
     weights_dir: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "weights")
     image_root: Path = Field(default_factory=Path.cwd)  # the only folder task paths may point into
 
@@ -48,11 +58,42 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = None
     heartbeat_file: Path = Field(default_factory=lambda: user_cache_path("lpips-gate") / "heartbeat")
-    webhook_url: str | None = None
+    webhook_url: str | None = Field(default=None, repr=False)  # an Alertmanager's /api/v2/alerts, or several: a,b
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)  # more: a,b or JSON
+    public_url: str = "http://127.0.0.1:8080"  # the HTTP pages: alerts link to {public_url}/runs/{id}
+    runbook_url: str = "docs/runbook.md"  # where docs/runbook.md is published: alerts link to its #rule section
     webhook_timeout_s: float = Field(default=10.0, gt=0)  # per POST to the webhook
     alert_resend_s: float = Field(default=60.0, gt=0)  # open alerts re-sent this often, each valid 4x as long
-    log_json: bool = True
+    log_json: bool | None = None  # None: JSON unless stderr is a terminal (console lines there)
     log_level: str = "INFO"
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        """LPIPS_GATE_WEBHOOK_URLS: a JSON list or comma-separated URLs."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else _split_urls(text)
+        return value
+
+    @model_validator(mode="after")
+    def _password_into_url(self) -> Settings:
+        """LPIPS_GATE_DATABASE_PASSWORD completes LPIPS_GATE_DATABASE_URL, whatever password that holds."""
+        if self.database_password is None:
+            return self
+        if self.embedded_store:
+            raise ValueError("database_password: set LPIPS_GATE_DATABASE_URL too (the embedded SQLite store has none)")
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url).set(password=self.database_password.get_secret_value())
+        self.database_url = url.render_as_string(hide_password=False)
+        return self
+
+    @property
+    def alert_receivers(self) -> tuple[str, ...]:
+        """Every Alertmanager alerts go to (webhook_url's, then webhook_urls', once each); none: alerts stay
+        in the store."""
+        return tuple(dict.fromkeys([*_split_urls(self.webhook_url or ""), *self.webhook_urls]))
 
     @property
     def embedded_store(self) -> bool:

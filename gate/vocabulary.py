@@ -30,3 +30,15 @@ FINISHED = ("done", "error", *UNPAIRED)  # a comparison in one of these is never
 VERDICTS = ("pass", "fail", "error")
 ALERT_RULES = ("distance", "score", "sparsity", "variance", "nonfinite", "flatness", "dead", "drift")
 ALERT_STATES = ("open", "resolved")
+# the `severity` label Alertmanager routes on, per rule: images that fail or cannot be scored page
+# (critical); feature-health and drift rules ask for a look (warning). docs/runbook.md has a section per rule.
+ALERT_SEVERITIES: dict[str, str] = {
+    "distance": "critical",
+    "score": "critical",
+    "nonfinite": "critical",
+    "sparsity": "warning",
+    "variance": "warning",
+    "flatness": "warning",
+    "dead": "warning",
+    "drift": "warning",
+}

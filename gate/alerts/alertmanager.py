@@ -3,6 +3,7 @@ JSON list. urllib only, so the light gate gains no HTTP dependency."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
@@ -79,32 +80,45 @@ def _texts(values: Mapping[str, str], name: str) -> dict[str, str]:
     return dict(values)
 
 
+def shown(url: str) -> str:
+    """The URL as errors and logs show it: a password in it (basic auth) replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def send(url: str, payload: list[dict[str, Any]], *, timeout: float) -> int:
-    """POST the payload as JSON; returns the HTTP status, raises WebhookError unless it is 2xx."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(f"webhook url: expected http:// or https://, got {url!r}")
+    """POST the payload as JSON; returns the HTTP status, raises WebhookError unless it is 2xx. A user
+    and password in the URL (an Alertmanager behind basic auth) go in an Authorization header."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"webhook url: expected http:// or https://, got {shown(url)!r}")
     if timeout <= 0:
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout}")
+    headers = {"Content-Type": "application/json"}
+    if parts.username is not None:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
     request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode("utf-8"),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+        urllib.parse.urlunsplit(parts), data=json.dumps(payload).encode("utf-8"), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status: int = response.status
     except urllib.error.HTTPError as exc:
         detail = exc.read(500).decode("utf-8", "replace").strip()
-        raise WebhookError(f"webhook {url}: HTTP {exc.code} {exc.reason}: {detail}") from None
+        raise WebhookError(f"webhook {shown(url)}: HTTP {exc.code} {exc.reason}: {detail}") from None
     except TimeoutError:
-        raise WebhookError(f"webhook {url}: no answer within {timeout:g}s") from None
+        raise WebhookError(f"webhook {shown(url)}: no answer within {timeout:g}s") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
-            raise WebhookError(f"webhook {url}: no answer within {timeout:g}s") from None
-        raise WebhookError(f"webhook {url}: {exc.reason}") from None
+            raise WebhookError(f"webhook {shown(url)}: no answer within {timeout:g}s") from None
+        raise WebhookError(f"webhook {shown(url)}: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:  # a receiver that hangs up or answers garbage
-        raise WebhookError(f"webhook {url}: {type(exc).__name__}: {str(exc).strip()}") from None
+        raise WebhookError(f"webhook {shown(url)}: {type(exc).__name__}: {str(exc).strip()}") from None
     if not 200 <= status < 300:
-        raise WebhookError(f"webhook {url}: HTTP {status}")
+        raise WebhookError(f"webhook {shown(url)}: HTTP {status}")
     return status

@@ -11,8 +11,9 @@ at the receiver: an alert that opens again within the cooldown of its last deliv
 held back until that cooldown has passed (a flapping suite pages once per cooldown, not per run).
 
 What is owed is collected inside the transaction that changed the alerts and sent after it commits
-(`owed`, then `deliver`), so no transaction waits on the receiver. Delivery failures are logged and
-the alerts stay owed, so the next tick retries them."""
+(`owed`, then `deliver`), so no transaction waits on the receiver. Alerts go to every configured
+Alertmanager (Settings.alert_receivers); delivery failures are logged and counted, and alerts no
+receiver took stay owed, so the next tick retries them."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ from sqlalchemy.orm import Session
 
 from gate.alerts import store as alert_store
 from gate.alerts.alertmanager import OutgoingAlert, WebhookError, send, to_alertmanager
+from gate.judging import metrics
 from gate.judging.policy import PolicySet, effective_policy, suite_policy
 from gate.judging.rules import Condition
 from gate.logs import get_logger
 from gate.settings import Settings
 from gate.store import session_scope
 from gate.store.models import Alert, utcnow
+from gate.vocabulary import ALERT_SEVERITIES
 
 RESEND_VALIDITY = 4  # a firing alert lapses after this many missed re-sends (Prometheus' factor)
 
@@ -137,7 +140,7 @@ def owed(
     """What the webhook is owed among `alerts` (default: every open alert and undelivered resolution),
     read inside the caller's transaction and sent by `deliver` after it. Without a webhook configured
     nothing is owed to anyone."""
-    if not settings.webhook_url:
+    if not settings.alert_receivers:
         return ()
     now = utcnow()
     candidates = alert_store.alerts_to_notify(session) if alerts is None else alerts
@@ -148,7 +151,7 @@ def owed(
         for alert in candidates
         if is_due(alert, now=now, resend_s=settings.alert_resend_s, held_until=_held_until(alert, opened, cooldown))
     ]
-    return tuple(Notice(alert.id, alert.state, outgoing(alert)) for alert in due)
+    return tuple(Notice(alert.id, alert.state, outgoing(alert, settings=settings)) for alert in due)
 
 
 def _held_until(alert: Alert, last_openings: dict[str, datetime], cooldown: Cooldown) -> datetime | None:
@@ -157,20 +160,29 @@ def _held_until(alert: Alert, last_openings: dict[str, datetime], cooldown: Cool
 
 
 def deliver(engine: Engine, notices: Sequence[Notice], *, settings: Settings) -> int:
-    """Send the notices with no transaction open (a slow receiver must not hold the store), then record
-    the delivery in a short one; returns how many were delivered. A failure is logged and the alerts
-    stay owed, so the next tick retries them."""
-    if not notices or not settings.webhook_url:  # without a webhook nothing is ever owed
+    """Send the notices to every receiver with no transaction open (a slow receiver must not hold the
+    store), then record the delivery in a short one; returns how many were delivered. Delivered means
+    one receiver at least took them (an Alertmanager cluster shares what one member is told); each
+    failure is logged and counted, and when every receiver failed the alerts stay owed, so the next
+    tick retries them."""
+    receivers = settings.alert_receivers
+    if not notices or not receivers:  # without a receiver nothing is ever owed
         return 0
     lapses_at = utcnow() + timedelta(seconds=RESEND_VALIDITY * settings.alert_resend_s)
-    try:
-        payload = to_alertmanager(_stamped(notice, lapses_at) for notice in notices)
-        send(settings.webhook_url, payload, timeout=settings.webhook_timeout_s)
-    except (WebhookError, ValueError) as exc:  # unreachable, refused, or a malformed webhook url
-        log.error("webhook delivery failed, retried next tick", error=str(exc), alerts=len(notices))
+    accepted = 0
+    for url in receivers:
+        try:
+            payload = to_alertmanager(_stamped(notice, lapses_at) for notice in notices)
+            send(url, payload, timeout=settings.webhook_timeout_s)
+            accepted += 1
+        except (WebhookError, ValueError) as exc:  # unreachable, refused, or a malformed webhook url
+            metrics.WEBHOOK_FAILURES.inc()
+            log.error("webhook delivery failed, retried next tick", error=str(exc), alerts=len(notices))
+    if not accepted:
         return 0
     with session_scope(engine) as session:
         alert_store.mark_notified(session, alert_ids=_unchanged(session, notices))
+    metrics.ALERTS_SENT.inc(len(notices))
     return len(notices)
 
 
@@ -191,21 +203,25 @@ def send_due(engine: Engine, *, settings: Settings, cooldown: Cooldown) -> int:
     return deliver(engine, notices, settings=settings)
 
 
-def outgoing(alert: Alert) -> OutgoingAlert:
-    """The stored alert as Alertmanager sees it: the changing details go in annotations."""
+def outgoing(alert: Alert, *, settings: Settings) -> OutgoingAlert:
+    """The stored alert as Alertmanager sees it: the rule's severity as a label, the changing details,
+    the summary and the runbook section in annotations, and the run's page as generatorURL."""
     annotations = {
         "summary": f"{alert.rule}: {_number(alert.value)} against threshold {_number(alert.threshold)}",
+        "runbook_url": f"{settings.runbook_url}#{alert.rule}",
         **alert.annotations,
         "value": _number(alert.value),
         "threshold": _number(alert.threshold),
         "run": "" if alert.run_id is None else str(alert.run_id),
     }
+    public_url = settings.public_url.rstrip("/")
     return OutgoingAlert(
         rule=alert.rule,
-        labels=alert.labels,
+        labels={**alert.labels, "severity": ALERT_SEVERITIES[alert.rule]},
         starts_at=alert.opened_at,
         ends_at=alert.resolved_at,
         annotations=annotations,
+        generator_url=public_url if alert.run_id is None else f"{public_url}/runs/{alert.run_id}",
     )
 
 

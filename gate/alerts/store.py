@@ -120,6 +120,12 @@ def alerts_to_notify(session: Session) -> list[Alert]:
     return list(session.scalars(stmt.order_by(Alert.id)))
 
 
+def open_alert_counts(session: Session) -> dict[str, int]:
+    """Open alerts per rule (rules with none are absent)."""
+    stmt = select(Alert.rule, func.count()).where(Alert.state == "open").group_by(Alert.rule)
+    return {rule: count for rule, count in session.execute(stmt)}
+
+
 def list_alerts(session: Session, *, suite_name: str | None = None, open_only: bool = False) -> list[Alert]:
     stmt = select(Alert).order_by(Alert.id)
     if suite_name is not None:

@@ -123,8 +123,13 @@ def load_policies(path: Path | None) -> PolicySet:
     help="Seconds between passes.",
 )
 @click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /healthz, /readyz and /metrics (Prometheus) on this port (default: no HTTP).")
+@click.option("--http-host", default="127.0.0.1", show_default=True, help="Address the HTTP endpoints listen on.")
 @click.pass_obj
-def gate(settings: Settings, policies_file: Path | None, interval: float, once: bool) -> None:
+def gate(
+    settings: Settings, policies_file: Path | None, interval: float, once: bool, http_port: int | None, http_host: str
+) -> None:
     """Judge every finished run and send alerts, until SIGTERM."""
     from gate.judging.daemon import Daemon
     from gate.logs import configure
@@ -133,4 +138,5 @@ def gate(settings: Settings, policies_file: Path | None, interval: float, once: 
     policies = load_policies(policies_file)
     configure(settings)
     with open_store(settings) as engine:
-        Daemon(engine, policies, settings).serve(interval=interval, once=once)
+        http = None if http_port is None else (http_host, http_port)
+        Daemon(engine, policies, settings).serve(interval=interval, once=once, http=http)

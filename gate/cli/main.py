@@ -69,6 +69,7 @@ class _Cli(click.Group):
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lpips-gate", prog_name="lpips-gate")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """lpips-gate: a perceptual quality gate for rendered images (LPIPS).

@@ -3,7 +3,9 @@ and task names. Producers send tasks by name, so they never import the worker.
 
 Each store (database) has its own queue, named after the random key its migration wrote
 (`lpips.<key>`): producers and workers that share a broker but not a database never take each
-other's messages, which they could only acknowledge without doing the work.
+other's messages, which they could only acknowledge without doing the work. A fixed name
+(LPIPS_GATE_QUEUE_NAME, for an autoscaler that watches the queue) keeps that guard on Redis: the first
+producer or worker binds the name to its store's key, and any other store's is refused.
 
 A message carries only comparison ids; the store is the source of truth for what to compare, so a
 duplicated or redelivered message is harmless (claiming is atomic) and a lost one is recovered by
@@ -33,16 +35,23 @@ KOMBU_PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport keeps priority 
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
 
+QUEUE_BINDING_PREFIX = "lpips_gate:queue-store:"  # + a configured queue name: the key of the store it serves
+
+
 class StoreNotReady(RuntimeError):
-    """The database has no store identity: it is unreachable or not migrated."""
+    """The database has no store identity (it is unreachable or not migrated), or cannot use its queue."""
+
+
+class QueueTaken(StoreNotReady):
+    """The configured queue name is bound to another store."""
 
 
 def queue_name(store_key: str) -> str:
     return f"{QUEUE_PREFIX}.{store_key[:12]}"
 
 
-def store_queue(engine: Engine) -> str:
-    """The queue of the store behind `engine`."""
+def store_key_of(engine: Engine) -> str:
+    """The random key of the store behind `engine`."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from gate.store import repository as repo
@@ -50,7 +59,7 @@ def store_queue(engine: Engine) -> str:
 
     try:
         with session_scope(engine) as session:
-            return queue_name(repo.store_key(session))
+            return repo.store_key(session)
     except (SQLAlchemyError, LookupError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StoreNotReady(
@@ -59,13 +68,43 @@ def store_queue(engine: Engine) -> str:
         ) from exc
 
 
-def store_queue_at(database_url: str) -> str:
+def store_queue(engine: Engine, settings: Settings | None = None) -> str:
+    """The queue of the store behind `engine`: `settings.queue_name` when set (bound to this store on a
+    Redis broker, see `bind_queue`), else `lpips.<store key>`."""
+    key = store_key_of(engine)
+    if settings is None or settings.queue_name is None:
+        return queue_name(key)
+    client = redis_client(settings.broker_url)
+    if client is not None:
+        bind_queue(client, settings.queue_name, key)
+    return settings.queue_name
+
+
+def bind_queue(client: redis.Redis, queue: str, store_key: str) -> None:
+    """Bind `queue` to the store `store_key` unless it is bound already; QueueTaken if it is bound to
+    another store (its workers would claim this store's ids in their own database)."""
+    binding = QUEUE_BINDING_PREFIX + queue
+    try:
+        client.set(binding, store_key, nx=True)
+        raw = client.get(binding)
+    except redis.RedisError as exc:
+        raise StoreNotReady(f"queue {queue!r}: broker unreachable to check which store it serves: {exc}") from exc
+    owner = raw.decode() if isinstance(raw, bytes) else raw
+    if owner is not None and owner != store_key:
+        raise QueueTaken(
+            f"queue {queue!r} (LPIPS_GATE_QUEUE_NAME) serves another store (key {owner[:12]}), not this "
+            f"database (key {store_key[:12]}): give each store its own queue name, or delete the Redis key "
+            f"{binding!r} once that store is gone"
+        )
+
+
+def store_queue_at(database_url: str, settings: Settings | None = None) -> str:
     """`store_queue` through an engine of its own, for a caller that holds none (a worker starting)."""
     from gate.store import make_engine
 
     engine = make_engine(database_url)
     try:
-        return store_queue(engine)
+        return store_queue(engine, settings)
     finally:
         engine.dispose()
 
@@ -89,6 +128,8 @@ def make_celery(settings: Settings, *, queue: str) -> Celery:
         task_time_limit=settings.task_time_limit,
         task_default_queue=queue,
         worker_hijack_root_logger=False,
+        worker_send_task_events=settings.celery_events,  # for Flower: off unless asked, they cost broker traffic
+        task_send_sent_event=settings.celery_events,
     )
     return app
 

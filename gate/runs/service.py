@@ -131,7 +131,7 @@ def _broker_dispatch(settings: Settings) -> Dispatch:
     from kombu import Connection
     from kombu.exceptions import OperationalError
 
-    from gate.runs.queue import enqueue, make_celery, store_queue
+    from gate.runs.queue import StoreNotReady, enqueue, make_celery, store_queue
 
     try:
         with Connection(settings.broker_url) as connection:  # type: ignore[no-untyped-call]  # kombu is untyped
@@ -141,7 +141,12 @@ def _broker_dispatch(settings: Settings) -> Dispatch:
 
     def send(engine: Engine, run_id: int, ids: list[int]) -> None:
         try:
-            enqueue(make_celery(settings, queue=store_queue(engine)), ids, per_message=settings.pairs_per_message)
+            queue = store_queue(engine, settings)
+        except StoreNotReady as exc:
+            _give_up(engine, ids, reason=f"not queued: {exc}")
+            raise GateError(f"run {run_id}: comparisons marked as errors: {exc}") from exc
+        try:
+            enqueue(make_celery(settings, queue=queue), ids, per_message=settings.pairs_per_message)
         except OperationalError as exc:
             _give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
             raise GateError(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc

@@ -13,19 +13,30 @@ from alembic.script import ScriptDirectory
 
 from gate.store.db import make_engine
 
-# Kept at the repository root (next to alembic.ini); found from the package in an editable install.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# A wheel carries them as the package gate._migrations (setup.py maps the folder); a checkout (or an
+# editable install) keeps them at the repository root, next to alembic.ini.
+MIGRATION_DIRS = (
+    Path(__file__).resolve().parents[1] / "_migrations",
+    Path(__file__).resolve().parents[2] / "migrations",
+)
 _MIGRATION_LOCK_KEY = 0x1F1F5  # pg_advisory_xact_lock: one migrator at a time per database
 
 
+def migrations_dir() -> Path:
+    """The folder holding env.py and versions/, wherever this package was installed from."""
+    for folder in MIGRATION_DIRS:
+        if (folder / "env.py").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"Alembic migrations not found in {' or '.join(map(str, MIGRATION_DIRS))}: "
+        "the lpips-gate installation is incomplete (reinstall its wheel)"
+    )
+
+
 def alembic_config() -> Config:
-    if not (MIGRATIONS_DIR / "env.py").is_file():
-        raise FileNotFoundError(
-            f"Alembic migrations not found in {MIGRATIONS_DIR}: install lpips-gate from its repository "
-            "(pip install -e .)"
-        )
+    """Alembic's configuration without alembic.ini: only the script location, found at run time."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     return config
 
 

@@ -9,11 +9,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 from sqlalchemy import update
 
 from gate.alerts import store as alert_store
@@ -58,8 +61,8 @@ class Receiver:
         return taken
 
 
-@pytest.fixture
-def receiver():
+@contextmanager
+def receiving() -> Iterator[Receiver]:
     receiver = Receiver()
     thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
     thread.start()
@@ -67,6 +70,12 @@ def receiver():
     receiver.answer.set()
     receiver.server.shutdown()
     receiver.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as receiver:
+        yield receiver
 
 
 def _distance_alert(session_factory):
@@ -77,9 +86,10 @@ def _distance_alert(session_factory):
 
 def _firing_body(alert, run_id: int, value: str, failed: str, worst: str) -> dict:
     return {
-        "labels": {"alertname": "LpipsGateDistance", **DISTANCE_LABELS},
+        "labels": {"alertname": "LpipsGateDistance", **DISTANCE_LABELS, "severity": "critical"},
         "annotations": {
             "summary": f"distance: {value} against threshold 0.1",
+            "runbook_url": "docs/runbook.md#distance",
             "worst_pair": worst,
             "failed": failed,
             "value": value,
@@ -87,6 +97,7 @@ def _firing_body(alert, run_id: int, value: str, failed: str, worst: str) -> dic
             "run": str(run_id),
         },
         "startsAt": rfc3339(alert.opened_at),
+        "generatorURL": f"http://127.0.0.1:8080/runs/{run_id}",
     }
 
 
@@ -213,6 +224,26 @@ def test_a_resolution_is_sent_only_for_an_alert_the_receiver_has_seen(
     judge(session_factory, passing, policies(), settings)  # resolved before the receiver heard of it
     assert Daemon(engine, policies(), settings).tick() == {"evaluated": 0, "sent": 0}
     assert len(receiver.take()) == 1  # the refused opening only
+
+
+def test_alerts_go_to_every_receiver_and_one_that_takes_them_is_enough(
+    session_factory, engine, db_url, receiver
+) -> None:
+    with receiving() as refusing:
+        refusing.status = 500
+        settings = settings_for(db_url, webhook_url=f"{refusing.url}, {receiver.url}",
+                                public_url="https://gate.example/", runbook_url="https://docs.example/runbook.md")
+        with session_factory.begin() as session:
+            failing = finished_run(session, [0.3])
+        failures = REGISTRY.get_sample_value("lpips_gate_webhook_failures_total")
+        judge(session_factory, failing, policies(), settings)
+        [(_, _, [refused])], [(_, _, [taken])] = refusing.take(), receiver.take()
+    assert refused == taken
+    assert taken["labels"]["severity"] == "critical"
+    assert taken["annotations"]["runbook_url"] == "https://docs.example/runbook.md#distance"
+    assert taken["generatorURL"] == f"https://gate.example/runs/{failing}"
+    assert REGISTRY.get_sample_value("lpips_gate_webhook_failures_total") == failures + 1
+    assert _distance_alert(session_factory).last_notified_at is not None  # delivered: not owed again
 
 
 def test_the_webhook_timeout_is_a_setting(session_factory, db_url, receiver, capsys) -> None:

@@ -29,7 +29,7 @@ from gate.vocabulary import SCORES, STAT_KEYS
 from tests.integration.services import PrivateRedis, copy_weights, private_folder, remove, write_pairs
 from tests.scenes import render, scene
 from tests.support.faults import Faults, injected
-from worker.celery_app import celery_sweeper, comparison_ids
+from worker.celery_app import SWEEP_LOCK_PREFIX, celery_sweeper, comparison_ids
 from worker.engine import Engine
 from worker.images import SUPPORTED
 from worker.processor import Processor, Store, worker_name
@@ -395,17 +395,18 @@ def test_sweeper_resends_orphans_and_lost_messages_once_per_period(
     assert _queued_messages(private_redis, queue) == sorted([resent[0:2], resent[2:4], resent[4:5]])
     rows, _ = _rows(pg_url, orphaned)
     assert {(r.status, r.error) for r in rows} == {("queued", "worker dead-host:1 stopped heartbeating")}
+    lock = SWEEP_LOCK_PREFIX + store.run(repo.store_key, what="store key")  # per store: others sweep their own
+    assert client.exists(lock)
     sweep()  # within the period another sweep (by any worker) is skipped: the lock is held
     assert client.llen(queue) == 3
-    client.delete("lpips_gate:sweep")
-    client.delete("lpips_gate:sweep")
+    client.delete(lock)
     sweep()  # next period: nothing orphaned, and ids still in a message are not sent again
     assert client.llen(queue) == 3
     client.rpop(queue)  # the oldest message is lost (a broker restart), the others still wait
     delivered = client.rpop(queue)  # and the next one is delivered, not yet acknowledged
     client.hset("unacked", mapping={"tag": json.dumps([json.loads(delivered), "", queue]), "junk": b"not json{"})
     _age(pg_url, resent, long_ago)  # orphan_after later
-    client.delete("lpips_gate:sweep")
+    client.delete(lock)
     sweep()  # a backlog is not lost work: exactly the lost message's ids are sent again
     assert _queued_messages(private_redis, queue) == sorted([resent[0:2], resent[4:5]])
     store.dispose()

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("gate", "worker", "tests", "bench", "scripts", "migrations")
-TOP_LEVEL = ("pyproject.toml", "alembic.ini", "Dockerfile", "docker-compose.yml")
-TEXT = {".py", ".sh", ".toml", ".ini", ".cfg", ".yml", ".yaml", ".json", ".txt"}
+FOLDERS = ("gate", "worker", "tests", "bench", "scripts", "migrations", "deploy")
+TOP_LEVEL = ("pyproject.toml", "setup.py", "alembic.ini", "docker-compose.yml", "policies.example.toml")
+TEXT = {".py", ".sh", ".toml", ".ini", ".cfg", ".yml", ".yaml", ".json", ".txt", ".Dockerfile"}
 # "shared/fixtures", "../shared", or a path joined from a "shared" component: `... / "shared"`
 OUTSIDE = re.compile(r"""shared/fixtures|\.\./shared\b|/\s*["']shared["']""")
 

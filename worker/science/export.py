@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gate.errors import GateError
 from worker.images import MIN_SIZE
 from worker.perceptual import LPIPS
 from worker.perceptual.normalise import l2
@@ -54,7 +55,11 @@ class MetricGraph(nn.Module):
 
 def export_onnx(model: LPIPS, path: Path, *, metadata: dict[str, str], opset: int = OPSET) -> Path:
     """Write `model` as ONNX (inputs in0, in1; output distance), with `metadata` in the model's properties."""
-    import onnx  # deferred: only export needs it
+    try:
+        import onnx  # deferred: only export needs it
+        import onnxscript  # noqa: F401  (torch's exporter needs it; checked here to fail before the work)
+    except ImportError as exc:
+        raise GateError(f"ONNX export needs the onnx extra: pip install 'lpips-gate[onnx]' ({exc})") from exc
 
     graph = MetricGraph(model).eval()
     side = max(MIN_SIZE[model.net], 32)

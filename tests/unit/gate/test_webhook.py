@@ -1,3 +1,4 @@
+import base64
 import errno
 import json
 import os
@@ -45,6 +46,7 @@ class _Receiver:
 
     def __init__(self, status=200, delay=0.0):
         received = self.received = []
+        authorizations = self.authorizations = []
         answer = threading.Event()
         self.release = answer
 
@@ -52,6 +54,7 @@ class _Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append((self.path, self.headers["Content-Type"], body))
+                authorizations.append(self.headers["Authorization"])
                 if delay:
                     answer.wait(delay)
                 self.send_response(status)
@@ -91,6 +94,14 @@ def test_a_refusal_names_the_url_status_and_reason():
     with _Receiver(status=400) as receiver, pytest.raises(WebhookError) as caught:
         send(receiver.url, [], timeout=5)
     assert str(caught.value) == f"webhook {receiver.url}: HTTP 400 Bad Request: bad alert: missing labels"
+
+
+def test_credentials_in_the_url_go_as_basic_auth_and_never_into_an_error():
+    with _Receiver(status=401) as receiver, pytest.raises(WebhookError) as caught:
+        send(receiver.url.replace("http://", "http://gate:s%40cret@"), [], timeout=5)
+    assert receiver.authorizations == ["Basic " + base64.b64encode(b"gate:s@cret").decode()]
+    shown = receiver.url.replace("http://", "http://gate:***@")
+    assert str(caught.value) == f"webhook {shown}: HTTP 401 Unauthorized: bad alert: missing labels"
 
 
 REFUSED = f"[Errno {errno.ECONNREFUSED}] {os.strerror(errno.ECONNREFUSED)}"  # what the OS says, in its words

@@ -189,3 +189,19 @@ def test_a_candidate_may_keep_its_non_finite_samples_as_nan(tmp_path):
     clean = load_hdr(write_exr(tmp_path / "ones.exr", {"R": ones, "G": ones, "B": ones}))
     finite = torch.isfinite(image)
     assert torch.equal(image[finite], clean[finite])
+
+
+def test_without_the_exr_extra_an_exr_is_refused_by_name_with_the_remedy(tmp_path, monkeypatch):
+    import sys
+
+    from worker.hdr import load_hdr
+    from worker.images import ImageError
+
+    monkeypatch.setitem(sys.modules, "OpenEXR", None)  # what a light install without the extra has
+    path = tmp_path / "frame.exr"
+    path.write_bytes(b"v/1\x01")
+    with pytest.raises(ImageError) as refused:
+        load_hdr(path)
+    assert (refused.value.reason, str(refused.value)) == (
+        "unsupported", f"{path}: OpenEXR input needs the exr extra: pip install 'lpips-gate[exr]'"
+    )
