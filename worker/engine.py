@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 
 from gate.scoring import MASK_MARGIN_PX
 from gate.vocabulary import SCORES
-from worker import guards, images, masks, tuning, weights
+from worker import decoding, guards, images, masks, tuning, weights
 from worker.masks import Scoring
 from worker.perceptual import LPIPS, Features
 from worker.perceptual.cache import FeatureCache
@@ -26,6 +27,7 @@ from worker.science.trained import resolve_heads
 from worker.tone import levels_lost, tone_shifts
 
 Box = list[int]
+Loaded = tuple[torch.Tensor, str]  # pixels (3, H, W) and the file's sha256
 DEFAULT_SCORING = Scoring()
 
 
@@ -117,7 +119,7 @@ class Engine:
 
     def __init__(self, model: LPIPS, *, weights_version: str, device: torch.device, max_pixels: int,
                  max_batch: int, cache: FeatureCache | None = None, resize: images.Resize = "none",
-                 exposure: float = 0.0, decode_threads: int | None = None):
+                 exposure: float = 0.0, decode_threads: int | None = None, decode_processes: int = 0):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         images.check_resize(resize)
@@ -129,6 +131,7 @@ class Engine:
         self.before_batch: Callable[[list[str]], None] | None = None
         self.with_scores = True
         self._pool = ThreadPoolExecutor(decode_threads or decode_threads_for(device), thread_name_prefix="decode")
+        self.decode_processes = decode_processes  # 0: decode in the threads; else a shared worker.decoding pool
 
     @classmethod
     def from_settings(cls, settings, *, net: str | None = None, version: str | None = None,
@@ -138,9 +141,11 @@ class Engine:
                                         precision=precision or settings.precision, **options)
         resolved = resolve_device(device or settings.device)
         tuning.for_device(resolved)
-        return cls(model, weights_version=version_id, device=resolved,
-                   max_pixels=settings.max_pixels, max_batch=settings.max_batch,
-                   cache=FeatureCache(settings.feature_cache_bytes), resize=resize, exposure=exposure)
+        processes = settings.decode_processes
+        return cls(model, weights_version=version_id, device=resolved, max_pixels=settings.max_pixels,
+                   max_batch=settings.cuda_max_batch if resolved.type == "cuda" else settings.max_batch,
+                   cache=FeatureCache(settings.feature_cache_bytes), resize=resize, exposure=exposure,
+                   decode_processes=decoding.default_processes(resolved.type) if processes is None else processes)
 
     @property
     def decode_window(self) -> int:
@@ -148,13 +153,13 @@ class Engine:
         computes. A pass that fails, fails for a pair of the window being computed."""
         return self.max_batch
 
-    def _decode(self, index: int, ref: Path, cand: Path, refs: _Once[Path, tuple[torch.Tensor, str]],
+    def _decode(self, index: int, ref: Path, cand: Path, load: Callable[[Path, bool], Loaded],
                 mask_images: _Once[Path, np.ndarray], scoring: Scoring) -> _Decoded:
         """A candidate's non-finite pixels are counted (outside what it ignores) and set to 0 before the
         sizes are matched: resizing would smear them."""
         start = time.perf_counter()
-        ref_image, ref_hash = refs(ref)
-        cand_image, cand_hash = self._load(cand, keep_nonfinite=True)
+        ref_image, ref_hash = load(ref, False)
+        cand_image, cand_hash = load(cand, True)
         cand_size = (cand_image.shape[-2], cand_image.shape[-1])
         ignore = scoring.ignore.get(cand)
         ignored = None if ignore is None else masks.rasterise(ignore, cand_size, mask_images)
@@ -166,11 +171,32 @@ class Engine:
         pair_key = f"{key}:{cand_hash}:{tuple(b.shape)}:{ignore}"
         return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3, cand_size, ignored, nonfinite)
 
-    def _load(self, path: Path, *, keep_nonfinite: bool = False) -> tuple[torch.Tensor, str]:
+    def _load(self, path: Path, *, keep_nonfinite: bool = False) -> Loaded:
         """Decoded pixels and the sha256 of the file: its identity for the cache and for dedup."""
         image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=self.exposure,
                                   keep_nonfinite=keep_nonfinite)
         return image, images.content_hash(path)
+
+    def _loader(self, pairs: list[tuple[Path, Path]]) -> Callable[[Path, bool], Loaded]:
+        """How one window's files are decoded: each distinct file once, in the decode pool's processes
+        when there is one (OpenEXR still here: its tone map runs in torch), else in the calling thread."""
+        if not self.decode_processes:
+            refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
+            return lambda path, keep_nonfinite: self._load(path, keep_nonfinite=True) if keep_nonfinite else refs(path)
+        files = [(ref, False) for ref, _ in pairs] + [(cand, True) for _, cand in pairs]
+        futures = decoding.shared_pool(self.decode_processes).decode(files, max_pixels=self.max_pixels,
+                                                                     min_size=self.min_size)
+        shared = {file for file, uses in Counter(files).items() if file[1] and uses > 1}
+
+        def pooled(path: Path, keep_nonfinite: bool) -> Loaded:
+            decoded = futures[(path, keep_nonfinite)].result()
+            if decoded is None:
+                return self._load(path, keep_nonfinite=keep_nonfinite)
+            pixels, digest = decoded
+            if (path, keep_nonfinite) in shared:  # each use zeroes its non-finite pixels in place: its own copy
+                pixels = pixels.copy()
+            return images.pixels_tensor(pixels), digest
+        return pooled
 
     def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False,
                       scoring: Scoring = DEFAULT_SCORING) -> Iterator[Outcome]:
@@ -181,9 +207,10 @@ class Engine:
         mask_images: _Once[Path, np.ndarray] = _Once(lambda path: masks.load_mask(path, max_pixels=self.max_pixels))
 
         def submit(chunk: list[int]) -> list[Future]:
-            refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
-            return [self._pool.submit(self._decode, i, Path(pairs[i][0]), Path(pairs[i][1]), refs, mask_images,
-                                      scoring) for i in chunk]
+            window_pairs = [(Path(pairs[i][0]), Path(pairs[i][1])) for i in chunk]
+            load = self._loader(window_pairs)
+            return [self._pool.submit(self._decode, i, ref, cand, load, mask_images, scoring)
+                    for i, (ref, cand) in zip(chunk, window_pairs)]
 
         pending = submit(chunks[0]) if chunks else []
         computed: dict[str, Outcome] = {}
