@@ -31,6 +31,7 @@ import numpy as np
 from worker.pixels import ImageError
 
 SLAB_BYTES = 8 * 2**20  # a slab's size at start: 16-image windows of 256px fit; larger tasks grow it
+FILES_PER_TASK = 8  # at most: small files share a round trip, a large window still spreads over every process
 TRIES = 3  # a file whose decode process dies this often is that pair's error
 File = tuple[Path, bool]  # (path, keep_nonfinite)
 Decoded = tuple[np.ndarray, str] | None  # (H, W, 3) float32 pixels and sha256; None: decode here (OpenEXR)
@@ -126,12 +127,12 @@ class DecodePool:
         return [child.process.pid for child in self._children if child is not None]
 
     def decode(self, files: Sequence[File], *, max_pixels: int, min_size: int) -> dict[File, Future[Decoded]]:
-        """Each distinct file once, in tasks of several files: as many tasks as processes."""
+        """Each distinct file once, in tasks of several files: at least as many tasks as processes."""
         if self.closed:
             raise RuntimeError("the decode pool is closed")
         distinct = list(dict.fromkeys(files))
         futures: dict[File, Future[Decoded]] = {file: Future() for file in distinct}
-        per_task = max(1, math.ceil(len(distinct) / self.processes))
+        per_task = max(1, min(FILES_PER_TASK, math.ceil(len(distinct) / self.processes)))
         for start in range(0, len(distinct), per_task):
             chunk = distinct[start:start + per_task]
             self._tasks.put(_Task(chunk, [futures[f] for f in chunk], max_pixels, min_size))

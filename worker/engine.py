@@ -66,7 +66,10 @@ NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16",
 
 def emulated_precision(precision: str, device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """Why `precision` will be slow here, or None: a CPU without instructions for it (by its
-    /proc/cpuinfo flags) has oneDNN emulate it, several times slower than fp32."""
+    /proc/cpuinfo flags) has oneDNN emulate it, several times slower than fp32; so does a GPU older than
+    Ampere for bf16."""
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16 on this GPU is emulated (it needs compute capability 8.0 or newer): expect it slower than fp32"
     if device.type != "cpu" or precision not in NATIVE_CPU_FLAGS:
         return None
     try:
@@ -101,6 +104,16 @@ def build_model(settings, *, net: str, version: str = "0.1", precision: str = "f
     model = LPIPS(net, version, trunk_state=state, heads_state=heads, lin=lin, normalise=normalise,
                   reduction=reduction, precision=precision, random_weights=random_weights)
     return model, trunk_version + suffix
+
+
+# Bytes of activations per pixel of one image through the trunk, normalisation and distances (fp32,
+# with headroom): what `Engine.batch_limit` sizes CUDA batches by.
+ACTIVATION_BYTES_PER_PIXEL = {"alex": 256, "vgg": 2400, "squeeze": 600}
+
+
+def pair_bytes(net: str, shape: tuple[int, ...]) -> int:
+    """Device memory one pair of images of `shape` (C, H, W) takes in a forward pass, both sides."""
+    return 2 * shape[-2] * shape[-1] * ACTIVATION_BYTES_PER_PIXEL[net]
 
 
 def decode_threads_for(device: torch.device) -> int:
@@ -239,13 +252,28 @@ class Engine:
         by_shape: dict[tuple, list[_Decoded]] = {}
         for item in fresh:
             by_shape.setdefault(tuple(item.ref.shape), []).append(item)
-        for group in by_shape.values():
-            for start in range(0, len(group), self.max_batch):
-                self._batch(group[start:start + self.max_batch], outcomes, with_map, scoring)
+        for shape, group in by_shape.items():
+            limit = self.batch_limit(shape)
+            for start in range(0, len(group), limit):
+                self._batch(group[start:start + limit], outcomes, with_map, scoring)
         for item in repeats:
             first, outcome = computed[item.pair_key], outcomes[item.index]
             outcome.distance, outcome.layers, outcome.map = first.distance, first.layers, first.map
             outcome.scores, outcome.regions = first.scores, first.regions
+
+    def batch_limit(self, shape: tuple[int, ...]) -> int:
+        """Pairs per forward pass for images of `shape`: `max_batch`, or on CUDA as many as half the
+        device's free memory holds (an out-of-memory error still halves `max_batch`: worker.runtime)."""
+        if self.device.type != "cuda":
+            return self.max_batch
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return max(1, min(self.max_batch, free // 2 // pair_bytes(self.model.net, shape)))
+
+    def _on_device(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """One channels_last batch on the device; on CUDA through pinned memory, copied without waiting."""
+        if self.device.type != "cuda":
+            return _stack(images)
+        return _stack(images, pinned=True).to(self.device, non_blocking=True)
 
     def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool, scoring: Scoring) -> None:
         """References not in the cache and all candidates go through the network in one forward pass."""
@@ -257,7 +285,7 @@ class Engine:
         found = {k: features for k, features in cached.items() if features is not None}
         first = {b.ref_key: b.ref for b in reversed(batch)}
         missing = [k for k in keys if cached[k] is None]
-        pixels = _stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device)
+        pixels = self._on_device([first[k] for k in missing] + [b.cand for b in batch])
         both = self.model.features(pixels)
         computed = both.take(slice(0, len(missing)))
         for row, key in enumerate(missing):
@@ -270,15 +298,16 @@ class Engine:
         size = (batch[0].ref.shape[-2], batch[0].ref.shape[-1]) if with_map else None
         result = self.model.compare(refs, cands, size=size, spatial=self.with_scores)
         if result.fine is not None:  # with_scores
-            ref_pixels = pixels[:len(batch)] if in_order else _stack([b.ref for b in batch]).to(self.device)
+            ref_pixels = pixels[:len(batch)] if in_order else self._on_device([b.ref for b in batch])
             self._score(batch, outcomes, ref_pixels, pixels[len(missing):], result.fine, result.distance, scoring)
+        distances, layers = result.distance.tolist(), result.layers.tolist()  # one copy each from the device
         elapsed = (time.perf_counter() - start) * 1e3 / len(batch)
         for row, item in enumerate(batch):
             outcome = outcomes[item.index]
-            outcome.distance = float(result.distance[row])
+            outcome.distance = distances[row]
             outcome.model_ms = elapsed
             outcome.layers = [
-                {"index": i, "name": name, "distance": float(result.layers[row, i]),
+                {"index": i, "name": name, "distance": layers[row][i],
                  "ref_stats": result.ref_stats[i][row], "cand_stats": result.cand_stats[i][row]}
                 for i, name in enumerate(self.model.taps)
             ]
@@ -352,10 +381,11 @@ class _Once(Generic[Key, Value]):
         return future.result()
 
 
-def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+def _stack(images: list[torch.Tensor], *, pinned: bool = False) -> torch.Tensor:
     """One channels_last batch, the layout the network runs in: decoded images already have it, so
-    each is one contiguous copy (torch.stack would build NCHW, and the network convert it back)."""
-    batch = torch.empty((len(images), *images[0].shape), memory_format=torch.channels_last)
+    each is one contiguous copy (torch.stack would build NCHW, and the network convert it back).
+    `pinned`: in page-locked memory (torch caches it), so the copy to CUDA runs without waiting."""
+    batch = torch.empty((len(images), *images[0].shape), memory_format=torch.channels_last, pin_memory=pinned)
     for row, image in zip(batch, images):
         row.copy_(image)
     return batch
