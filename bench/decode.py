@@ -89,7 +89,17 @@ def engine_side(settings: Settings, net: str, pairs, *, precision: str, device: 
 def measure(args, settings: Settings, net: str, size: int, n: int, folder: Path, sampler: GpuSampler | None) -> dict:
     pairs = bench.make_pairs(folder, n, size)
     reference = bench.reference_model(net, settings)
-    ref_sides = [bench.bare_reference(reference, pairs, batch, args.device) for batch in args.ref_batches]
+    ref_sides, batches = [], []
+    tried = args.ref_batches or ([8] if args.device == "cpu" else [32, 128, 512] if size <= 256 else [8, 16, 32, 64])
+    for batch in tried:
+        side = bench.bare_reference(reference, pairs, batch, args.device)
+        try:
+            side[0]()  # a batch the device cannot hold is left out of the reference's best
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            continue
+        ref_sides.append(side)
+        batches.append(batch)
     sides = {(p, k): engine_side(settings, net, pairs, precision=p, device=args.device, processes=k)
              for p in args.precisions for k in args.processes}
     rates, spans = timed([run for run, _ in ref_sides] + [run for run, _, _ in sides.values()], n, args.repeat)
@@ -97,8 +107,8 @@ def measure(args, settings: Settings, net: str, size: int, n: int, folder: Path,
     ref_out = np.array(ref_sides[best][1])
     row: dict = {"net": net, "size": size, "pairs": n, "device": args.device, "repeat": args.repeat,
                  "cores": len(__import__("os").sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-                 "reference_batch": args.ref_batches[best], "reference_pairs_s": rates[best],
-                 "reference_pairs_s_by_batch": dict(zip(map(str, args.ref_batches), rates[:len(ref_sides)])),
+                 "reference_batch": batches[best], "reference_pairs_s": rates[best],
+                 "reference_pairs_s_by_batch": dict(zip(map(str, batches), rates[:len(ref_sides)])),
                  "ours": []}
     fp32 = {k: np.array(out) for (p, k), (_, out, _) in sides.items() if p == "fp32"}
     for ((precision, processes), (_, out, batch)), rate, span in zip(sides.items(), rates[len(ref_sides):],
@@ -135,12 +145,12 @@ def main() -> None:
                         help="pairs per size (default: 256 at 64px, 128 at 256px, 64 above)")
     parser.add_argument("--processes", nargs="+", type=int, default=[0, 1, 2], help="decode processes (0: in-process)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--ref-batches", nargs="+", type=int, help="reference batch sizes tried (default 8 on CPU)")
+    parser.add_argument("--ref-batches", nargs="+", type=int,
+                        help="reference batch sizes tried (default: 8 on the CPU; on CUDA 32-512, 8-64 above 256px)")
     parser.add_argument("--max-batch", type=int, help="ours: pairs per forward pass (default: the settings')")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
-    args.ref_batches = args.ref_batches or ([8] if args.device == "cpu" else [64, 128, 256, 512])
     tune_process()  # ours as the worker and `compare` run it: the reference shares the process and its setting
     for_device(torch.device(args.device))
     updates = {"max_batch": args.max_batch, "cuda_max_batch": args.max_batch} if args.max_batch else {}
