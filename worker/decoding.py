@@ -235,8 +235,11 @@ def shutdown() -> None:
 
 def _forget_after_fork() -> None:
     """A forked child (a Celery pool process) shares its parent's decode processes' sockets, not its
-    threads: it starts its own pool when it needs one and never stops the parent's."""
+    threads: it starts its own pool when it needs one and never stops the parent's. The lock may have
+    been held by a thread that did not come along: a new one."""
+    global _lock
     _pools.clear()
+    _lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -68,7 +68,8 @@ def emulated_precision(precision: str, device: torch.device, cpuinfo: Path = Pat
     """Why `precision` will be slow here, or None: a CPU without instructions for it (by its
     /proc/cpuinfo flags) has oneDNN emulate it, several times slower than fp32; so does a GPU older than
     Ampere for bf16."""
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    if (device.type == "cuda" and precision == "bf16" and torch.cuda.is_available()
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
         return "bf16 on this GPU is emulated (it needs compute capability 8.0 or newer): expect it slower than fp32"
     if device.type != "cpu" or precision not in NATIVE_CPU_FLAGS:
         return None

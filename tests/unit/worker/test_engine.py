@@ -95,8 +95,11 @@ def test_a_precision_the_cpu_lacks_instructions_for_is_named_as_emulated(tmp_pat
     assert emulated_precision("bf16", cpu, tmp_path / "missing") is None
 
 
-def test_a_reference_shared_by_a_window_is_decoded_once(engine, tmp_path, monkeypatch):
+def test_a_reference_shared_by_a_window_is_decoded_once(tmp_path, monkeypatch):
+    """In-process decoding (the decode pool decodes each distinct file of a window once: test_decoding)."""
     from worker import images
+
+    engine = Engine.from_settings(Settings(max_batch=8, decode_processes=0), net="alex", device="cpu")
 
     ref = write(tmp_path / "ref.png", 0, (64, 64))
     missing = tmp_path / "missing.png"
