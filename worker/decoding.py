@@ -141,28 +141,36 @@ class DecodePool:
 
     def _serve(self, slot: int) -> None:
         while (task := self._tasks.get()) is not None:
-            child = self._children[slot]
-            if child is None or child.process.poll() is not None:
-                if child is not None:
-                    child.stop()
-                child = self._children[slot] = _Child.start()
             try:
-                answers = child.ask(([(os.fspath(p), keep) for p, keep in task.files], task.max_pixels,
-                                     task.min_size))
-            except (EOFError, OSError):  # the process died (killed, crashed) during the task
-                self._died(task, child)
-                continue
-            for future, answer in zip(task.futures, answers):  # type: ignore[call-overload]
-                if answer[0] == "ok":
-                    future.set_result((child.pixels(answer[1], answer[2]), answer[3]))
-                elif answer[0] == "local":
-                    future.set_result(None)
-                else:
-                    future.set_exception(answer[1])
+                self._run(slot, task)
+            except Exception as exc:  # noqa: BLE001  (no process could start, no memory to copy into: the task's
+                for future in task.futures:  # files fail as an in-process decode would, and this thread goes on)
+                    if not future.done():
+                        future.set_exception(exc)
         child = self._children[slot]
         if child is not None:
             child.stop()
             self._children[slot] = None
+
+    def _run(self, slot: int, task: _Task) -> None:
+        child = self._children[slot]
+        if child is None or child.process.poll() is not None:
+            if child is not None:
+                self._children[slot] = None  # until a new one has started
+                child.stop()
+            child = self._children[slot] = _Child.start()
+        try:
+            answers = child.ask(([(os.fspath(p), keep) for p, keep in task.files], task.max_pixels, task.min_size))
+        except (EOFError, OSError):  # the process died (killed, crashed) during the task
+            self._died(task, child)
+            return
+        for future, answer in zip(task.futures, answers):  # type: ignore[call-overload]
+            if answer[0] == "ok":
+                future.set_result((child.pixels(answer[1], answer[2]), answer[3]))
+            elif answer[0] == "local":
+                future.set_result(None)
+            else:
+                future.set_exception(answer[1])
 
     def _died(self, task: _Task, child: _Child) -> None:
         """Try again, each file alone: the one that kills its process every time gets the error."""
