@@ -30,7 +30,7 @@ import numpy as np
 
 from worker.pixels import ImageError
 
-SLAB_BYTES = 8 * 2**20  # a slab's size at start: 16-image windows of 256px fit; larger tasks grow it
+SLAB_BYTES = 8 * 2**20  # a slab's size at start: a task of 8 files of 256px fits; larger tasks grow it
 FILES_PER_TASK = 8  # at most: small files share a round trip, a large window still spreads over every process
 TRIES = 3  # a file whose decode process dies this often is that pair's error
 File = tuple[Path, bool]  # (path, keep_nonfinite)
@@ -39,8 +39,8 @@ Decoded = tuple[np.ndarray, str] | None  # (H, W, 3) float32 pixels and sha256; 
 
 def default_processes(device_type: str, cores: int | None = None) -> int:
     """A GPU waits on decoding: every core but one (for this process) decodes, up to 16. On the CPU the
-    network needs the cores too: half of them decode (bench/decode.py on 2 cores, alex 256px: fp32 the
-    same as decoding in-process, bf16 1.07x with one decode process, 1.17x with two)."""
+    network needs the cores too: half of them decode (the README's decode pool figures: never slower
+    than in-process threads at 256px, faster where bf16 leaves the cores room)."""
     cores = cores or len(os.sched_getaffinity(0))
     return max(1, min(16, cores - 1)) if device_type == "cuda" else max(1, cores // 2)
 
