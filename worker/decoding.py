@@ -185,14 +185,6 @@ class DecodePool:
         for file, future in zip(task.files, task.futures):
             self._tasks.put(_Task([file], [future], task.max_pixels, task.min_size, task.tries))
 
-    def imports(self) -> list[str]:
-        """The modules a decode process has loaded (it must not load torch)."""
-        child = _Child.start()
-        try:
-            return child.ask("imports")  # type: ignore[return-value]
-        finally:
-            child.stop()
-
     def close(self) -> None:
         """Stop every process and wait for it; futures not yet answered fail."""
         if self.closed:
@@ -213,6 +205,15 @@ class DecodePool:
         for task in pending:
             for future in task.futures:
                 future.set_exception(RuntimeError("the decode pool closed before this file was decoded"))
+
+
+def decode_process_imports() -> list[str]:
+    """The modules a fresh decode process has loaded: it must not load torch."""
+    child = _Child.start()
+    try:
+        return child.ask("imports")  # type: ignore[return-value]
+    finally:
+        child.stop()
 
 
 _pools: dict[int, DecodePool] = {}

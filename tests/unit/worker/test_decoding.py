@@ -4,6 +4,9 @@ the engine gives the same outcomes with and without it."""
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -76,8 +79,8 @@ def test_every_file_decodes_to_the_same_pixels_hash_or_error(corpus, pool):
     assert reasons["tiny_8x8.png"] == "too_small" and reasons["bomb.png"] == "bomb"
 
 
-def test_the_decode_processes_never_import_torch(pool):
-    loaded = pool.imports()
+def test_the_decode_processes_never_import_torch():
+    loaded = decoding.decode_process_imports()
     assert "PIL.Image" in loaded and "numpy" in loaded
     assert not [name for name in loaded if name == "torch" or name.startswith("torch.")]
 
@@ -174,3 +177,28 @@ def test_the_engine_gives_the_same_outcomes_with_the_pool(corpus, tmp_path):
     errors = [error for _, error, *_ in runs[1][:-1]]
     assert [e is None for e in errors] == [True] * 6 + [False, False, False, True, True]
     assert "truncated or corrupt image" in errors[6] and "file not found" in errors[8]
+
+
+ORPHANED = """
+import os, signal
+from worker import decoding
+print(*decoding.shared_pool(2).pids(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no shutdown: as a worker process killed outright
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_decode_processes_end_when_their_parent_is_killed():
+    done = subprocess.run([sys.executable, "-c", ORPHANED], capture_output=True, text=True)
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert done.returncode == -signal.SIGKILL and len(pids) == 2
+    deadline = time.monotonic() + 60
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if running(pid)]  # the end of their socket told them to exit
