@@ -166,12 +166,12 @@ def main() -> None:
                 for size, n in zip(args.sizes, counts):
                     rows.append(measure(args, settings, net, size, n, Path(tmp), sampler))
                     print_row(rows[-1])
+                    if args.json:  # after every row: a run cut short by its time limit keeps what it measured
+                        args.json.write_text(json.dumps(rows, indent=1))
     finally:
         if sampler is not None:
             sampler.stop()
         decoding.shutdown()
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
