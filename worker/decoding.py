@@ -115,7 +115,7 @@ class DecodePool:
     def __init__(self, processes: int, *, tries: int = TRIES):
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
-        self.processes, self.tries, self.pid = processes, tries, os.getpid()
+        self.processes, self.tries = processes, tries
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._children: list[_Child | None] = [_Child.start() for _ in range(processes)]
         self._threads = [threading.Thread(target=self._serve, args=(slot,), name=f"decode-feed-{slot}", daemon=True)
@@ -190,21 +190,24 @@ class DecodePool:
         if self.closed:
             return
         self.closed = True
-        pending: list[_Task] = []
-        while True:
-            try:
-                task = self._tasks.get_nowait()
-            except queue.Empty:
-                break
-            if task is not None:
-                pending.append(task)
+        pending = self._drain()
         for _ in self._threads:
             self._tasks.put(None)
         for thread in self._threads:
             thread.join()
-        for task in pending:
+        for task in pending + self._drain():  # and what a dying process's task put back meanwhile
             for future in task.futures:
                 future.set_exception(RuntimeError("the decode pool closed before this file was decoded"))
+
+    def _drain(self) -> list[_Task]:
+        tasks: list[_Task] = []
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                return tasks
+            if task is not None:
+                tasks.append(task)
 
 
 def decode_process_imports() -> list[str]:
