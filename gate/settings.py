@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     message_batches: int = Field(default=4, ge=1)  # forward passes per queue message: decoding overlaps compute
     #                                                within a message; fewer spread a small run over more workers
     feature_cache_bytes: int = 256 * 2**20
+    decode_processes: int | None = Field(default=None, ge=0)  # None: by device (see worker.decoding);
+    #                                                          0: decode in-process threads
+    cuda_max_batch: int = Field(default=256, ge=1)  # pairs per forward pass on CUDA, at most (fewer where
+    #                                                 the device's free memory is short)
+    idle_trim_s: float | None = Field(default=60.0, gt=0)  # a worker idle this long hands its freed heap back
     max_attempts: int = 3  # a comparison that fails this often is recorded as an error
 
     task_soft_time_limit: int = 300

@@ -26,11 +26,11 @@ from gate.logs import get_logger
 from gate.runs.queue import TASK_COMPARE, enqueue, ids_in_flight, make_celery, redis_client
 from gate.settings import Settings
 from gate.store import repository as repo
-from worker import metrics
+from worker import decoding, metrics
 from worker.keeper import Keeper, Sweeper, beat, heartbeat_interval_s, sweep_period_s
 from worker.processor import Processor, Requeue, Store, worker_name
 from worker.runtime import Counters, Models, TimeUp
-from worker.tuning import tune_process
+from worker.tuning import IdleTrim, tune_process
 
 MAX_IDS_PER_MESSAGE = 1000
 SWEEP_LOCK_PREFIX = "lpips_gate:sweep:"  # + the store key: one sweeper a period per store, not per broker
@@ -155,6 +155,7 @@ class WorkerProcess:
         self.settings, self.app, self.precision, self.threads = settings, app, precision, threads
         self.processor: Processor | None = None
         self.keeper: Keeper | None = None
+        self.trim = IdleTrim(settings.idle_trim_s) if settings.idle_trim_s else None
 
     def start(self, **_signal: Any) -> None:
         import torch
@@ -202,6 +203,9 @@ class WorkerProcess:
     def stop(self, **_signal: Any) -> None:
         if self.keeper is not None:
             self.keeper.stop()
+        if self.trim is not None:
+            self.trim.stop()
+        decoding.shutdown()  # a pool process exits with os._exit: atexit would not run
 
     def handle(self, task_id: str | None, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         try:
@@ -212,9 +216,15 @@ class WorkerProcess:
         if self.processor is None:
             raise RuntimeError("worker process not initialised (worker_process_init did not run)")
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(task_id=task_id):
-            self.processor.process(ids)
-            log.info("task done", comparisons=len(ids), seconds=round(time.perf_counter() - started, 3))
+        if self.trim is not None:
+            self.trim.busy()
+        try:
+            with structlog.contextvars.bound_contextvars(task_id=task_id):
+                self.processor.process(ids)
+                log.info("task done", comparisons=len(ids), seconds=round(time.perf_counter() - started, 3))
+        finally:
+            if self.trim is not None:
+                self.trim.idle()
 
 
 def _pin_device(device: str) -> str:

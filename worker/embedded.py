@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import structlog
 
 from gate.logs import configure
+from worker import decoding
 from worker.keeper import Keeper, beat, heartbeat_interval_s
 from worker.processor import Processor, Store, worker_name
 from worker.runtime import Models
@@ -43,6 +44,7 @@ def run_comparisons(settings, comparison_ids: list[int]) -> None:
     finally:
         keeper.stop()
         store.dispose()
+        decoding.shutdown()
 
 
 def _logs_to_stderr(settings) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import torch
 
 from gate.scoring import MASK_MARGIN_PX
 from gate.vocabulary import SCORES
-from worker import guards, images, masks, tuning, weights
+from worker import decoding, guards, images, masks, tuning, weights
 from worker.masks import Scoring
 from worker.perceptual import LPIPS, Features
 from worker.perceptual.cache import FeatureCache
@@ -26,6 +27,7 @@ from worker.science.trained import resolve_heads
 from worker.tone import levels_lost, tone_shifts
 
 Box = list[int]
+Loaded = tuple[torch.Tensor, str]  # pixels (3, H, W) and the file's sha256
 DEFAULT_SCORING = Scoring()
 
 
@@ -64,7 +66,11 @@ NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16",
 
 def emulated_precision(precision: str, device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """Why `precision` will be slow here, or None: a CPU without instructions for it (by its
-    /proc/cpuinfo flags) has oneDNN emulate it, several times slower than fp32."""
+    /proc/cpuinfo flags) has oneDNN emulate it, several times slower than fp32; so does a GPU older than
+    Ampere for bf16."""
+    if (device.type == "cuda" and precision == "bf16" and torch.cuda.is_available()
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        return "bf16 on this GPU is emulated (it needs compute capability 8.0 or newer): expect it slower than fp32"
     if device.type != "cpu" or precision not in NATIVE_CPU_FLAGS:
         return None
     try:
@@ -101,6 +107,16 @@ def build_model(settings, *, net: str, version: str = "0.1", precision: str = "f
     return model, trunk_version + suffix
 
 
+# Bytes of activations per pixel of one image through the trunk, normalisation and distances (fp32,
+# with headroom): what `Engine.batch_limit` sizes CUDA batches by.
+ACTIVATION_BYTES_PER_PIXEL = {"alex": 256, "vgg": 2400, "squeeze": 600}
+
+
+def pair_bytes(net: str, shape: tuple[int, ...]) -> int:
+    """Device memory one pair of images of `shape` (C, H, W) takes in a forward pass, both sides."""
+    return 2 * shape[-2] * shape[-1] * ACTIVATION_BYTES_PER_PIXEL[net]
+
+
 def decode_threads_for(device: torch.device) -> int:
     """A GPU waits on decoding, so every core (up to 16) decodes; on the CPU the network needs the
     cores, and two threads decode the next window while it runs."""
@@ -117,7 +133,7 @@ class Engine:
 
     def __init__(self, model: LPIPS, *, weights_version: str, device: torch.device, max_pixels: int,
                  max_batch: int, cache: FeatureCache | None = None, resize: images.Resize = "none",
-                 exposure: float = 0.0, decode_threads: int | None = None):
+                 exposure: float = 0.0, decode_threads: int | None = None, decode_processes: int = 0):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         images.check_resize(resize)
@@ -129,6 +145,7 @@ class Engine:
         self.before_batch: Callable[[list[str]], None] | None = None
         self.with_scores = True
         self._pool = ThreadPoolExecutor(decode_threads or decode_threads_for(device), thread_name_prefix="decode")
+        self.decode_processes = decode_processes  # 0: decode in the threads; else a shared worker.decoding pool
 
     @classmethod
     def from_settings(cls, settings, *, net: str | None = None, version: str | None = None,
@@ -138,9 +155,11 @@ class Engine:
                                         precision=precision or settings.precision, **options)
         resolved = resolve_device(device or settings.device)
         tuning.for_device(resolved)
-        return cls(model, weights_version=version_id, device=resolved,
-                   max_pixels=settings.max_pixels, max_batch=settings.max_batch,
-                   cache=FeatureCache(settings.feature_cache_bytes), resize=resize, exposure=exposure)
+        processes = settings.decode_processes
+        return cls(model, weights_version=version_id, device=resolved, max_pixels=settings.max_pixels,
+                   max_batch=settings.cuda_max_batch if resolved.type == "cuda" else settings.max_batch,
+                   cache=FeatureCache(settings.feature_cache_bytes), resize=resize, exposure=exposure,
+                   decode_processes=decoding.default_processes(resolved.type) if processes is None else processes)
 
     @property
     def decode_window(self) -> int:
@@ -148,13 +167,13 @@ class Engine:
         computes. A pass that fails, fails for a pair of the window being computed."""
         return self.max_batch
 
-    def _decode(self, index: int, ref: Path, cand: Path, refs: _Once[Path, tuple[torch.Tensor, str]],
+    def _decode(self, index: int, ref: Path, cand: Path, load: Callable[[Path, bool], Loaded],
                 mask_images: _Once[Path, np.ndarray], scoring: Scoring) -> _Decoded:
         """A candidate's non-finite pixels are counted (outside what it ignores) and set to 0 before the
         sizes are matched: resizing would smear them."""
         start = time.perf_counter()
-        ref_image, ref_hash = refs(ref)
-        cand_image, cand_hash = self._load(cand, keep_nonfinite=True)
+        ref_image, ref_hash = load(ref, False)
+        cand_image, cand_hash = load(cand, True)
         cand_size = (cand_image.shape[-2], cand_image.shape[-1])
         ignore = scoring.ignore.get(cand)
         ignored = None if ignore is None else masks.rasterise(ignore, cand_size, mask_images)
@@ -166,11 +185,32 @@ class Engine:
         pair_key = f"{key}:{cand_hash}:{tuple(b.shape)}:{ignore}"
         return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3, cand_size, ignored, nonfinite)
 
-    def _load(self, path: Path, *, keep_nonfinite: bool = False) -> tuple[torch.Tensor, str]:
+    def _load(self, path: Path, *, keep_nonfinite: bool = False) -> Loaded:
         """Decoded pixels and the sha256 of the file: its identity for the cache and for dedup."""
         image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=self.exposure,
                                   keep_nonfinite=keep_nonfinite)
         return image, images.content_hash(path)
+
+    def _loader(self, pairs: list[tuple[Path, Path]]) -> Callable[[Path, bool], Loaded]:
+        """How one window's files are decoded: each distinct file once, in the decode pool's processes
+        when there is one (OpenEXR still here: its tone map runs in torch), else in the calling thread."""
+        if not self.decode_processes:
+            refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
+            return lambda path, keep_nonfinite: self._load(path, keep_nonfinite=True) if keep_nonfinite else refs(path)
+        files = [(ref, False) for ref, _ in pairs] + [(cand, True) for _, cand in pairs]
+        futures = decoding.shared_pool(self.decode_processes).decode(files, max_pixels=self.max_pixels,
+                                                                     min_size=self.min_size)
+        shared = {file for file, uses in Counter(files).items() if file[1] and uses > 1}
+
+        def pooled(path: Path, keep_nonfinite: bool) -> Loaded:
+            decoded = futures[(path, keep_nonfinite)].result()
+            if decoded is None:
+                return self._load(path, keep_nonfinite=keep_nonfinite)
+            pixels, digest = decoded
+            if (path, keep_nonfinite) in shared:  # each use zeroes its non-finite pixels in place: its own copy
+                pixels = pixels.copy()
+            return images.pixels_tensor(pixels), digest
+        return pooled
 
     def compare_files(self, pairs: Sequence[tuple[Path, Path]], *, with_map: bool = False,
                       scoring: Scoring = DEFAULT_SCORING) -> Iterator[Outcome]:
@@ -181,9 +221,10 @@ class Engine:
         mask_images: _Once[Path, np.ndarray] = _Once(lambda path: masks.load_mask(path, max_pixels=self.max_pixels))
 
         def submit(chunk: list[int]) -> list[Future]:
-            refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
-            return [self._pool.submit(self._decode, i, Path(pairs[i][0]), Path(pairs[i][1]), refs, mask_images,
-                                      scoring) for i in chunk]
+            window_pairs = [(Path(pairs[i][0]), Path(pairs[i][1])) for i in chunk]
+            load = self._loader(window_pairs)
+            return [self._pool.submit(self._decode, i, ref, cand, load, mask_images, scoring)
+                    for i, (ref, cand) in zip(chunk, window_pairs)]
 
         pending = submit(chunks[0]) if chunks else []
         computed: dict[str, Outcome] = {}
@@ -212,13 +253,28 @@ class Engine:
         by_shape: dict[tuple, list[_Decoded]] = {}
         for item in fresh:
             by_shape.setdefault(tuple(item.ref.shape), []).append(item)
-        for group in by_shape.values():
-            for start in range(0, len(group), self.max_batch):
-                self._batch(group[start:start + self.max_batch], outcomes, with_map, scoring)
+        for shape, group in by_shape.items():
+            limit = self.batch_limit(shape)
+            for start in range(0, len(group), limit):
+                self._batch(group[start:start + limit], outcomes, with_map, scoring)
         for item in repeats:
             first, outcome = computed[item.pair_key], outcomes[item.index]
             outcome.distance, outcome.layers, outcome.map = first.distance, first.layers, first.map
             outcome.scores, outcome.regions = first.scores, first.regions
+
+    def batch_limit(self, shape: tuple[int, ...]) -> int:
+        """Pairs per forward pass for images of `shape`: `max_batch`, or on CUDA as many as half the
+        device's free memory holds (an out-of-memory error still halves `max_batch`: worker.runtime)."""
+        if self.device.type != "cuda":
+            return self.max_batch
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return max(1, min(self.max_batch, free // 2 // pair_bytes(self.model.net, shape)))
+
+    def _on_device(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """One channels_last batch on the device; on CUDA through pinned memory, copied without waiting."""
+        if self.device.type != "cuda":
+            return _stack(images)
+        return _stack(images, pinned=True).to(self.device, non_blocking=True)
 
     def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool, scoring: Scoring) -> None:
         """References not in the cache and all candidates go through the network in one forward pass."""
@@ -230,7 +286,7 @@ class Engine:
         found = {k: features for k, features in cached.items() if features is not None}
         first = {b.ref_key: b.ref for b in reversed(batch)}
         missing = [k for k in keys if cached[k] is None]
-        pixels = _stack([first[k] for k in missing] + [b.cand for b in batch]).to(self.device)
+        pixels = self._on_device([first[k] for k in missing] + [b.cand for b in batch])
         both = self.model.features(pixels)
         computed = both.take(slice(0, len(missing)))
         for row, key in enumerate(missing):
@@ -243,15 +299,16 @@ class Engine:
         size = (batch[0].ref.shape[-2], batch[0].ref.shape[-1]) if with_map else None
         result = self.model.compare(refs, cands, size=size, spatial=self.with_scores)
         if result.fine is not None:  # with_scores
-            ref_pixels = pixels[:len(batch)] if in_order else _stack([b.ref for b in batch]).to(self.device)
+            ref_pixels = pixels[:len(batch)] if in_order else self._on_device([b.ref for b in batch])
             self._score(batch, outcomes, ref_pixels, pixels[len(missing):], result.fine, result.distance, scoring)
+        distances, layers = result.distance.tolist(), result.layers.tolist()  # one copy each from the device
         elapsed = (time.perf_counter() - start) * 1e3 / len(batch)
         for row, item in enumerate(batch):
             outcome = outcomes[item.index]
-            outcome.distance = float(result.distance[row])
+            outcome.distance = distances[row]
             outcome.model_ms = elapsed
             outcome.layers = [
-                {"index": i, "name": name, "distance": float(result.layers[row, i]),
+                {"index": i, "name": name, "distance": layers[row][i],
                  "ref_stats": result.ref_stats[i][row], "cand_stats": result.cand_stats[i][row]}
                 for i, name in enumerate(self.model.taps)
             ]
@@ -325,10 +382,11 @@ class _Once(Generic[Key, Value]):
         return future.result()
 
 
-def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+def _stack(images: list[torch.Tensor], *, pinned: bool = False) -> torch.Tensor:
     """One channels_last batch, the layout the network runs in: decoded images already have it, so
-    each is one contiguous copy (torch.stack would build NCHW, and the network convert it back)."""
-    batch = torch.empty((len(images), *images[0].shape), memory_format=torch.channels_last)
+    each is one contiguous copy (torch.stack would build NCHW, and the network convert it back).
+    `pinned`: in page-locked memory (torch caches it), so the copy to CUDA runs without waiting."""
+    batch = torch.empty((len(images), *images[0].shape), memory_format=torch.channels_last, pin_memory=pinned)
     for row, image in zip(batch, images):
         row.copy_(image)
     return batch

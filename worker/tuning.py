@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
+from collections.abc import Callable
 
 import torch
 
@@ -40,3 +42,38 @@ def for_device(device: torch.device) -> None:
     mantissa), so fp32 distances are computed in fp32."""
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False
+
+
+def trim_heap() -> bool:
+    """glibc's malloc_trim(0): hand every free page of the heap back to the OS, which `keep_freed_memory`
+    otherwise keeps for the next batch. True if memory was released; False too where libc is not glibc."""
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim"):
+        return False
+    return bool(libc.malloc_trim(0))
+
+
+class IdleTrim:
+    """Trims the heap once a worker has been idle for `quiet_s`: between bursts a vgg worker would
+    otherwise hold the GBs its batches freed. `busy()` when work starts, `idle()` when it ends."""
+
+    def __init__(self, quiet_s: float, trim: Callable[[], object] = trim_heap):
+        self.quiet_s, self.trim = quiet_s, trim
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def busy(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def idle(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.quiet_s, self.trim)
+            self._timer.daemon = True
+            self._timer.start()
+
+    stop = busy  # the worker process is ending: no trim to come

@@ -1,6 +1,7 @@
 """The benchmark runs in CI in its short mode: it must work and agree with the reference, not be fast."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,31 @@ def test_quick_service_benchmark_stores_every_pair_with_the_reference_distances(
     assert row["service_pairs_s"] > 0 and row["embedded_pairs_s"] > 0 and row["reference_pairs_s"] > 0
     assert row["max_abs_diff_service_vs_reference"] <= 1e-5
     assert row["max_abs_diff_embedded_vs_reference"] <= 1e-5
+
+
+def test_quick_decode_benchmark_prints_its_table(tmp_path):
+    """The pipeline bench in its short mode: in-process and one decode process against the reference."""
+    out = tmp_path / "decode.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "decode.py"), "--quick", "--processes", "0", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert (row["net"], row["size"], row["pairs"], row["device"], row["reference_batch"]) == ("alex", 64, 8, "cpu", 8)
+    sides = [(side["precision"], side["decode_processes"]) for side in row["ours"]]
+    assert sides == [("fp32", 0), ("fp32", 1), ("bf16", 0), ("bf16", 1)]
+    for side in row["ours"]:
+        assert side["pairs_s"] > 0 and side["ratio"] > 0
+        assert side["max_abs_diff_vs_reference"] <= (1e-5 if side["precision"] == "fp32" else 0.01)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("alex     64px x8    reference") and "(batch 8)" in lines[0]
+    assert lines[2].startswith("      fp32  decode processes 1 ") and len(lines) == 5
+
+
+def test_the_gpu_script_runs_end_to_end_on_the_cpu_in_its_dry_mode(tmp_path):
+    """bench/gpu.sh is run on a GPU machine by hand: its dry mode proves on every CI run that it works."""
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry"], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OUT": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "results-gpu-dry.json").read_text())
+    assert [(row["net"], row["size"]) for row in rows] == [("alex", 64), ("alex", 96), ("vgg", 64), ("vgg", 96)]
+    assert all(len(row["ours"]) == 4 and row["reference_batch"] in (4, 8) for row in rows)

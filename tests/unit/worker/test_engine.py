@@ -95,8 +95,11 @@ def test_a_precision_the_cpu_lacks_instructions_for_is_named_as_emulated(tmp_pat
     assert emulated_precision("bf16", cpu, tmp_path / "missing") is None
 
 
-def test_a_reference_shared_by_a_window_is_decoded_once(engine, tmp_path, monkeypatch):
+def test_a_reference_shared_by_a_window_is_decoded_once(tmp_path, monkeypatch):
+    """In-process decoding (the decode pool decodes each distinct file of a window once: test_decoding)."""
     from worker import images
+
+    engine = Engine.from_settings(Settings(max_batch=8, decode_processes=0), net="alex", device="cpu")
 
     ref = write(tmp_path / "ref.png", 0, (64, 64))
     missing = tmp_path / "missing.png"
@@ -161,3 +164,23 @@ def test_fp32_on_cuda_runs_without_tf32(monkeypatch):
     assert torch.backends.cudnn.allow_tf32 is True
     for_device(torch.device("cuda"))
     assert torch.backends.cudnn.allow_tf32 is False
+
+
+def test_cuda_batches_are_sized_from_free_device_memory(monkeypatch):
+    """As many pairs as half the free memory holds, capped by max_batch; the CPU's batch is max_batch."""
+    from types import SimpleNamespace
+
+    from worker.engine import pair_bytes
+
+    free = 40 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * 2**30))
+    on = SimpleNamespace(device=torch.device("cuda"), max_batch=256, model=SimpleNamespace(net="vgg"))
+    assert pair_bytes("vgg", (3, 1024, 1024)) == 2 * 1024 * 1024 * 2400
+    assert Engine.batch_limit(on, (3, 1024, 1024)) == free // 2 // pair_bytes("vgg", (3, 1024, 1024)) == 4
+    assert Engine.batch_limit(on, (3, 256, 256)) == 68
+    on.model.net = "alex"
+    assert Engine.batch_limit(on, (3, 256, 256)) == 256
+    free = 2**20
+    assert Engine.batch_limit(on, (3, 1024, 1024)) == 1
+    on.device = torch.device("cpu")
+    assert Engine.batch_limit(on, (3, 1024, 1024)) == 256
