@@ -4,17 +4,12 @@ that judges every other run and keeps the webhook informed (gate.judging.daemon)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from gate.cli.runs import echo, progress_bar, summary_text
-from gate.errors import VERDICT_EXIT_CODES, GateError
+from gate.cli.runs import echo, exit_with_verdict, load_policies, progress_bar, summary_text
 from gate.settings import Settings
 from gate.vocabulary import NETS, PRECISIONS
-
-if TYPE_CHECKING:
-    from gate.judging.policy import PolicySet
 
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_INTERVAL_S = 10.0
@@ -91,20 +86,7 @@ def check(
     if unjudged:
         click.echo(f"run {summary['run']}: {len(unjudged)} comparison(s) could not be judged: {unjudged[0]['error']}",
                    err=True)
-    click.get_current_context().exit(VERDICT_EXIT_CODES[summary["verdict"]])
-
-
-def load_policies(path: Path | None) -> PolicySet:
-    """The policy file named by --policies, or the defaults."""
-    from gate.judging.policy import PolicyError, PolicySet
-    from gate.judging.policy import load_policies as load
-
-    if path is None:
-        return PolicySet()
-    try:
-        return load(path)
-    except PolicyError as exc:
-        raise GateError(f"--policies: {exc}") from exc
+    exit_with_verdict(summary)
 
 
 @click.command()

@@ -6,12 +6,16 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from gate.errors import EXIT_ERROR, VERDICT_EXIT_CODES, GateError
 from gate.settings import Settings
 from gate.vocabulary import NETS, PRECISIONS, VERSIONS
+
+if TYPE_CHECKING:
+    from gate.judging.policy import PolicySet
 
 DEFAULT_WAIT_SECONDS = 3600.0
 
@@ -54,27 +58,29 @@ def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, thresh
 @click.argument("run_id", metavar="RUN", type=int)
 @click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_WAIT_SECONDS, show_default=True,
               help="Seconds to wait before giving up (exit 2).")
-@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@click.option("--threshold", type=float, default=None,
+              help="Distance above which a pair fails: the run's policy if it records none yet (else it must agree).")
+@click.option("--policies", "policies_file", type=click.Path(path_type=Path), default=None,
+              help="Policy file (.toml or .yaml): the run's policy if it records none yet (else it must agree).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON (errors too: {\"error\", \"exit\"}).")
 @click.pass_obj
-def wait(settings: Settings, run_id: int, timeout: float, as_json: bool) -> None:
-    """Wait until every comparison of RUN is done or failed, judge it by its own policy, then print it.
+def wait(settings: Settings, run_id: int, timeout: float, threshold: float | None, policies_file: Path | None,
+         as_json: bool) -> None:
+    """Wait until every comparison of RUN has finished, judge it by its policy, print it and exit 0
+    (pass), 1 (fail) or 2 (error, timeout, or not judged).
 
-    A run submitted without --threshold (or policies) stays pending here: the gate daemon judges it by
-    its policies."""
-    from gate.judging.verdict import judge_if_possible, run_summary
+    The run is judged by the policy it records; --threshold/--policies become it when it records none
+    yet. A run with neither is left to the gate daemon (exit 2: no verdict yet)."""
     from gate.logs import configure
-    from gate.runs.service import poll_until_finished
-    from gate.store import session_scope
-    from gate.store.opening import open_store
+    from gate.runs.review import wait_for_run
 
+    policies = None if policies_file is None else load_policies(policies_file)
     configure(settings)  # judging may open alerts, which log
-    with open_store(settings) as engine:
-        with progress_bar(f"run {run_id}") as progress:
-            poll_until_finished(engine, run_id, timeout=timeout, progress=progress)
-        judge_if_possible(engine, run_id=run_id, settings=settings)
-        with session_scope(engine) as session:
-            summary = run_summary(session, run_id)
+    with progress_bar(f"run {run_id}") as progress:
+        summary = wait_for_run(settings, run_id, timeout=timeout, policies=policies, threshold=threshold,
+                               progress=progress)
     echo(as_json, summary, summary_text(summary))
+    exit_with_verdict(summary)
 
 
 @click.command()
@@ -122,6 +128,27 @@ def pair_line(pair: dict[str, Any]) -> str:
     distance = "-" if pair["distance"] is None else f"{pair['distance']:.4f}"
     error = f"  ({pair['error']})" if pair["error"] else ""
     return f"{pair.get('verdict') or pair['status']:<7} {distance:>8}  {pair['ref']} -> {pair['cand']}{error}"
+
+
+def exit_with_verdict(summary: dict[str, Any]) -> None:
+    """0 pass, 1 fail, 2 error; a run without a verdict (no policy to judge it by) is not a pass: 2."""
+    if summary["verdict"] is None:
+        click.echo(f"run {summary['run']}: not judged: it records no policy (give --threshold or --policies, "
+                   "or let the gate daemon judge it)", err=True)
+    click.get_current_context().exit(VERDICT_EXIT_CODES.get(summary["verdict"], EXIT_ERROR))
+
+
+def load_policies(path: Path | None) -> PolicySet:
+    """The policy file named by --policies, or the defaults."""
+    from gate.judging.policy import PolicyError, PolicySet
+    from gate.judging.policy import load_policies as load
+
+    if path is None:
+        return PolicySet()
+    try:
+        return load(path)
+    except PolicyError as exc:
+        raise GateError(f"--policies: {exc}") from exc
 
 
 def echo(as_json: bool, data: Any, text: str) -> None:

@@ -186,7 +186,7 @@ def poll_until_finished(engine: Engine, run_id: int, *, timeout: float, interval
         if finished == total:
             return
         if remaining <= 0:
-            raise RunTimedOut(f"run {run_id}: timed out after {timeout:g} s (done {finished} of {total})")
+            raise RunTimedOut(f"run {run_id}: timed out after {timeout:g} s (done {finished} of {total})", run=run_id)
         time.sleep(min(interval, remaining))
 
 

@@ -350,7 +350,7 @@ def test_wait_prints_the_run_once_every_comparison_is_finished(pg_url: str, imag
                                                                finished_run: list[int]) -> None:
     _finish(pg_url, finished_run[2], 0.5)
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
-    assert (result.exit_code, result.stderr) == (0, "")  # stderr is not a terminal: no progress bar
+    assert result.exit_code == 2  # not judged: no policy
     assert json.loads(result.stdout) == {
         "run": 1, "suite": "smoke", "verdict": None, "policy": None, "pairs": [
             {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "verdict": None, "distance": 0.125,
@@ -378,7 +378,7 @@ def test_wait_judges_a_run_by_its_threshold_as_soon_as_it_is_finished(pg_url: st
     for comparison, distance in zip(_comparisons(pg_url, 1), (0.125, 0.5, 0.25), strict=True):
         _finish(pg_url, comparison.id, distance)
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 1, result.stderr  # the run fails
     summary = json.loads(result.stdout)
     assert (summary["verdict"], [pair["status"] for pair in summary["pairs"]]) == ("fail", ["done"] * 3)
     assert [pair["verdict"] for pair in summary["pairs"]] == ["pass", "fail", "pass"]
@@ -396,7 +396,9 @@ def test_wait_judges_a_run_by_its_threshold_as_soon_as_it_is_finished(pg_url: st
 def test_wait_leaves_a_run_without_a_threshold_pending(pg_url: str, images: Path, finished_run: list[int]) -> None:
     _finish(pg_url, finished_run[2], 0.5)
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
-    assert (result.exit_code, json.loads(result.stdout)["verdict"], result.stderr) == (0, None, "")
+    assert (result.exit_code, json.loads(result.stdout)["verdict"]) == (2, None)  # no verdict is no pass
+    assert result.stderr == ("run 1: not judged: it records no policy (give --threshold or --policies, or let the "
+                             "gate daemon judge it)\n")
     assert _verdict(pg_url, 1) is None  # the gate daemon judges it by its policies
 
 
@@ -410,7 +412,7 @@ def test_wait_polls_until_a_worker_finishes_the_last_comparison(pg_url: str, ima
     finally:
         worker.join()
     elapsed = time.monotonic() - started
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 2, result.stderr  # finished, but no policy judges it here
     assert result.stdout.splitlines()[0] == "run 1 (suite smoke): verdict pending"
     assert result.stdout.splitlines()[3] == "done      0.2500  ref/d.jpg -> new/d.jpg"
     assert 0.8 <= elapsed < 10
@@ -420,8 +422,9 @@ def test_wait_times_out_with_the_progress_so_far(pg_url: str, images: Path, fini
     started = time.monotonic()
     result = _cli(["wait", "1", "--timeout", "0.6", "--json"], db=pg_url, root=images)
     elapsed = time.monotonic() - started
-    assert (result.exit_code, result.stdout, result.stderr) == (
-        2, "", "Error: run 1: timed out after 0.6 s (done 2 of 3)\n",
+    assert (result.exit_code, json.loads(result.stdout), result.stderr) == (
+        2, {"error": "run 1: timed out after 0.6 s (done 2 of 3)", "exit": 2, "run": 1},
+        "Error: run 1: timed out after 0.6 s (done 2 of 3)\n",
     )
     assert 0.6 <= elapsed < 5
 
@@ -429,7 +432,8 @@ def test_wait_times_out_with_the_progress_so_far(pg_url: str, images: Path, fini
 @pytest.mark.parametrize("args", [["wait", "7"], ["results", "--run", "7", "--json"]])
 def test_an_unknown_run_is_not_found(pg_url: str, images: Path, finished_run: list[int], args: list[str]) -> None:
     result = _cli(args, db=pg_url, root=images)
-    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "Error: run 7: not found\n")
+    shown = json.dumps({"error": "run 7: not found", "exit": 2}) + "\n" if "--json" in args else ""
+    assert (result.exit_code, result.stdout, result.stderr) == (2, shown, "Error: run 7: not found\n")
 
 
 # --- the embedded mode (no broker): needs the `embedded` executor from the worker ---------------

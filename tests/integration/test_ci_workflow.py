@@ -1,0 +1,139 @@
+"""The CI contract of issue 14, end to end on the embedded default (SQLite, the engine in-process) and
+PostgreSQL: exit codes with their JSON for pass, fail, error and timeout; new, missing and escaping
+frames; run metadata; stable JUnit; approving a run's candidates as references."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from gate.cli import main
+from gate.store import make_engine, session_scope
+from gate.store import repository as repo
+
+SIZE = 64
+BROKER_URL = "redis://127.0.0.1:6379/11"  # no worker listens: what a timeout needs
+
+
+def _noise(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _nudged(pixels: np.ndarray, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).integers(-8, 9, pixels.shape)
+    return np.clip(pixels.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def _save(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """ref/ (a.png, sub/b.png); ok/: both close; bad/: b.png black; broken/: b.png truncated."""
+    root = tmp_path / "images"
+    for name, seed in (("a.png", 1), ("sub/b.png", 2)):
+        _save(root / "ref" / name, _noise(seed))
+        _save(root / "ok" / name, _nudged(_noise(seed), seed + 10))
+        _save(root / "bad" / name, _nudged(_noise(seed), seed + 10))
+        _save(root / "broken" / name, _nudged(_noise(seed), seed + 10))
+    _save(root / "bad/sub/b.png", np.zeros((SIZE, SIZE, 3), np.uint8))
+    data = (root / "broken/sub/b.png").read_bytes()
+    (root / "broken/sub/b.png").write_bytes(data[: len(data) // 2])
+    return root
+
+
+def _env(db_url: str, root: Path, **extra: str | None) -> dict[str, str | None]:
+    return {"LPIPS_GATE_DATABASE_URL": db_url, "LPIPS_GATE_IMAGE_ROOT": str(root), "LPIPS_GATE_BROKER_URL": None,
+            "LPIPS_GATE_WEBHOOK_URL": None, "LPIPS_GATE_DEVICE": "cpu", **extra}
+
+
+def _cli(db_url: str, root: Path, *args: str, **extra: str | None) -> Result:
+    return CliRunner().invoke(main, list(args), env=_env(db_url, root, **extra))
+
+
+def _check(db_url: str, root: Path, cand: str, *args: str, **extra: str | None) -> Result:
+    return _cli(db_url, root, "check", str(root / "ref"), str(root / cand), "--suite", "ci", *args, **extra)
+
+
+# --- exit codes and JSON -----------------------------------------------------------------------
+
+
+def test_check_exits_0_1_2_for_pass_fail_error_and_prints_json_every_time(db_url: str, images: Path) -> None:
+    passed = _check(db_url, images, "ok", "--threshold", "0.1", "--json")
+    assert (passed.exit_code, json.loads(passed.stdout)["verdict"]) == (0, "pass"), passed.output
+    failed = _check(db_url, images, "bad", "--threshold", "0.1", "--json")
+    assert (failed.exit_code, json.loads(failed.stdout)["verdict"]) == (1, "fail")
+    broken = _check(db_url, images, "broken", "--threshold", "0.1", "--json")
+    summary = json.loads(broken.stdout)
+    assert (broken.exit_code, summary["verdict"]) == (2, "error")
+    assert [(p["cand"], p["status"], p["verdict"]) for p in summary["pairs"]] == [
+        ("broken/a.png", "done", "pass"), ("broken/sub/b.png", "error", "error"),
+    ]
+    refused = _check(db_url, images, "nowhere", "--threshold", "0.1", "--json")
+    assert refused.exit_code == 2
+    assert json.loads(refused.stdout) == {"error": f"{images / 'nowhere'}: not a directory", "exit": 2}
+    usage = _check(db_url, images, "ok", "--threshold", "much", "--json")
+    assert usage.exit_code == 2 and json.loads(usage.stdout)["exit"] == 2
+    assert "--threshold" in json.loads(usage.stdout)["error"]
+
+
+def test_wait_exits_by_the_verdict_and_takes_a_policy_the_run_lacks(db_url: str, images: Path) -> None:
+    submitted = _cli(db_url, images, "submit", str(images / "ref"), str(images / "bad"), "--suite", "ci", "--json")
+    assert submitted.exit_code == 0, submitted.output
+    run = json.loads(submitted.stdout)["run"]
+    pending = _cli(db_url, images, "wait", str(run), "--json")  # no policy: not judged, not a pass
+    assert (pending.exit_code, json.loads(pending.stdout)["verdict"]) == (2, None)
+    failed = _cli(db_url, images, "wait", str(run), "--threshold", "0.1", "--json")
+    assert (failed.exit_code, json.loads(failed.stdout)["verdict"]) == (1, "fail")
+    again = _cli(db_url, images, "wait", str(run), "--json")  # judged: the recorded policy
+    assert (again.exit_code, json.loads(again.stdout)["verdict"]) == (1, "fail")
+    other = _cli(db_url, images, "wait", str(run), "--threshold", "0.9", "--json")
+    assert other.exit_code == 2
+    assert json.loads(other.stdout)["run"] == run and "differ" in json.loads(other.stdout)["error"]
+    same = _cli(db_url, images, "wait", str(run), "--threshold", "0.1")
+    assert same.exit_code == 1
+
+    passing = _cli(db_url, images, "submit", str(images / "ref"), str(images / "ok"), "--suite", "ci",
+                   "--threshold", "0.1", "--json")
+    done = _cli(db_url, images, "wait", str(json.loads(passing.stdout)["run"]), "--json")
+    assert (done.exit_code, json.loads(done.stdout)["verdict"]) == (0, "pass")
+
+
+def test_wait_and_check_time_out_with_exit_2_and_the_run_in_json(sqlite_url: str, images: Path) -> None:
+    engine = make_engine(sqlite_url)
+    with session_scope(engine) as session:
+        run = repo.create_run(session, suite_name="ci", pairs=[("ref/a.png", "ok/a.png")], net="alex",
+                              version="0.1", precision="fp32").id
+    engine.dispose()
+    waited = _cli(sqlite_url, images, "wait", str(run), "--timeout", "0.2", "--json")
+    assert waited.exit_code == 2
+    assert json.loads(waited.stdout) == {"error": f"run {run}: timed out after 0.2 s (done 0 of 1)", "exit": 2,
+                                         "run": run}
+    queue = redis.Redis.from_url(BROKER_URL)
+    queue.flushdb()
+    try:
+        checked = _check(sqlite_url, images, "ok", "--threshold", "0.1", "--timeout", "0.2", "--json",
+                         LPIPS_GATE_BROKER_URL=BROKER_URL)
+    finally:
+        queue.flushdb()
+    assert checked.exit_code == 2
+    assert json.loads(checked.stdout) == {"error": f"run {run + 1}: timed out after 0.2 s (done 0 of 2)", "exit": 2,
+                                          "run": run + 1}
+
+
+def test_compare_threshold_exits_1_above_it(images: Path) -> None:
+    ref, close, black = (str(images / side / "sub/b.png") for side in ("ref", "ok", "bad"))
+    env = {"LPIPS_GATE_DEVICE": "cpu"}
+    assert CliRunner().invoke(main, ["compare", ref, close, "--threshold", "0.1"], env=env).exit_code == 0
+    above = CliRunner().invoke(main, ["compare", ref, black, "--threshold", "0.1", "--json"], env=env)
+    assert above.exit_code == 1 and json.loads(above.stdout)["distance"] > 0.1
+    missing = CliRunner().invoke(main, ["compare", ref, str(images / "none.png"), "--json"], env=env)
+    assert missing.exit_code == 2 and "none.png" in json.loads(missing.stdout)["error"]
