@@ -27,6 +27,7 @@ AREA_LEVEL = 1.0  # the area score counts map values above this (run option area
 COMPARISON_STATUSES = ("queued", "running", "done", "error", "new", "missing")
 UNPAIRED = ("new", "missing")
 FINISHED = ("done", "error", *UNPAIRED)  # a comparison in one of these is never computed again
+MISSING_MODES = ("fail", "warn", "ignore")  # what new and missing frames do to a run's verdict (run option)
 VERDICTS = ("pass", "fail", "error")
 ALERT_RULES = ("distance", "score", "sparsity", "variance", "nonfinite", "flatness", "dead", "drift")
 ALERT_STATES = ("open", "resolved")

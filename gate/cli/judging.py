@@ -9,7 +9,7 @@ import click
 
 from gate.cli.runs import echo, exit_with_verdict, load_policies, progress_bar, summary_text
 from gate.settings import Settings
-from gate.vocabulary import NETS, PRECISIONS
+from gate.vocabulary import MISSING_MODES, NETS, PRECISIONS
 
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_INTERVAL_S = 10.0
@@ -43,6 +43,9 @@ DEFAULT_INTERVAL_S = 10.0
 @click.option("--net", type=click.Choice(NETS), default=None, help="Backbone (default: LPIPS_GATE_NET).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Network precision (default: LPIPS_GATE_PRECISION); stored with each result.")
+@click.option("--missing", type=click.Choice(MISSING_MODES), default="fail", show_default=True,
+              help="What new frames (no reference) and missing ones (no candidate) do: fail the run, pass "
+                   "it with a warning, or nothing.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
@@ -63,6 +66,7 @@ def check(
     junit: Path | None,
     net: str | None,
     precision: str | None,
+    missing: str,
     timeout: float,
 ) -> None:
     """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error).
@@ -74,7 +78,8 @@ def check(
     from gate.runs.check import check as check_run
 
     request = CheckRequest(ref_dir, cand_dir, suite, threshold, load_policies(policies_file), net=net,
-                           precision=precision, timeout=timeout, report=report, junit=junit)
+                           precision=precision, timeout=timeout, report=report, junit=junit,
+                           missing=missing)
     configure(settings)
     with progress_bar("run") as progress:
         summary = check_run(settings, request, progress=progress)

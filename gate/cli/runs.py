@@ -12,7 +12,7 @@ import click
 
 from gate.errors import EXIT_ERROR, VERDICT_EXIT_CODES, GateError
 from gate.settings import Settings
-from gate.vocabulary import NETS, PRECISIONS, VERSIONS
+from gate.vocabulary import MISSING_MODES, NETS, PRECISIONS, VERSIONS
 
 if TYPE_CHECKING:
     from gate.judging.policy import PolicySet
@@ -33,23 +33,28 @@ DEFAULT_WAIT_SECONDS = 3600.0
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Network precision (default: LPIPS_GATE_PRECISION).")
 @click.option("--maps", is_flag=True, help="Also store a spatial distance map per pair.")
+@click.option("--missing", type=click.Choice(MISSING_MODES), default="fail", show_default=True,
+              help="What new frames (no reference) and missing ones (no candidate) do: fail the run, pass "
+                   "it with a warning, or nothing.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"run": ID, "submitted": N}.')
 @click.pass_obj
 def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, threshold: float | None,
-           net: str | None, version: str | None, precision: str | None, maps: bool, as_json: bool) -> None:
+           net: str | None, version: str | None, precision: str | None, maps: bool, missing: str,
+           as_json: bool) -> None:
     """Compare every image under CAND_DIR with the one at the same relative path under REF_DIR.
 
     Both folders must lie inside LPIPS_GATE_IMAGE_ROOT. With LPIPS_GATE_BROKER_URL set the pairs are
-    queued for the workers; without it they are computed here (needs lpips-gate[worker])."""
+    queued for the workers; without it they are computed here (needs lpips-gate[worker]). New and
+    missing frames, and files that link out of the image root, are stored as such, not computed."""
     from gate.logs import configure
     from gate.runs.service import dispatched, submit_run, validate_options
     from gate.store.opening import open_store
 
-    validate_options(suite, threshold)
+    validate_options(suite, threshold, missing)
     configure(settings)  # the embedded executor logs; stdout is for the answer
     with open_store(settings) as engine:
         run_id, ids = submit_run(settings, engine, ref_dir, cand_dir, suite=suite, threshold=threshold, net=net,
-                                 version=version, precision=precision, maps=maps)
+                                 version=version, precision=precision, maps=maps, missing=missing)
     text = f"run {run_id}: {len(ids)} comparisons {dispatched(settings, len(ids))}"
     echo(as_json, {"run": run_id, "submitted": len(ids)}, text)
 
@@ -117,8 +122,11 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def summary_text(summary: dict[str, Any]) -> str:
-    """A run as text: its verdict (or pending), then one line per pair."""
+    """A run as text: its verdict (or pending), why new or missing frames fail it, warnings, then one
+    line per pair."""
     lines = [f"run {summary['run']} (suite {summary['suite']}): verdict {summary['verdict'] or 'pending'}"]
+    lines += [f"  {reason}" for reason in summary.get("reasons", [])]
+    lines += [f"  warning: {warning}" for warning in summary.get("warnings", [])]
     lines += [pair_line(pair) for pair in summary["pairs"]]
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ are imported only by the dispatch that needs them."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -19,13 +20,13 @@ from sqlalchemy.orm import Session
 
 from gate.errors import GateError
 from gate.judging.policy import Policy, PolicySet, SuitePolicies, suite_policy
-from gate.runs.pairing import PairingError, pair_dirs
+from gate.runs.pairing import Pairing, PairingError, pair_folders
 from gate.settings import Settings
 from gate.store import repository as repo
-from gate.store import session_scope
+from gate.store import review, session_scope
 from gate.store.models import Comparison, LayerMetric, Run
 from gate.tonemap import HDR_SUFFIXES, tonemap_policy
-from gate.vocabulary import FINISHED, STAT_KEYS
+from gate.vocabulary import FINISHED, MISSING_MODES, STAT_KEYS
 
 POLL_SECONDS = 0.5
 Progress = Callable[[int, int], None]  # (finished, total)
@@ -36,7 +37,9 @@ class RunTimedOut(GateError):
     """The run's comparisons did not all finish in time."""
 
 
-def validate_options(suite: str, threshold: float | None) -> None:
+def validate_options(suite: str, threshold: float | None, missing: str = "fail") -> None:
+    if missing not in MISSING_MODES:
+        raise GateError(f"--missing: must be one of {', '.join(MISSING_MODES)}, got {missing!r}")
     if not suite.strip():
         raise GateError("--suite: must not be empty")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
@@ -45,28 +48,45 @@ def validate_options(suite: str, threshold: float | None) -> None:
 
 def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path, *, suite: str,
                threshold: float | None, net: str | None, version: str | None, precision: str | None,
-               maps: bool, policies: PolicySet | None = None,
-               meta: dict[str, str] | None = None) -> tuple[int, list[int]]:
+               maps: bool, policies: PolicySet | None = None, meta: dict[str, str] | None = None,
+               missing: str = "fail") -> tuple[int, list[int]]:
     """Store a run comparing the two folders and hand its comparisons to the broker, or compute them
-    here without one; returns the run id and its comparison ids. Unset net, version and precision
-    come from Settings. Given policies and/or a threshold become the run's own policy, which every
-    judge then uses; without either the gate daemon judges it by its policies. `meta` (commit,
-    pipeline...) is stored with the run as its submitter gives it."""
-    validate_options(suite, threshold)
-    pairs = _pair(ref_dir, cand_dir, settings.image_root)
+    here without one; returns the run id and the ids of the comparisons to compute. Unset net, version
+    and precision come from Settings. Given policies and/or a threshold become the run's own policy,
+    which every judge then uses; without either the gate daemon judges it by its policies. `meta`
+    (commit, pipeline...) is stored with the run as its submitter gives it. New and missing frames
+    and paths that link out of the image root are stored finished (never computed); `missing`
+    (gate.vocabulary.MISSING_MODES) says what new and missing frames do to the verdict."""
+    validate_options(suite, threshold, missing)
+    pairing = _pair(ref_dir, cand_dir, settings.image_root)
     dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
     net = net or settings.net
     own = submitted_policy(policies, suite=suite, threshold=threshold, net=net)
-    options = _run_options(pairs, maps, own, suite=suite, cand_dir=_under_root(cand_dir, settings.image_root),
-                           image_root=settings.image_root)
+    options = _run_options(pairing.every, maps, own, suite=suite,
+                           cand_dir=_under_root(cand_dir, settings.image_root), image_root=settings.image_root)
+    options["missing"] = missing
+    settled: dict[tuple[str, str], tuple[str, str | None]] = {
+        **{pair: ("new", None) for pair in pairing.new},
+        **{pair: ("missing", None) for pair in pairing.missing},
+        **{pair: ("error", reason) for pair, reason in pairing.refused.items()},
+    }
     with session_scope(engine) as session:
-        created = repo.create_run(session, suite_name=suite, pairs=pairs, threshold=threshold, net=net,
+        created = repo.create_run(session, suite_name=suite, pairs=pairing.every, threshold=threshold, net=net,
                                   version=version or settings.version, precision=precision or settings.precision,
                                   options=options, policy=None if own is None else own.model_dump(mode="json"),
                                   meta=meta)
-        run_id, ids = created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
+        review.settle_unqueued(session, run_id=created.id, settled=settled)
+        review.record_hashes(session, run_id=created.id, hashes={
+            (ref, cand): (None, _sha256(settings.image_root / cand)) for ref, cand in pairing.new})
+        run_id = created.id
+        ids = [c.id for c in repo.list_comparisons(session, run_id=run_id) if c.status == "queued"]
     dispatch(engine, run_id, ids)
     return run_id, ids
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def submitted_policy(policies: PolicySet | None, *, suite: str, threshold: float | None,
@@ -119,9 +139,9 @@ def _under_root(folder: Path, image_root: Path) -> str:
     return folder.resolve().relative_to(image_root.resolve()).as_posix()
 
 
-def _pair(ref_dir: Path, cand_dir: Path, image_root: Path) -> list[tuple[str, str]]:
+def _pair(ref_dir: Path, cand_dir: Path, image_root: Path) -> Pairing:
     try:
-        return pair_dirs(ref_dir, cand_dir, image_root=image_root)
+        return pair_folders(ref_dir, cand_dir, image_root=image_root)
     except PairingError as exc:
         raise GateError(str(exc)) from exc
 

@@ -137,3 +137,61 @@ def test_compare_threshold_exits_1_above_it(images: Path) -> None:
     assert above.exit_code == 1 and json.loads(above.stdout)["distance"] > 0.1
     missing = CliRunner().invoke(main, ["compare", ref, str(images / "none.png"), "--json"], env=env)
     assert missing.exit_code == 2 and "none.png" in json.loads(missing.stdout)["error"]
+
+
+# --- new, missing and escaping frames ----------------------------------------------------------
+
+
+@pytest.fixture
+def changed(images: Path) -> Path:
+    """changed/: ok/'s frames, plus added.png (no reference); ref/gone.png has no candidate."""
+    for name in ("a.png", "sub/b.png"):
+        _save(images / "changed" / name, np.asarray(Image.open(images / "ok" / name)))
+    _save(images / "changed/added.png", _noise(7))
+    _save(images / "ref/gone.png", _noise(8))
+    return images
+
+
+def _statuses(result: Result) -> list[tuple]:
+    return [(p["name"], p["status"], p["verdict"], p["distance"] is not None, p["reasons"])
+            for p in json.loads(result.stdout)["pairs"]]
+
+
+def test_new_and_missing_frames_are_pairs_that_fail_warn_or_pass_the_run(db_url: str, changed: Path) -> None:
+    failed = _check(db_url, changed, "changed", "--threshold", "0.1", "--json")
+    assert failed.exit_code == 1, failed.output
+    assert _statuses(failed) == [
+        ("a.png", "done", "pass", True, []), ("added.png", "new", "fail", False, ["new"]),
+        ("gone.png", "missing", "fail", False, ["missing"]), ("sub/b.png", "done", "pass", True, []),
+    ]
+    summary = json.loads(failed.stdout)
+    assert summary["reasons"] == [
+        "1 new frame(s) (missing=fail): added.png", "1 missing frame(s) (missing=fail): gone.png",
+    ]
+    assert [(p["ref"], p["cand"]) for p in summary["pairs"]][1:3] == [
+        ("ref/added.png", "changed/added.png"), ("ref/gone.png", "changed/gone.png"),
+    ]
+    warned = _check(db_url, changed, "changed", "--threshold", "0.1", "--missing", "warn", "--json")
+    assert (warned.exit_code, json.loads(warned.stdout)["verdict"]) == (0, "pass")
+    assert json.loads(warned.stdout)["warnings"] == [
+        "added.png: new frame: no reference (missing=warn)", "gone.png: missing frame: no candidate (missing=warn)",
+    ]
+    ignored = _check(db_url, changed, "changed", "--threshold", "0.1", "--missing", "ignore", "--json")
+    assert (ignored.exit_code, json.loads(ignored.stdout)["warnings"]) == (0, [])
+    assert [p["status"] for p in json.loads(ignored.stdout)["pairs"]] == ["done", "new", "missing", "done"]
+
+
+def test_a_frame_linking_out_of_the_image_root_is_that_pairs_error_and_the_rest_is_scored(
+        db_url: str, images: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.png"
+    _save(outside, _noise(1))
+    (images / "ok/c.png").symlink_to(outside)
+    _save(images / "ref/c.png", _noise(3))
+    result = _check(db_url, images, "ok", "--threshold", "0.1", "--json")
+    assert result.exit_code == 2
+    summary = json.loads(result.stdout)
+    assert [(p["name"], p["status"], p["verdict"], p["distance"] is not None) for p in summary["pairs"]] == [
+        ("a.png", "done", "pass", True), ("c.png", "error", "error", False), ("sub/b.png", "done", "pass", True),
+    ]
+    assert summary["pairs"][1]["error"] == f"{images / 'ok/c.png'}: links outside the image root {images}"
+    assert summary["verdict"] == "error"

@@ -31,7 +31,8 @@ from gate.store.migrate import current_revision, head_revision
 from gate.store.models import Run
 
 BROKER_URL = "redis://127.0.0.1:6379/15"
-SCORE_OPTIONS = {"region_px": 32, "area_level": 1.0, "masks": []}  # the defaults: no policy, or one without masks
+# the defaults: no policy, or one without masks
+SCORE_OPTIONS = {"region_px": 32, "area_level": 1.0, "masks": [], "missing": "fail"}
 CLOSED_BROKER_URL = "redis://127.0.0.1:1/15"
 IMAGES = ("a.png", "b/c.png", "d.jpg")
 
@@ -167,16 +168,16 @@ def test_files_reached_twice_through_a_linked_folder_are_paired_once(pg_url: str
     assert [m["kwargs"]["comparison_ids"] for m in _queued(broker, pg_url)] == [[1, 2, 3]]
 
 
-def test_unmatched_files_are_refused_before_anything_is_stored(pg_url: str, images: Path,
-                                                               broker: redis.Redis) -> None:
+def test_unmatched_files_are_stored_new_and_missing_and_never_queued(pg_url: str, images: Path,
+                                                                    broker: redis.Redis) -> None:
     _touch(images / "new", "extra.png")
     (images / "ref/d.jpg").unlink()
-    result = _submit(pg_url, images)
-    ref, new = images / "ref", images / "new"
-    assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
-        f"Error: unmatched files: 2 in {new} without a reference in {ref}: d.jpg, extra.png\n"
-    ))
-    assert (_run_count(pg_url), broker.llen(store_queue_at(pg_url))) == (0, 0)
+    result = _submit(pg_url, images, "--json")
+    assert (result.exit_code, json.loads(result.stdout)) == (0, {"run": 1, "submitted": 2})
+    rows = [(c.ref, c.cand, c.status, c.distance) for c in _comparisons(pg_url, 1)]
+    assert rows == [("ref/a.png", "new/a.png", "queued", None), ("ref/b/c.png", "new/b/c.png", "queued", None),
+                    ("ref/d.jpg", "new/d.jpg", "new", None), ("ref/extra.png", "new/extra.png", "new", None)]
+    assert broker.llen(store_queue_at(pg_url)) == 1  # one message: the two queued comparisons
 
 
 def test_folders_outside_the_image_root_are_refused(pg_url: str, images: Path, tmp_path: Path,
@@ -352,13 +353,17 @@ def test_wait_prints_the_run_once_every_comparison_is_finished(pg_url: str, imag
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
     assert result.exit_code == 2  # not judged: no policy
     assert json.loads(result.stdout) == {
-        "run": 1, "suite": "smoke", "verdict": None, "policy": None, "pairs": [
-            {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "verdict": None, "distance": 0.125,
-             "error": None, "scores": SCORED, "reasons": [], "where": None},
-            {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "verdict": None, "distance": None,
-             "error": "decode: truncated PNG", "scores": None, "reasons": [], "where": None},
-            {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "done", "verdict": None, "distance": 0.5,
-             "error": None, "scores": None, "reasons": [], "where": None},
+        "run": 1, "suite": "smoke", "verdict": None, "policy": None, "net": "alex", "weights_version": "alex-v0.1",
+        "meta": {}, "reasons": [], "warnings": [], "pairs": [
+            {"ref": "ref/a.png", "cand": "new/a.png", "name": "a.png", "status": "done", "verdict": None,
+             "distance": 0.125, "error": None, "scores": SCORED, "reasons": [], "where": None, "seconds": None,
+             "warning": None},
+            {"ref": "ref/b/c.png", "cand": "new/b/c.png", "name": "b/c.png", "status": "error", "verdict": None,
+             "distance": None, "error": "decode: truncated PNG", "scores": None, "reasons": [], "where": None,
+             "seconds": None, "warning": None},
+            {"ref": "ref/d.jpg", "cand": "new/d.jpg", "name": "d.jpg", "status": "done", "verdict": None,
+             "distance": 0.5, "error": None, "scores": None, "reasons": [], "where": None, "seconds": None,
+             "warning": None},
         ],
     }
 
