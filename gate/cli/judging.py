@@ -46,6 +46,9 @@ DEFAULT_INTERVAL_S = 10.0
 @click.option("--missing", type=click.Choice(MISSING_MODES), default="fail", show_default=True,
               help="What new frames (no reference) and missing ones (no candidate) do: fail the run, pass "
                    "it with a warning, or nothing.")
+@click.option("--meta", "meta_items", multiple=True, metavar="KEY=VALUE",
+              help="Stored with the run (commit, pipeline, author...), shown in the JSON, report, JUnit and "
+                   "alerts; repeatable.")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
@@ -67,6 +70,7 @@ def check(
     net: str | None,
     precision: str | None,
     missing: str,
+    meta_items: tuple[str, ...],
     timeout: float,
 ) -> None:
     """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error).
@@ -76,10 +80,11 @@ def check(
     from gate.logs import configure
     from gate.runs.check import CheckRequest
     from gate.runs.check import check as check_run
+    from gate.runs.service import parse_meta
 
     request = CheckRequest(ref_dir, cand_dir, suite, threshold, load_policies(policies_file), net=net,
                            precision=precision, timeout=timeout, report=report, junit=junit,
-                           missing=missing)
+                           missing=missing, meta=parse_meta(meta_items))
     configure(settings)
     with progress_bar("run") as progress:
         summary = check_run(settings, request, progress=progress)

@@ -36,25 +36,28 @@ DEFAULT_WAIT_SECONDS = 3600.0
 @click.option("--missing", type=click.Choice(MISSING_MODES), default="fail", show_default=True,
               help="What new frames (no reference) and missing ones (no candidate) do: fail the run, pass "
                    "it with a warning, or nothing.")
+@click.option("--meta", "meta_items", multiple=True, metavar="KEY=VALUE",
+              help="Stored with the run (commit, pipeline, author...); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"run": ID, "submitted": N}.')
 @click.pass_obj
 def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, threshold: float | None,
            net: str | None, version: str | None, precision: str | None, maps: bool, missing: str,
-           as_json: bool) -> None:
+           meta_items: tuple[str, ...], as_json: bool) -> None:
     """Compare every image under CAND_DIR with the one at the same relative path under REF_DIR.
 
     Both folders must lie inside LPIPS_GATE_IMAGE_ROOT. With LPIPS_GATE_BROKER_URL set the pairs are
     queued for the workers; without it they are computed here (needs lpips-gate[worker]). New and
     missing frames, and files that link out of the image root, are stored as such, not computed."""
     from gate.logs import configure
-    from gate.runs.service import dispatched, submit_run, validate_options
+    from gate.runs.service import dispatched, parse_meta, submit_run, validate_options
     from gate.store.opening import open_store
 
     validate_options(suite, threshold, missing)
+    meta = parse_meta(meta_items)
     configure(settings)  # the embedded executor logs; stdout is for the answer
     with open_store(settings) as engine:
         run_id, ids = submit_run(settings, engine, ref_dir, cand_dir, suite=suite, threshold=threshold, net=net,
-                                 version=version, precision=precision, maps=maps, missing=missing)
+                                 version=version, precision=precision, maps=maps, missing=missing, meta=meta)
     text = f"run {run_id}: {len(ids)} comparisons {dispatched(settings, len(ids))}"
     echo(as_json, {"run": run_id, "submitted": len(ids)}, text)
 
@@ -90,17 +93,19 @@ def wait(settings: Settings, run_id: int, timeout: float, threshold: float | Non
 
 @click.command()
 @click.option("--run", "run_id", metavar="RUN", type=int, required=True, help="Run id printed by submit.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per comparison.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"run", "suite", "meta", "comparisons": [one object per comparison]}.')
 @click.pass_obj
 def results(settings: Settings, run_id: int, as_json: bool) -> None:
-    """Print the comparisons of a run, in submission order."""
+    """Print the comparisons of a run, in submission order (after its metadata, if any)."""
     from gate.runs.service import run_results
     from gate.store import session_scope
     from gate.store.opening import open_store
 
     with open_store(settings) as engine, session_scope(engine) as session:
-        rows = run_results(session, run_id)
-    echo(as_json, rows, "\n".join(pair_line(row) for row in rows))
+        shown = run_results(session, run_id)
+    meta = [f"meta {key}={value}" for key, value in shown["meta"].items()]
+    echo(as_json, shown, "\n".join([*meta, *(pair_line(row) for row in shown["comparisons"])]))
 
 
 @contextmanager

@@ -94,7 +94,7 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, s
         return Evaluation(summary)
     drift = drift_by_net(session, run=run, pairs=pairs, lookup=lookup)
     conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), lookup)
-    changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=conditions)
+    changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=conditions, meta=run.meta)
     cooldown = alerts.cooldown_from(PolicySet() if policies is None else policies)
     return Evaluation(summary, alerts.owed(session, settings=settings, cooldown=cooldown, alerts=changes.touched))
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from gate.tonemap import HDR_SUFFIXES, tonemap_policy
 from gate.vocabulary import FINISHED, MISSING_MODES, STAT_KEYS
 
 POLL_SECONDS = 0.5
+META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+META_VALUE_CHARS = 1000
 Progress = Callable[[int, int], None]  # (finished, total)
 Dispatch = Callable[[Engine, int, list[int]], None]
 
@@ -44,6 +47,24 @@ def validate_options(suite: str, threshold: float | None, missing: str = "fail")
         raise GateError("--suite: must not be empty")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise GateError(f"--threshold: must be a finite number >= 0, got {threshold}")
+
+
+def parse_meta(items: Sequence[str]) -> dict[str, str]:
+    """`--meta KEY=VALUE` items as a dict. A key is a word (letters, digits, underscores, not starting
+    with a digit, at most 64 characters) so it can name a JUnit property and an Alertmanager annotation
+    (`meta_KEY`); a key given twice is refused."""
+    meta: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not META_KEY.fullmatch(key):
+            raise GateError(f"--meta {item!r}: expected KEY=VALUE with KEY a word ([A-Za-z_][A-Za-z0-9_]*, "
+                            "at most 64 characters)")
+        if key in meta:
+            raise GateError(f"--meta {key}: given twice")
+        if len(value) > META_VALUE_CHARS:
+            raise GateError(f"--meta {key}: the value is longer than {META_VALUE_CHARS} characters")
+        meta[key] = value
+    return meta
 
 
 def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path, *, suite: str,
@@ -217,13 +238,15 @@ def require_run(session: Session, run_id: int) -> Run:
     return run
 
 
-def run_results(session: Session, run_id: int) -> list[dict[str, Any]]:
-    """The run's comparisons as `results` prints them, in submission order, with their layers."""
-    require_run(session, run_id)
+def run_results(session: Session, run_id: int) -> dict[str, Any]:
+    """The run as `results` prints it: {"run", "suite", "meta", "comparisons": [...]}, the comparisons
+    in submission order, with their layers."""
+    run = require_run(session, run_id)
     layers: dict[int, list[dict[str, Any]]] = {}
     for row in repo.layer_metrics(session, run_id=run_id):
         layers.setdefault(row.comparison_id, []).append(layer_result(row))
-    return [comparison_result(c, layers.get(c.id, [])) for c in repo.list_comparisons(session, run_id=run_id)]
+    comparisons = [comparison_result(c, layers.get(c.id, [])) for c in repo.list_comparisons(session, run_id=run_id)]
+    return {"run": run.id, "suite": run.suite.name, "meta": dict(run.meta or {}), "comparisons": comparisons}
 
 
 def comparison_result(comparison: Comparison, layers: list[dict[str, Any]]) -> dict[str, Any]:

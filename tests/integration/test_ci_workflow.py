@@ -5,6 +5,7 @@ frames; run metadata; stable JUnit; approving a run's candidates as references."
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import redis
 from click.testing import CliRunner, Result
 from PIL import Image
 
+from gate.alerts import store as alert_store
+from gate.alerts.lifecycle import outgoing
 from gate.cli import main
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
@@ -195,3 +198,39 @@ def test_a_frame_linking_out_of_the_image_root_is_that_pairs_error_and_the_rest_
     ]
     assert summary["pairs"][1]["error"] == f"{images / 'ok/c.png'}: links outside the image root {images}"
     assert summary["verdict"] == "error"
+
+
+# --- run metadata ------------------------------------------------------------------------------
+
+
+def test_meta_is_stored_and_shown_by_check_wait_results_junit_and_alerts(db_url: str, images: Path,
+                                                                        tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    checked = _check(db_url, images, "bad", "--threshold", "0.1", "--json", "--junit", str(junit),
+                     "--meta", "commit=0a1b2c3", "--meta", "pipeline=https://ci.example/p/991")
+    assert checked.exit_code == 1, checked.output
+    meta = {"commit": "0a1b2c3", "pipeline": "https://ci.example/p/991"}
+    run = json.loads(checked.stdout)["run"]
+    assert json.loads(checked.stdout)["meta"] == meta
+    assert json.loads(_cli(db_url, images, "wait", str(run), "--json").stdout)["meta"] == meta
+    shown = json.loads(_cli(db_url, images, "results", "--run", str(run), "--json").stdout)
+    assert (shown["meta"], len(shown["comparisons"])) == (meta, 2)
+    assert _cli(db_url, images, "results", "--run", str(run)).stdout.splitlines()[:2] == [
+        "meta commit=0a1b2c3", "meta pipeline=https://ci.example/p/991",
+    ]
+    properties = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().find("testsuite/properties")}
+    assert (properties["meta.commit"], properties["meta.pipeline"]) == ("0a1b2c3", "https://ci.example/p/991")
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        [distance] = [a for a in alert_store.list_alerts(session) if a.rule == "distance"]
+        annotations = dict(distance.annotations)
+    engine.dispose()
+    assert (annotations["meta_commit"], annotations["meta_pipeline"]) == ("0a1b2c3", "https://ci.example/p/991")
+    assert outgoing(distance).annotations["meta_commit"] == "0a1b2c3"
+
+
+@pytest.mark.parametrize("item", ["commit", "9lives=x", "a-b=c", "=x"])
+def test_a_meta_key_must_be_a_word(sqlite_url: str, images: Path, item: str) -> None:
+    result = _check(sqlite_url, images, "ok", "--threshold", "0.1", "--meta", item, "--json")
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["error"].startswith(f"--meta {item!r}: expected KEY=VALUE")

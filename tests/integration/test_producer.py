@@ -327,7 +327,9 @@ def test_results_json_lists_every_comparison_with_its_producer(pg_url: str, imag
     result = _cli(["results", "--run", "1", "--json"], db=pg_url, root=images)
     assert (result.exit_code, result.stderr) == (0, "")
     unscored = {"scores": None, "regions": None, "layers": []}
-    assert json.loads(result.stdout) == [
+    shown = json.loads(result.stdout)
+    assert (shown["run"], shown["suite"], shown["meta"]) == (1, "smoke", {})
+    assert shown["comparisons"] == [
         {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "distance": 0.125, "net": "alex",
          "weights_version": "alex-v0.1", "attempts": 1, "error": None, "scores": SCORED,
          "regions": {"region": [0, 8, 33, 33]}, "layers": [LAYER]},
