@@ -234,3 +234,28 @@ def test_a_meta_key_must_be_a_word(sqlite_url: str, images: Path, item: str) -> 
     result = _check(sqlite_url, images, "ok", "--threshold", "0.1", "--meta", item, "--json")
     assert result.exit_code == 2
     assert json.loads(result.stdout)["error"].startswith(f"--meta {item!r}: expected KEY=VALUE")
+
+
+# --- JUnit -------------------------------------------------------------------------------------
+
+
+def test_the_same_frames_from_two_folders_give_identical_junit_names_each_with_time(sqlite_url: str, images: Path,
+                                                                                    tmp_path: Path) -> None:
+    cases = []
+    for build in ("build-41/cand", "pipelines/build-42/renders"):
+        for name in ("a.png", "sub/b.png"):
+            _save(images / build / name, np.asarray(Image.open(images / "bad" / name)))
+        junit = tmp_path / f"{build.replace('/', '-')}.xml"
+        result = _cli(sqlite_url, images, "check", str(images / "ref"), str(images / build), "--suite", "ci",
+                      "--threshold", "0.1", "--junit", str(junit))
+        assert result.exit_code == 1, result.output
+        suite = ET.parse(junit).getroot().find("testsuite")
+        cases.append([(case.get("name"), case.get("classname"), [child.tag for child in case])
+                      for case in suite.findall("testcase")])
+        assert all(float(case.get("time")) > 0 for case in suite.findall("testcase"))
+        [failing] = [case for case in suite.findall("testcase") if case.find("failure") is not None]
+        assert failing.find("failure").get("message").startswith("distance ")
+        assert failing.find("failure").get("message").endswith(" > threshold 0.1")
+        heatmap = junit.parent / f"{junit.stem}-heatmaps/sub/b.png"
+        assert failing.findtext("system-out") == f"[[ATTACHMENT|{heatmap.as_posix()}]]" and heatmap.is_file()
+    assert cases[0] == cases[1] == [("a.png", "ci", ["system-out"]), ("sub/b.png", "ci", ["failure", "system-out"])]
