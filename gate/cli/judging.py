@@ -9,7 +9,7 @@ import click
 
 from gate.cli.runs import echo, exit_with_verdict, load_policies, progress_bar, summary_text
 from gate.settings import Settings
-from gate.vocabulary import MISSING_MODES, NETS, PRECISIONS
+from gate.vocabulary import MISSING_MODES, NETS, PRECISIONS, RESIZE_MODES
 
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_INTERVAL_S = 10.0
@@ -49,6 +49,10 @@ DEFAULT_INTERVAL_S = 10.0
 @click.option("--meta", "meta_items", multiple=True, metavar="KEY=VALUE",
               help="Stored with the run (commit, pipeline, author...), shown in the JSON, report, JUnit and "
                    "alerts; repeatable.")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="none", show_default=True,
+              help="Resize ref to cand's size, or cand to ref's, when they differ (as compare does).")
+@click.option("--exposure", type=float, default=0.0, show_default=True,
+              help="OpenEXR input: exposure in stops before clamping and the sRGB curve (as compare does).")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
@@ -71,6 +75,8 @@ def check(
     precision: str | None,
     missing: str,
     meta_items: tuple[str, ...],
+    resize: str,
+    exposure: float,
     timeout: float,
 ) -> None:
     """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error).
@@ -84,7 +90,7 @@ def check(
 
     request = CheckRequest(ref_dir, cand_dir, suite, threshold, load_policies(policies_file), net=net,
                            precision=precision, timeout=timeout, report=report, junit=junit,
-                           missing=missing, meta=parse_meta(meta_items))
+                           missing=missing, meta=parse_meta(meta_items), resize=resize, exposure=exposure)
     configure(settings)
     with progress_bar("run") as progress:
         summary = check_run(settings, request, progress=progress)

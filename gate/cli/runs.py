@@ -12,7 +12,7 @@ import click
 
 from gate.errors import EXIT_ERROR, VERDICT_EXIT_CODES, GateError
 from gate.settings import Settings
-from gate.vocabulary import MISSING_MODES, NETS, PRECISIONS, VERSIONS
+from gate.vocabulary import MISSING_MODES, NETS, PRECISIONS, RESIZE_MODES, VERSIONS
 
 if TYPE_CHECKING:
     from gate.judging.policy import PolicySet
@@ -38,11 +38,15 @@ DEFAULT_WAIT_SECONDS = 3600.0
                    "it with a warning, or nothing.")
 @click.option("--meta", "meta_items", multiple=True, metavar="KEY=VALUE",
               help="Stored with the run (commit, pipeline, author...); repeatable.")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="none", show_default=True,
+              help="Resize ref to cand's size, or cand to ref's, when they differ (as compare does).")
+@click.option("--exposure", type=float, default=0.0, show_default=True,
+              help="OpenEXR input: exposure in stops before clamping and the sRGB curve (as compare does).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"run": ID, "submitted": N}.')
 @click.pass_obj
 def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, threshold: float | None,
            net: str | None, version: str | None, precision: str | None, maps: bool, missing: str,
-           meta_items: tuple[str, ...], as_json: bool) -> None:
+           meta_items: tuple[str, ...], resize: str, exposure: float, as_json: bool) -> None:
     """Compare every image under CAND_DIR with the one at the same relative path under REF_DIR.
 
     Both folders must lie inside LPIPS_GATE_IMAGE_ROOT. With LPIPS_GATE_BROKER_URL set the pairs are
@@ -57,7 +61,8 @@ def submit(settings: Settings, ref_dir: Path, cand_dir: Path, suite: str, thresh
     configure(settings)  # the embedded executor logs; stdout is for the answer
     with open_store(settings) as engine:
         run_id, ids = submit_run(settings, engine, ref_dir, cand_dir, suite=suite, threshold=threshold, net=net,
-                                 version=version, precision=precision, maps=maps, missing=missing, meta=meta)
+                                 version=version, precision=precision, maps=maps, missing=missing, meta=meta,
+                                 resize=resize, exposure=exposure)
     text = f"run {run_id}: {len(ids)} comparisons {dispatched(settings, len(ids))}"
     echo(as_json, {"run": run_id, "submitted": len(ids)}, text)
 

@@ -17,7 +17,13 @@ from gate.judging.verdict import judge_run
 from gate.report.assemble import check_writable, report_run, write_artefacts
 from gate.report.html import ReportPair, ReportRun
 from gate.report.junit import write_junit
-from gate.runs.service import Progress, poll_until_finished, submit_run, validate_options
+from gate.runs.service import (
+    Progress,
+    poll_until_finished,
+    submit_run,
+    validate_compare_options,
+    validate_options,
+)
 from gate.settings import Settings
 from gate.store import session_scope
 from gate.store.opening import missing_sqlite_file, open_store
@@ -37,11 +43,14 @@ class CheckRequest:
     junit: Path | None = None
     meta: dict[str, str] | None = None
     missing: str = "fail"
+    resize: str = "none"
+    exposure: float = 0.0
 
 
 def check(settings: Settings, request: CheckRequest, *, progress: Progress | None = None) -> dict[str, Any]:
     """The judged run (gate.judging.verdict.run_summary)."""
     validate_options(request.suite, request.threshold, request.missing)
+    validate_compare_options(request.resize, request.exposure)
     check_writable(report=request.report, junit=request.junit)
     net = request.net or settings.net
     own = suite_policy(request.policies, suite=request.suite, threshold=request.threshold, net=net)  # as recorded
@@ -51,7 +60,8 @@ def check(settings: Settings, request: CheckRequest, *, progress: Progress | Non
                                   threshold=request.threshold, net=request.net, version=None,
                                   precision=request.precision,
                                   maps=request.report is not None or request.junit is not None,
-                                  policies=request.policies, meta=request.meta, missing=request.missing)
+                                  policies=request.policies, meta=request.meta, missing=request.missing,
+                                  resize=request.resize, exposure=request.exposure)
         poll_until_finished(engine, run_id, timeout=request.timeout, progress=progress)
         summary = judge_run(engine, run_id=run_id, policies=None, settings=settings)
         if request.report or request.junit:

@@ -27,7 +27,7 @@ from gate.store import repository as repo
 from gate.store import review, session_scope
 from gate.store.models import Comparison, LayerMetric, Run
 from gate.tonemap import HDR_SUFFIXES, tonemap_policy
-from gate.vocabulary import FINISHED, MISSING_MODES, STAT_KEYS
+from gate.vocabulary import FINISHED, MISSING_MODES, RESIZE_MODES, STAT_KEYS
 
 POLL_SECONDS = 0.5
 META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -70,22 +70,27 @@ def parse_meta(items: Sequence[str]) -> dict[str, str]:
 def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path, *, suite: str,
                threshold: float | None, net: str | None, version: str | None, precision: str | None,
                maps: bool, policies: PolicySet | None = None, meta: dict[str, str] | None = None,
-               missing: str = "fail") -> tuple[int, list[int]]:
+               missing: str = "fail", resize: str = "none", exposure: float = 0.0) -> tuple[int, list[int]]:
     """Store a run comparing the two folders and hand its comparisons to the broker, or compute them
     here without one; returns the run id and the ids of the comparisons to compute. Unset net, version
     and precision come from Settings. Given policies and/or a threshold become the run's own policy,
     which every judge then uses; without either the gate daemon judges it by its policies. `meta`
     (commit, pipeline...) is stored with the run as its submitter gives it. New and missing frames
     and paths that link out of the image root are stored finished (never computed); `missing`
-    (gate.vocabulary.MISSING_MODES) says what new and missing frames do to the verdict."""
+    (gate.vocabulary.MISSING_MODES) says what new and missing frames do to the verdict; `resize` and
+    `exposure` (OpenEXR, stops) are applied by the workers as `compare` applies them."""
     validate_options(suite, threshold, missing)
+    validate_compare_options(resize, exposure)
     pairing = _pair(ref_dir, cand_dir, settings.image_root)
     dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
     net = net or settings.net
     own = submitted_policy(policies, suite=suite, threshold=threshold, net=net)
     options = _run_options(pairing.every, maps, own, suite=suite,
-                           cand_dir=_under_root(cand_dir, settings.image_root), image_root=settings.image_root)
+                           cand_dir=_under_root(cand_dir, settings.image_root), image_root=settings.image_root,
+                           exposure=exposure)
     options["missing"] = missing
+    if resize != "none":
+        options["resize"] = resize
     settled: dict[tuple[str, str], tuple[str, str | None]] = {
         **{pair: ("new", None) for pair in pairing.new},
         **{pair: ("missing", None) for pair in pairing.missing},
@@ -126,17 +131,26 @@ def dispatched(settings: Settings, count: int) -> str:
     return "computed in-process"
 
 
+def validate_compare_options(resize: str, exposure: float) -> None:
+    if resize not in RESIZE_MODES:
+        raise GateError(f"--resize: must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if not math.isfinite(exposure):
+        raise GateError(f"--exposure: must be a finite number of stops, got {exposure}")
+
+
 def _run_options(pairs: list[tuple[str, str]], maps: bool, policy: SuitePolicies | None, *, suite: str,
-                 cand_dir: str, image_root: Path) -> dict[str, Any]:
+                 cand_dir: str, image_root: Path, exposure: float = 0.0) -> dict[str, Any]:
     """What the workers need beyond the pairs: the spatial scores' parameters and masks from the
     submitted policy (the defaults without one), and the candidate folder the image rules' globs are
-    relative to; HDR input records the tone map its distances depend on."""
+    relative to; HDR input records the tone map its distances depend on (its exposure, when not 0)."""
     base = Policy() if policy is None else policy.base
     options: dict[str, Any] = {"maps": maps, "region_px": base.region_px, "area_level": base.area_level,
                                "masks": [] if policy is None else _masks(policy, suite, cand_dir, image_root),
                                "cand_dir": cand_dir}
+    if exposure:
+        options["exposure"] = exposure
     if any(path.lower().endswith(HDR_SUFFIXES) for pair in pairs for path in pair):
-        options["tonemap"] = tonemap_policy(0.0)
+        options["tonemap"] = tonemap_policy(exposure)
     return options
 
 

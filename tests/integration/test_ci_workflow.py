@@ -19,6 +19,7 @@ from gate.alerts.lifecycle import outgoing
 from gate.cli import main
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
+from tests.unit.worker.test_science_hdr import rgb_exr
 
 SIZE = 64
 BROKER_URL = "redis://127.0.0.1:6379/11"  # no worker listens: what a timeout needs
@@ -259,3 +260,48 @@ def test_the_same_frames_from_two_folders_give_identical_junit_names_each_with_t
         heatmap = junit.parent / f"{junit.stem}-heatmaps/sub/b.png"
         assert failing.findtext("system-out") == f"[[ATTACHMENT|{heatmap.as_posix()}]]" and heatmap.is_file()
     assert cases[0] == cases[1] == [("a.png", "ci", ["system-out"]), ("sub/b.png", "ci", ["failure", "system-out"])]
+
+
+# --- resize and exposure, as compare applies them ----------------------------------------------
+
+
+def _compare(*args: str) -> float:
+    result = CliRunner().invoke(main, ["compare", *args, "--json"], env={"LPIPS_GATE_DEVICE": "cpu"})
+    assert result.exit_code == 0, result.output
+    return float(json.loads(result.stdout)["distance"])
+
+
+def _options(db_url: str, run: int) -> dict:
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        options = dict(repo.get_run(session, run_id=run).options)
+    engine.dispose()
+    return options
+
+
+def test_check_applies_resize_and_exposure_as_compare_does(sqlite_url: str, images: Path) -> None:
+    _save(images / "small/a.png", np.asarray(Image.open(images / "ok/a.png"))[:48, :48])
+    _save(images / "small/sub/b.png", np.asarray(Image.open(images / "ok/sub/b.png"))[:48, :48])
+    refused = _check(sqlite_url, images, "small", "--threshold", "1", "--json")
+    assert refused.exit_code == 2 and "sizes differ" in json.loads(refused.stdout)["pairs"][0]["error"]
+    resized = _check(sqlite_url, images, "small", "--threshold", "1", "--resize", "cand", "--json")
+    assert resized.exit_code == 0, resized.output
+    [a, _b] = json.loads(resized.stdout)["pairs"]
+    assert a["distance"] == pytest.approx(_compare(str(images / "ref/a.png"), str(images / "small/a.png"),
+                                                   "--resize", "cand"), abs=1e-6)
+    assert _options(sqlite_url, json.loads(resized.stdout)["run"])["resize"] == "cand"
+
+    linear = np.random.default_rng(5).uniform(0, 0.4, (SIZE, SIZE, 3))
+    for side, scale in (("hdr_ref", 1.0), ("hdr_cand", 1.6)):
+        (images / side).mkdir()
+        rgb_exr(images / side / "shot.exr", linear * scale)
+    ref, cand = images / "hdr_ref/shot.exr", images / "hdr_cand/shot.exr"
+    distances = {}
+    for exposure in ("0", "2"):
+        checked = _cli(sqlite_url, images, "check", str(ref.parent), str(cand.parent), "--suite", "hdr",
+                       "--threshold", "1", "--exposure", exposure, "--json")
+        assert checked.exit_code == 0, checked.output
+        distances[exposure] = json.loads(checked.stdout)["pairs"][0]["distance"]
+        assert distances[exposure] == pytest.approx(_compare(str(ref), str(cand), "--exposure", exposure), abs=1e-6)
+    assert abs(distances["0"] - distances["2"]) > 0.01  # the exposure changed what was compared
+    assert _options(sqlite_url, json.loads(checked.stdout)["run"])["tonemap"] == "exr:srgb-clamp-v1:exposure=+2"
