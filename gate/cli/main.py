@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from gate.cli.alerts import alerts
+from gate.cli.approve import approve
 from gate.cli.calibrate import calibrate
 from gate.cli.db import db
 from gate.cli.judging import check, gate
@@ -88,5 +89,5 @@ def main(ctx: click.Context) -> None:
         ctx.obj = Settings()
 
 
-for command in (db, submit, wait, results, check, calibrate, alerts, gate):
+for command in (db, submit, wait, results, check, approve, calibrate, alerts, gate):
     main.add_command(command)

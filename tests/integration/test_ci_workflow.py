@@ -4,6 +4,7 @@ frames; run metadata; stable JUnit; approving a run's candidates as references."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -13,12 +14,14 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from PIL import Image
+from sqlalchemy import select
 
 from gate.alerts import store as alert_store
 from gate.alerts.lifecycle import outgoing
 from gate.cli import main
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
+from gate.store.models import Approval
 from tests.unit.worker.test_science_hdr import rgb_exr
 
 SIZE = 64
@@ -305,3 +308,69 @@ def test_check_applies_resize_and_exposure_as_compare_does(sqlite_url: str, imag
         assert distances[exposure] == pytest.approx(_compare(str(ref), str(cand), "--exposure", exposure), abs=1e-6)
     assert abs(distances["0"] - distances["2"]) > 0.01  # the exposure changed what was compared
     assert _options(sqlite_url, json.loads(checked.stdout)["run"])["tonemap"] == "exr:srgb-clamp-v1:exposure=+2"
+
+
+# --- approve -----------------------------------------------------------------------------------
+
+
+def _approvals(db_url: str) -> list[tuple]:
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        rows = [(a.run_id, a.ref, a.cand, a.sha256_before, a.sha256_after, a.approved_by)
+                for a in session.scalars(select(Approval).order_by(Approval.id))]
+    engine.dispose()
+    return rows
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_approve_promotes_the_candidates_and_the_next_check_passes_at_distance_0(db_url: str, changed: Path) -> None:
+    before = {name: _sha(changed / "ref" / name) for name in ("a.png", "sub/b.png", "gone.png")}
+    failed = _check(db_url, changed, "changed", "--threshold", "0.001", "--json")
+    assert failed.exit_code == 1, failed.output
+    run = json.loads(failed.stdout)["run"]
+    approved = _cli(db_url, changed, "approve", str(run), "--by", "lead@studio", "--json")
+    assert approved.exit_code == 0, approved.output
+    cands = {name: _sha(changed / "changed" / name) for name in ("a.png", "added.png", "sub/b.png")}
+    assert json.loads(approved.stdout) == {"run": run, "approved": [
+        {"ref": "ref/a.png", "cand": "changed/a.png", "sha256_before": before["a.png"], "sha256_after": cands["a.png"]},
+        {"ref": "ref/added.png", "cand": "changed/added.png", "sha256_before": None,
+         "sha256_after": cands["added.png"]},
+        {"ref": "ref/sub/b.png", "cand": "changed/sub/b.png", "sha256_before": before["sub/b.png"],
+         "sha256_after": cands["sub/b.png"]},
+    ], "skipped": [{"ref": "ref/gone.png", "cand": "changed/gone.png", "status": "missing",
+                    "reason": "missing: no candidate, the reference is left as it is"}]}
+    assert {name: _sha(changed / "ref" / name) for name in cands} == cands
+    assert _sha(changed / "ref/gone.png") == before["gone.png"]
+    assert [row[1] for row in _approvals(db_url)] == ["ref/a.png", "ref/added.png", "ref/sub/b.png"]
+    assert {row[5] for row in _approvals(db_url)} == {"lead@studio"}
+    assert not list((changed / "ref").rglob("*.approving"))
+
+    again = _check(db_url, changed, "changed", "--threshold", "0.001", "--missing", "warn", "--json")
+    assert again.exit_code == 0, again.output
+    assert [(p["name"], p["status"], p["distance"]) for p in json.loads(again.stdout)["pairs"]] == [
+        ("a.png", "done", pytest.approx(0.0, abs=1e-6)), ("added.png", "done", pytest.approx(0.0, abs=1e-6)),
+        ("gone.png", "missing", None), ("sub/b.png", "done", pytest.approx(0.0, abs=1e-6)),
+    ]
+
+
+def test_approving_after_a_reference_changed_is_refused_and_changes_nothing(db_url: str, changed: Path) -> None:
+    run = json.loads(_check(db_url, changed, "changed", "--threshold", "0.1", "--json").stdout)["run"]
+    _save(changed / "ref/sub/b.png", _noise(99))  # someone re-rendered the baseline meanwhile
+    files = {path: path.read_bytes() for path in sorted((changed / "ref").rglob("*.png"))}
+    refused = _cli(db_url, changed, "approve", str(run), "--json")
+    assert refused.exit_code == 2
+    assert json.loads(refused.stdout) == {
+        "error": f"run {run}: 1 file(s) changed since the run measured them, nothing approved: "
+                 "ref/sub/b.png: the reference changed", "exit": 2, "run": run}
+    assert {path: path.read_bytes() for path in sorted((changed / "ref").rglob("*.png"))} == files
+    assert not (changed / "ref/added.png").exists() and not list((changed / "ref").rglob("*.approving"))
+    assert _approvals(db_url) == []
+
+    only = _cli(db_url, changed, "approve", str(run), "--only", "a*", "--json")  # the unchanged ones may go
+    assert only.exit_code == 0, only.output
+    assert [row["ref"] for row in json.loads(only.stdout)["approved"]] == ["ref/a.png", "ref/added.png"]
+    unknown = _cli(db_url, changed, "approve", str(run + 1))
+    assert (unknown.exit_code, unknown.stderr) == (2, f"Error: run {run + 1}: not found\n")
