@@ -27,7 +27,8 @@ DEFAULT_INTERVAL_S = 10.0
     default=None,
     help="Policy file (.toml or .yaml): thresholds, feature limits, drift.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the judged run as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print the judged run as JSON; an outcome without a verdict as {"error", "exit": 2[, "run"]}.')
 @click.option(
     "--report",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -79,7 +80,7 @@ def check(
     exposure: float,
     timeout: float,
 ) -> None:
-    """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error).
+    """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error, timeout).
 
     Submits like `submit` (with a broker, workers compute; without, this process does), waits like
     `wait`, then applies the policies: verdict, alerts, webhook."""
