@@ -17,8 +17,10 @@ from gate.settings import Settings
               help='Print {"run", "approved": [{"ref", "cand", "sha256_before", "sha256_after"}], "skipped"}.')
 @click.pass_obj
 def approve(settings: Settings, run_id: int, only: str | None, by: str | None, as_json: bool) -> None:
-    """Make RUN's candidates the references: each replaces its reference atomically, new frames create
-    theirs, missing frames are left as they are; recorded with the files' sha256 before and after.
+    """Promote RUN's candidates to references (atomic, sha256-checked, recorded).
+
+    Each candidate replaces its reference atomically, new frames create theirs, missing frames are
+    left as they are; every file is recorded with its sha256 before and after.
 
     Refused (exit 2, nothing changed) when the run is not finished, or a reference or candidate
     changed since the run measured it."""
