@@ -46,6 +46,8 @@ class Outcome:
     model_ms: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
     regions: dict[str, Box] = field(default_factory=dict)
+    ref_sha256: str | None = None  # the files as decoded: what a later approval checks they still are
+    cand_sha256: str | None = None
 
 
 @dataclass
@@ -59,6 +61,8 @@ class _Decoded:
     cand_size: tuple[int, int]  # (H, W) as decoded: boxes are reported in these pixels
     ignored: np.ndarray | None  # (H, W) at the compared size, True = ignored
     nonfinite: tuple[int, Box | None]  # the candidate's non-finite pixels, set to 0 before the network
+    ref_hash: str  # sha256 of each file as read
+    cand_hash: str
 
 
 NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
@@ -172,31 +176,36 @@ class Engine:
         """A candidate's non-finite pixels are counted (outside what it ignores) and set to 0 before the
         sizes are matched: resizing would smear them."""
         start = time.perf_counter()
+        exposure = self.exposure if scoring.exposure is None else scoring.exposure
         ref_image, ref_hash = load(ref, False)
         cand_image, cand_hash = load(cand, True)
         cand_size = (cand_image.shape[-2], cand_image.shape[-1])
         ignore = scoring.ignore.get(cand)
         ignored = None if ignore is None else masks.rasterise(ignore, cand_size, mask_images)
         nonfinite = guards.take_nonfinite(cand_image, ignored)
-        a, b = images.match_sizes(ref, cand, ref_image, cand_image, resize=self.resize)
+        a, b = images.match_sizes(ref, cand, ref_image, cand_image,
+                                  resize=self.resize if scoring.resize is None else scoring.resize)
         if ignored is not None:
             ignored = masks.resized(ignored, (b.shape[-2], b.shape[-1]))
-        key = f"{ref_hash}:{tuple(a.shape)}"
+        key = f"{ref_hash}:{exposure:+g}:{tuple(a.shape)}"  # an EXR's pixels depend on the exposure
         pair_key = f"{key}:{cand_hash}:{tuple(b.shape)}:{ignore}"
-        return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3, cand_size, ignored, nonfinite)
+        return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3, cand_size, ignored, nonfinite,
+                        ref_hash, cand_hash)
 
-    def _load(self, path: Path, *, keep_nonfinite: bool = False) -> Loaded:
+    def _load(self, path: Path, *, exposure: float, keep_nonfinite: bool = False) -> Loaded:
         """Decoded pixels and the sha256 of the file: its identity for the cache and for dedup."""
-        image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=self.exposure,
+        image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=exposure,
                                   keep_nonfinite=keep_nonfinite)
         return image, images.content_hash(path)
 
-    def _loader(self, pairs: list[tuple[Path, Path]]) -> Callable[[Path, bool], Loaded]:
+    def _loader(self, pairs: list[tuple[Path, Path]], exposure: float) -> Callable[[Path, bool], Loaded]:
         """How one window's files are decoded: each distinct file once, in the decode pool's processes
         when there is one (OpenEXR still here: its tone map runs in torch), else in the calling thread."""
         if not self.decode_processes:
-            refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
-            return lambda path, keep_nonfinite: self._load(path, keep_nonfinite=True) if keep_nonfinite else refs(path)
+            # a reference shared by pairs of a window is decoded once
+            refs: _Once[Path, Loaded] = _Once(lambda path: self._load(path, exposure=exposure))
+            return lambda path, keep_nonfinite: (self._load(path, exposure=exposure, keep_nonfinite=True)
+                                                 if keep_nonfinite else refs(path))
         files = [(ref, False) for ref, _ in pairs] + [(cand, True) for _, cand in pairs]
         futures = decoding.shared_pool(self.decode_processes).decode(files, max_pixels=self.max_pixels,
                                                                      min_size=self.min_size)
@@ -205,7 +214,7 @@ class Engine:
         def pooled(path: Path, keep_nonfinite: bool) -> Loaded:
             decoded = futures[(path, keep_nonfinite)].result()
             if decoded is None:
-                return self._load(path, keep_nonfinite=keep_nonfinite)
+                return self._load(path, exposure=exposure, keep_nonfinite=keep_nonfinite)
             pixels, digest = decoded
             if (path, keep_nonfinite) in shared:  # each use zeroes its non-finite pixels in place: its own copy
                 pixels = pixels.copy()
@@ -222,7 +231,7 @@ class Engine:
 
         def submit(chunk: list[int]) -> list[Future]:
             window_pairs = [(Path(pairs[i][0]), Path(pairs[i][1])) for i in chunk]
-            load = self._loader(window_pairs)
+            load = self._loader(window_pairs, self.exposure if scoring.exposure is None else scoring.exposure)
             return [self._pool.submit(self._decode, i, ref, cand, load, mask_images, scoring)
                     for i, (ref, cand) in zip(chunk, window_pairs)]
 
@@ -238,7 +247,9 @@ class Engine:
                 except images.ImageError as exc:
                     outcomes[i].error = str(exc)
             for item in decoded:
-                outcomes[item.index].decode_ms = item.decode_ms
+                outcome = outcomes[item.index]
+                outcome.decode_ms = item.decode_ms
+                outcome.ref_sha256, outcome.cand_sha256 = item.ref_hash, item.cand_hash
             self._run(decoded, outcomes, computed, with_map, scoring)
             yield from (outcomes[i] for i in chunk)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gate.vocabulary import RESIZE_MODES, Resize
 from worker.pixels import (
     EXR_MAGIC,
     MIN_SIZE,
@@ -29,11 +29,9 @@ from worker.pixels import (
     decode_rgb,
 )
 
-__all__ = ["EXR_MAGIC", "MIN_SIZE", "SAFE_MIN_SIZE", "SUPPORTED", "ImageError", "Reason", "SizeMismatchError",
-           "check_resize", "content_hash", "load_image", "match_sizes", "pixels_tensor", "resolve_under"]
-
-Resize = Literal["none", "ref", "cand"]
-RESIZE_MODES: tuple[str, ...] = ("none", "ref", "cand")
+__all__ = ["EXR_MAGIC", "MIN_SIZE", "SAFE_MIN_SIZE", "RESIZE_MODES", "SUPPORTED", "ImageError", "Reason", "Resize",
+           "SizeMismatchError", "check_resize", "content_hash", "load_image", "match_sizes", "pixels_tensor",
+           "resolve_under"]
 
 
 class SizeMismatchError(ImageError):
