@@ -19,6 +19,7 @@ from sqlalchemy import select
 from gate.alerts import store as alert_store
 from gate.alerts.lifecycle import outgoing
 from gate.cli import main
+from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from gate.store.models import Approval
@@ -230,7 +231,7 @@ def test_meta_is_stored_and_shown_by_check_wait_results_junit_and_alerts(db_url:
         annotations = dict(distance.annotations)
     engine.dispose()
     assert (annotations["meta_commit"], annotations["meta_pipeline"]) == ("0a1b2c3", "https://ci.example/p/991")
-    assert outgoing(distance).annotations["meta_commit"] == "0a1b2c3"
+    assert outgoing(distance, settings=Settings()).annotations["meta_commit"] == "0a1b2c3"
 
 
 @pytest.mark.parametrize("item", ["commit", "9lives=x", "a-b=c", "=x"])
