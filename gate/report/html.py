@@ -71,12 +71,16 @@ def _header(report: ReportRun) -> str:
         f"<header><h1>{escape(report.suite)} {_badge(report.verdict)}</h1>"
         f'<div class="facts"><table class="summary"><caption>run summary</caption>{rows}</table>{meta}'
         f'<div class="legend"><span>heatmap scale</span>{_colour_bar()}</div></div>'
-        f'{f"<ul class=notes>{notes}</ul>" if notes else ""}</header>'
+        f"{_notes(notes)}</header>"
     )
 
 
+def _notes(items: str) -> str:
+    return f'<ul class="notes">{items}</ul>' if items else ""
+
+
 def _tally(pairs: list[ReportPair]) -> str:
-    counts = {verdict: sum(pair.verdict == verdict for pair in pairs) for verdict in ORDER}
+    counts = {verdict: sum(pair.verdict == verdict for pair in pairs) for verdict in ("pass", "fail", "error")}
     counts |= {status: sum(pair.status == status for pair in pairs) for status in UNPAIRED}
     shown = ", ".join(f"{count} {what}" for what, count in counts.items() if count or what in ORDER)
     return f"{len(pairs)}: {shown}"
