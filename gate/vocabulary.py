@@ -30,6 +30,7 @@ HEATMAP_SCALE = 1.0
 # with it, the report's colour bar shows it
 HEATMAP_RAMP = ((0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
                 (250, 193, 39), (252, 255, 164))
+HEATMAP_LEVELS = 16  # the heatmaps' steps (a palette PNG): each 1/16 of the scale
 THUMBNAIL_PX = 320  # the longest side of the report's previews and heatmaps, as the worker stores them
 
 # new: a candidate without a reference; missing: a reference without a candidate (neither is computed)

@@ -1,6 +1,8 @@
 """Distance maps as pictures on one fixed scale (gate.vocabulary.HEATMAP_SCALE, the report's colour
 bar): a near-identical pair stays dark and a broken one shows hot, whatever the pair's own maximum;
-values above the scale saturate. Written as palette PNG bytes: 256 steps of the ramp, a third of RGB's size."""
+values above the scale saturate. Written as palette PNG bytes in HEATMAP_LEVELS steps of the ramp (the
+report's colour bar shows the same steps): a sampling-noise map, texture at every pixel, compresses to
+a quarter of its 256-step size."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from gate.report.model import FRAME_KEY
-from gate.vocabulary import HEATMAP_RAMP, HEATMAP_SCALE
+from gate.vocabulary import HEATMAP_LEVELS, HEATMAP_RAMP, HEATMAP_SCALE
 
 _RAMP = np.array(HEATMAP_RAMP, dtype=np.float64)
 
@@ -33,9 +35,9 @@ def heatmap_png(distance_map: torch.Tensor, *, longest: int | None = None, vmax:
     picture = Image.fromarray(values.astype(np.float32), mode="F")
     if longest is not None:
         picture.thumbnail((longest, longest), Image.Resampling.BOX)
-    steps = np.round(np.clip(np.asarray(picture) / vmax, 0, 1) * 255).astype(np.uint8)
+    steps = np.round(np.clip(np.asarray(picture) / vmax, 0, 1) * (HEATMAP_LEVELS - 1)).astype(np.uint8)
     indexed = Image.fromarray(steps, mode="L")
-    indexed.putpalette(colourise(np.linspace(0, vmax, 256), vmax).tobytes())
+    indexed.putpalette(colourise(np.linspace(0, vmax, HEATMAP_LEVELS), vmax).tobytes())
     info = PngImagePlugin.PngInfo()
     if frame is not None:
         info.add_text(FRAME_KEY.decode("ascii"), f"{frame[0]}x{frame[1]}")

@@ -1,7 +1,7 @@
 """What the HTML report shows of a scored pair, made where Pillow is (the gate stays numpy only):
 small previews of both images, decoded as the distance saw them (worker.images.load_image: EXR
-tone-mapped at the run's exposure, 16-bit scaled, alpha dropped), and the heatmap shrunk to match.
-Made only for runs that ask for maps; a few kB each, so a report of a thousand 4K pairs stays small."""
+tone-mapped at the run's exposure, 16-bit scaled, alpha dropped), and the heatmap shrunk to half their
+size. Made only for runs that ask for maps; under 10 kB each, so a report of a thousand 4K pairs stays small."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from worker.heatmap import heatmap_png
 from worker.images import ImageError, load_image
 from worker.runtime import Measurement
 
-WEBP_QUALITY = 70  # previews to tell frames apart and spot a regression; the full image is a click away
+WEBP_QUALITY = 50  # previews to tell frames apart and spot a regression; the full image is a click away
+HEATMAP_PX = THUMBNAIL_PX // 2  # shown at the previews' size: the LPIPS map is coarse (a quarter of the frame's)
 
 
 def previews(m: Measurement, *, exposure: float, max_pixels: int) -> dict[str, bytes | None]:
@@ -25,7 +26,7 @@ def previews(m: Measurement, *, exposure: float, max_pixels: int) -> dict[str, b
     cand, frame = thumbnail(Path(m.cand), exposure=exposure, max_pixels=max_pixels)
     heatmap = None
     if m.map is not None and m.finite:
-        heatmap = heatmap_png(m.map, longest=THUMBNAIL_PX, frame=frame)
+        heatmap = heatmap_png(m.map, longest=HEATMAP_PX, frame=frame)
     return {"ref_thumb": ref, "cand_thumb": cand, "heatmap_png": heatmap}
 
 
@@ -40,6 +41,10 @@ def thumbnail(path: Path, *, exposure: float, max_pixels: int) -> tuple[bytes | 
     picture = Image.fromarray(rgb.numpy())
     size = picture.size
     picture.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return encode_preview(picture), size
+
+
+def encode_preview(picture: Image.Image) -> bytes:
     out = io.BytesIO()
     picture.save(out, format="WEBP", quality=WEBP_QUALITY, method=4)
-    return out.getvalue(), size
+    return out.getvalue()

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gate.report.model import ReportLayer, ReportPair, ReportRun, image_type, parse_run
-from gate.vocabulary import HEATMAP_RAMP, HEATMAP_SCALE, THUMBNAIL_PX, UNPAIRED
+from gate.vocabulary import HEATMAP_LEVELS, HEATMAP_RAMP, HEATMAP_SCALE, THUMBNAIL_PX, UNPAIRED
 
 __all__ = ["IMAGE_WIDTH_PX", "WHERE_COLOUR", "ReportPair", "ReportRun", "parse_run", "render_html"]
 
@@ -42,7 +42,7 @@ def render_html(run: dict[str, Any], *, links_from: Path | None = None) -> str:
             _header(report),
             _filters(report.pairs),
             "<main>",
-            *(_pair_section(pair, report.threshold, links_from) for pair in pairs),
+            *(_pair_section(number, pair, report.threshold, links_from) for number, pair in enumerate(pairs)),
             "</main>",
             f"<script>{SCRIPT}</script>",
             "</body></html>",
@@ -102,14 +102,13 @@ def _filters(pairs: list[ReportPair]) -> str:
     )
 
 
-def _pair_section(pair: ReportPair, threshold: float | None, links_from: Path | None) -> str:
+def _pair_section(number: int, pair: ReportPair, threshold: float | None, links_from: Path | None) -> str:
     flags = [f"data-{flag}" for flag, on in (("fail", pair.verdict == "fail"), ("error", pair.verdict == "error"),
                                              ("unpaired", pair.status in UNPAIRED)) if on]
     status = f" {_badge(pair.status)}" if pair.status in UNPAIRED else ""
     return (
         f'<section class="pair {pair.verdict}" {" ".join(flags)} data-path="{escape(pair.label.lower())}"'
-        f' aria-label="{pair.verdict}: {escape(pair.label)}">'
-        f"<h2>{_badge(pair.verdict)}{status} {escape(pair.label)}</h2>"
+        f' aria-labelledby="p{number}"><h2 id="p{number}">{_badge(pair.verdict)}{status} {escape(pair.label)}</h2>'
         f"{_score(pair, threshold)}{_images(pair, links_from)}{_layer_bars(pair.layers)}</section>"
     )
 
@@ -145,16 +144,15 @@ def _viewer(pair: ReportPair, ref_link: str | None, cand_link: str | None) -> st
     """Candidate over reference, clipped at a draggable divider (a range input sets --split), or
     blinking between the two: the region boxed on both."""
     assert pair.ref_thumb is not None and pair.cand_thumb is not None
-    label = escape(pair.label)
     return (
         '<figure class="ab">'
         f'<div class="frame viewer">{_img(pair.ref_thumb, "reference", pair.cand_size, "ref")}'
         f'{_img(pair.cand_thumb, "candidate", pair.cand_size, "cand")}<span class="divider"></span>'
         f"{_outline(pair)}</div>"
         '<div class="controls"><span aria-hidden="true">reference</span>'
-        f'<input type="range" min="0" max="100" value="50" aria-label="A/B divider, reference to candidate: {label}">'
+        '<input type="range" min="0" max="100" value="50" aria-label="A/B divider, reference to candidate">'
         '<span aria-hidden="true">candidate</span>'
-        f'<button type="button" class="blink" aria-pressed="false" aria-label="blink: {label}">blink</button></div>'
+        '<button type="button" class="blink" aria-pressed="false">blink</button></div>'
         f"<figcaption>full size: {_link(ref_link, 'reference')} · {_link(cand_link, 'candidate')}</figcaption>"
         "</figure>"
     )
@@ -240,11 +238,8 @@ def _layer_bars(layers: list[ReportLayer]) -> str:
     for layer in layers:
         share = layer.distance / total if layer.distance is not None and total > 0 else 0.0
         value = "n/a" if layer.distance is None else f"{_number(layer.distance)} ({share:.0%})"
-        rows.append(
-            f'<div class="layer"><span class="name">{escape(layer.name)}</span>'
-            f'<span class="track"><span class="bar" style="width:{share * 100:.1f}%"></span></span>'
-            f'<span class="value">{value}</span></div>'
-        )
+        rows.append(f'<div class="layer"><span>{escape(layer.name)}</span><span class="track">'
+                    f'<span style="width:{share * 100:.1f}%"></span></span><span>{value}</span></div>')
     return f'<details class="layers"><summary>per-layer contribution</summary>{"".join(rows)}</details>'
 
 
@@ -261,8 +256,22 @@ def _asset(name: str) -> str:
 
 
 def _ramp_gradient() -> str:
-    stops = ", ".join(f"rgb{colour} {100 * i / (len(HEATMAP_RAMP) - 1):.2f}%" for i, colour in enumerate(HEATMAP_RAMP))
-    return f"linear-gradient(to top, {stops})"
+    """The colour bar in the heatmaps' own steps: the ramp at each level, as hard stops."""
+    stops = []
+    for level in range(HEATMAP_LEVELS):
+        colour = _ramp_at(level / (HEATMAP_LEVELS - 1))
+        low, high = 100 * level / HEATMAP_LEVELS, 100 * (level + 1) / HEATMAP_LEVELS
+        stops.append(f"rgb{colour} {low:.2f}% {high:.2f}%")
+    return f"linear-gradient(to top, {', '.join(stops)})"
+
+
+def _ramp_at(share: float) -> tuple[int, ...]:
+    """The ramp's colour at `share` of the scale, interpolated between its anchors as the worker paints."""
+    position = share * (len(HEATMAP_RAMP) - 1)
+    low = min(int(position), len(HEATMAP_RAMP) - 2)
+    frac = position - low
+    anchors = zip(HEATMAP_RAMP[low], HEATMAP_RAMP[low + 1], strict=True)
+    return tuple(round(a * (1 - frac) + b * frac) for a, b in anchors)
 
 
 STYLE = (_asset("report.css").replace("IMAGE_WIDTH", str(IMAGE_WIDTH_PX)).replace("RAMP", _ramp_gradient())

@@ -12,12 +12,12 @@ from PIL import Image
 
 from gate.report.model import frame_size
 from gate.settings import Settings
-from gate.vocabulary import HEATMAP_RAMP, THUMBNAIL_PX
+from gate.vocabulary import HEATMAP_LEVELS, HEATMAP_RAMP, THUMBNAIL_PX
 from tests.scenes import mid_tone, render, scene
 from tests.unit.worker.test_science_hdr import linear_of, rgb_exr
 from worker.engine import Engine
 from worker.heatmap import heatmap_png
-from worker.previews import previews, thumbnail
+from worker.previews import HEATMAP_PX, previews, thumbnail
 from worker.runtime import Measurement
 
 SIDE = 256
@@ -33,13 +33,13 @@ def _measured(engine: Engine, ref, cand) -> Measurement:
     return Measurement.of(outcome, net="alex", weights_version=engine.weights_version, precision="fp32")
 
 
-def _steps(png: bytes) -> np.ndarray:
-    """The heatmap's palette indices: 0 is the scale's 0, 255 the scale and above."""
+def _shares(png: bytes) -> np.ndarray:
+    """The heatmap's values as shares of the scale, read from its palette steps (1.0: the scale and above)."""
     with Image.open(io.BytesIO(png)) as image:
         assert image.mode == "P"
-        palette = image.getpalette()
-        assert tuple(palette[:3]) == HEATMAP_RAMP[0] and tuple(palette[765:768]) == HEATMAP_RAMP[-1]
-        return np.asarray(image)
+        palette = image.getpalette()[:3 * HEATMAP_LEVELS]
+        assert tuple(palette[:3]) == HEATMAP_RAMP[0] and tuple(palette[-3:]) == HEATMAP_RAMP[-1]
+        return np.asarray(image) / (HEATMAP_LEVELS - 1)
 
 
 def test_heatmaps_share_one_scale_a_re_render_stays_dark_and_damage_saturates(engine, tmp_path):
@@ -51,11 +51,12 @@ def test_heatmaps_share_one_scale_a_re_render_stays_dark_and_damage_saturates(en
                      max_pixels=10**7)
     broken = previews(_measured(engine, tmp_path / "ref.png", tmp_path / "broken.png"), exposure=0.0,
                       max_pixels=10**7)
-    calm, hot = _steps(again["heatmap_png"]), _steps(broken["heatmap_png"])
-    assert calm.shape == hot.shape == (SIDE, SIDE)  # smaller than THUMBNAIL_PX: kept as it is
-    assert calm.max() < 0.25 * 255 and calm.mean() < 0.1 * 255  # sampling noise: the dark end of the ramp
-    assert hot.max() == 255 and (hot[96:160, 96:160] > 128).mean() > 0.7  # the patch: the hot half and above
-    assert np.median(hot) < 0.1 * 255  # and the rest of the frame is as dark as the re-render
+    calm, hot = _shares(again["heatmap_png"]), _shares(broken["heatmap_png"])
+    assert calm.shape == hot.shape == (HEATMAP_PX, HEATMAP_PX)  # half the previews' size
+    assert calm.max() < 0.25 and calm.mean() < 0.1  # sampling noise: the dark end of the ramp
+    patch = hot[60:100, 60:100]  # the damage at 96-160 of 256 pixels
+    assert hot.max() == 1.0 and (patch > 0.5).mean() > 0.7  # the patch: the hot half and above
+    assert np.median(hot) < 0.1  # and the rest of the frame is as dark as the re-render
     assert frame_size(broken["heatmap_png"]) == (SIDE, SIDE)
     for side in ("ref_thumb", "cand_thumb"):
         with Image.open(io.BytesIO(broken[side])) as preview:
@@ -68,9 +69,9 @@ def test_a_shrunk_heatmap_averages_the_map_and_keeps_the_candidate_size():
     values = torch.zeros(1080, 1920)
     values[:540] = 2.0  # above the scale: saturates
     png = heatmap_png(values, longest=THUMBNAIL_PX, frame=(1920, 1080))
-    steps = _steps(png)
-    assert steps.shape == (180, 320) and frame_size(png) == (1920, 1080)
-    assert (steps[:89] == 255).all() and (steps[91:] == 0).all()
+    shares = _shares(png)
+    assert shares.shape == (180, 320) and frame_size(png) == (1920, 1080)
+    assert (shares[:89] == 1.0).all() and (shares[91:] == 0).all()
 
 
 def test_exr_previews_are_tone_mapped_at_the_run_exposure(tmp_path):
