@@ -133,7 +133,7 @@ class Processor:
 
     def _process_run(self, run_id: int, comparisons: list[Comparison], retry: list[int]) -> None:
         run = self.store.run(lambda session: repo.get_run(session, run_id=run_id), what="run")
-        maps = float(run.options.get("exposure", 0.0)) if run.options.get("maps") else None  # previews' exposure
+        maps_at = float(run.options.get("exposure", 0.0)) if run.options.get("maps") else None  # previews' exposure
         try:
             options = ScoreOptions.from_options(run.options)
         except ValueError as exc:  # the submission validates them: only a hand-made run gets here
@@ -160,17 +160,18 @@ class Processor:
             self._record(refused, None, retry)
         scoring = Scoring(region_px=options.region_px, area_level=options.area_level, ignore=ignore)
         measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision,
-                                       with_map=maps is not None, scoring=scoring)
-        self._record(list(zip(todo, measured)), maps, retry)
+                                       with_map=maps_at is not None, scoring=scoring)
+        self._record(list(zip(todo, measured)), maps_at, retry)
 
-    def _record(self, outcomes: list[tuple[Comparison, Measurement]], maps: float | None, retry: list[int]) -> None:
-        """Every outcome of a batch in one transaction: one commit, not one per pair. `maps`: the run's
-        exposure when it asked for maps (the report's previews and heatmaps), else None."""
+    def _record(self, outcomes: list[tuple[Comparison, Measurement]], maps_at: float | None,
+                retry: list[int]) -> None:
+        """Every outcome of a batch in one transaction: one commit, not one per pair. `maps_at`: the
+        run's exposure when it asked for maps (the report's previews and heatmaps), else None."""
         results = [
             {"comparison_id": c.id, "distance": m.distance, "net": m.net, "weights_version": m.weights_version,
              "precision": m.precision, "layers": m.layers, "decode_ms": m.decode_ms, "model_ms": m.model_ms,
              "scores": m.scores or None, "regions": m.regions if m.scores else None,
-             **(self._previews(m, maps) if maps is not None else {})}
+             **(self._previews(m, maps_at) if maps_at is not None else {})}
             for c, m in outcomes if m.error is None
         ]
 

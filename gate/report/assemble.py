@@ -48,8 +48,8 @@ def report_run(session: Session, summary: dict[str, Any], image_root: Path) -> d
                 "ref_thumb": comparison.ref_thumb,
                 "cand_thumb": comparison.cand_thumb,
                 "heatmap_png": comparison.heatmap_png,
-                "ref_file": _existing(image_root / pair["ref"]),
-                "cand_file": _existing(image_root / pair["cand"]),
+                "ref_file": _existing(image_root, pair["ref"]),
+                "cand_file": _existing(image_root, pair["cand"]),
                 "layers": layers.get(comparison.id, []),
                 "limits": limits.get((pair["ref"], pair["cand"]), {}),
                 "worst_region": (comparison.regions or {}).get("region"),
@@ -70,9 +70,12 @@ def _shown_threshold(session: Session, run: Run, comparisons: Iterable[Compariso
     return lookup(first.net, first.weights_version, first.cand).max_distance
 
 
-def _existing(path: Path) -> str | None:
-    """The full image a preview links to; None for the side a new or missing frame lacks."""
-    return str(path.absolute()) if path.is_file() else None
+def _existing(image_root: Path, relative: str) -> str | None:
+    """The full image a preview links to; None for the side a new or missing frame lacks, and for a
+    path that leads out of the image root (the report names no file outside it)."""
+    path = image_root / relative
+    inside = path.resolve().is_relative_to(image_root.resolve())
+    return str(path.absolute()) if inside and path.is_file() else None
 
 
 def write_artefacts(run: dict[str, Any] | None, *, report: Path | None, junit: Path | None) -> None:
