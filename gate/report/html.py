@@ -142,11 +142,12 @@ def _images(pair: ReportPair, links_from: Path | None) -> str:
 
 def _viewer(pair: ReportPair, ref_link: str | None, cand_link: str | None) -> str:
     """Candidate over reference, clipped at a draggable divider (a range input sets --split), or
-    blinking between the two: the region boxed on both."""
+    blinking between the two: the region boxed on both; a click opens the full image of the side clicked."""
     assert pair.ref_thumb is not None and pair.cand_thumb is not None
     return (
         '<figure class="ab">'
-        f'<div class="frame viewer">{_img(pair.ref_thumb, "reference", pair.cand_size, "ref")}'
+        f'<div class="frame viewer"{_data_link("ref", ref_link)}{_data_link("cand", cand_link)}>'
+        f'{_img(pair.ref_thumb, "reference", pair.cand_size, "ref")}'
         f'{_img(pair.cand_thumb, "candidate", pair.cand_size, "cand")}<span class="divider"></span>'
         f"{_outline(pair)}</div>"
         '<div class="controls"><span aria-hidden="true">reference</span>'
@@ -156,6 +157,11 @@ def _viewer(pair: ReportPair, ref_link: str | None, cand_link: str | None) -> st
         f"<figcaption>full size: {_link(ref_link, 'reference')} · {_link(cand_link, 'candidate')}</figcaption>"
         "</figure>"
     )
+
+
+def _data_link(side: str, link: str | None) -> str:
+    """The full image a click on that side of the viewer opens."""
+    return "" if link is None else f' data-{side}="{escape(link)}"'
 
 
 def _figure(caption: str, picture: str, link: str | None) -> str:

@@ -30,6 +30,14 @@
   document.addEventListener("input", changed);
   document.addEventListener("change", changed);
   document.addEventListener("click", function (event) {
+    var viewer = event.target.closest(".viewer");
+    if (viewer) {
+      var box = viewer.getBoundingClientRect();
+      var split = viewer.parentNode.querySelector("input[type=range]").value / 100;
+      var side = event.clientX - box.left < split * box.width ? "ref" : "cand";
+      if (viewer.dataset[side]) window.location.href = viewer.dataset[side];
+      return;
+    }
     var button = event.target.closest("button.blink");
     if (!button) return;
     var on = button.getAttribute("aria-pressed") !== "true";

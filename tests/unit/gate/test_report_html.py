@@ -194,6 +194,7 @@ def test_chromium_shows_the_slider_the_boxed_region_and_the_colour_bar(tmp_path)
 
 
 def test_moving_the_slider_moves_the_clip_and_the_filters_hide_pairs(tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -229,3 +230,17 @@ def test_moving_the_slider_moves_the_clip_and_the_filters_hide_pairs(tmp_path):
         browser.find_element(By.ID, "path-filter").send_keys("F.PNG")
         assert shown() == ["PASS ref/f.png -> cand/f.png"]
         assert browser.find_element(By.ID, "shown").text == "1 of 6 shown"
+
+        browser.find_element(By.CSS_SELECTOR, "input[name=show][value=all]").click()
+        browser.find_element(By.ID, "path-filter").clear()
+        viewer = browser.find_element(By.CSS_SELECTOR, ".ab .viewer")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", viewer)
+        slider.send_keys(Keys.HOME)  # the divider at the left edge: all candidate
+        ActionChains(browser).move_to_element_with_offset(viewer, -IMAGE_WIDTH_PX // 4, 0).click().perform()
+        assert browser.current_url == (tmp_path / "frames/new.png").as_uri()  # the side shown there: its file
+        browser.back()
+        viewer = browser.find_element(By.CSS_SELECTOR, ".ab .viewer")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", viewer)
+        browser.find_element(By.CSS_SELECTOR, ".ab input[type=range]").send_keys(Keys.END)  # all reference
+        ActionChains(browser).move_to_element_with_offset(viewer, IMAGE_WIDTH_PX // 4, 0).click().perform()
+        assert browser.current_url == (tmp_path / "frames/gone.png").as_uri()
