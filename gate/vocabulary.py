@@ -24,6 +24,16 @@ STAT_KEYS = ("sparsity", "mean", "std", "min", "max", "nonfinite", "spatial_std"
 SCORES = ("mean", "region", "area", "fireflies", "flat", "nonfinite", "outliers", "tone", "levels")
 REGION_PX = 32  # the worst-region score's window, in image pixels (run option region_px)
 AREA_LEVEL = 1.0  # the area score counts map values above this (run option area_level)
+# every heatmap's colour scale, in LPIPS map units, so maps compare across pairs: values at or above it
+# saturate. Sampling noise of 14 8-bit levels peaks near 0.25 (99th percentile 0.13) and stays in the dark
+# quarter; a damaged patch reaches 0.8-1.3 and shows hot. It equals AREA_LEVEL: saturated is what `area` counts.
+HEATMAP_SCALE = 1.0
+# the heatmaps' colour ramp ('inferno' anchors, evenly spaced over [0, HEATMAP_SCALE]): the worker paints
+# with it, the report's colour bar shows it
+HEATMAP_RAMP = ((0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
+                (250, 193, 39), (252, 255, 164))
+HEATMAP_LEVELS = 16  # the heatmaps' steps (a palette PNG): each 1/16 of the scale
+THUMBNAIL_PX = 320  # the longest side of the report's previews and heatmaps, as the worker stores them
 
 # new: a candidate without a reference; missing: a reference without a candidate (neither is computed)
 COMPARISON_STATUSES = ("queued", "running", "done", "error", "new", "missing")

@@ -67,7 +67,9 @@ def read_pairs(csv_path: Path) -> list[tuple[str, str]]:
               help="Network precision; normalisation and distances stay fp32.")
 @click.option("--exposure", type=float, default=0.0, show_default=True,
               help="OpenEXR input: exposure in stops before clamping and the sRGB curve.")
-@click.option("--map", "map_png", type=click.Path(path_type=Path), help="Write the spatial distance map (one pair).")
+@click.option("--map", "map_png", type=click.Path(path_type=Path),
+              help="Write the spatial distance map (one pair) as a PNG heatmap on the report's fixed scale "
+                   "(0 to 1; values above saturate).")
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Exit 1 when any distance is above it (a pair that cannot be compared exits 2).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pair.")

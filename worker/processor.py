@@ -133,12 +133,12 @@ class Processor:
 
     def _process_run(self, run_id: int, comparisons: list[Comparison], retry: list[int]) -> None:
         run = self.store.run(lambda session: repo.get_run(session, run_id=run_id), what="run")
-        maps = bool(run.options.get("maps"))
+        maps_at = float(run.options.get("exposure", 0.0)) if run.options.get("maps") else None  # previews' exposure
         try:
             options = ScoreOptions.from_options(run.options)
         except ValueError as exc:  # the submission validates them: only a hand-made run gets here
             failed = [(c, Measurement(ref=c.ref, cand=c.cand, error=f"run options: {exc}")) for c in comparisons]
-            self._record(failed, False, retry)
+            self._record(failed, None, retry)
             return
         todo, pairs, refused = [], [], []
         ignore: dict[Path, Ignore] = {}
@@ -157,20 +157,23 @@ class Processor:
             except ImageError as exc:
                 refused.append((comparison, Measurement(ref=comparison.ref, cand=comparison.cand, error=str(exc))))
         if refused:
-            self._record(refused, False, retry)
+            self._record(refused, None, retry)
         scoring = Scoring(region_px=options.region_px, area_level=options.area_level, ignore=ignore,
                           resize=options.resize, exposure=options.exposure)
-        measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision, with_map=maps,
-                                       scoring=scoring)
-        self._record(list(zip(todo, measured)), maps, retry)
+        measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision,
+                                       with_map=maps_at is not None, scoring=scoring)
+        self._record(list(zip(todo, measured)), maps_at, retry)
 
-    def _record(self, outcomes: list[tuple[Comparison, Measurement]], maps: bool, retry: list[int]) -> None:
-        """Every outcome of a batch in one transaction: one commit, not one per pair."""
+    def _record(self, outcomes: list[tuple[Comparison, Measurement]], maps_at: float | None,
+                retry: list[int]) -> None:
+        """Every outcome of a batch in one transaction: one commit, not one per pair. `maps_at`: the
+        run's exposure when it asked for maps (the report's previews and heatmaps), else None."""
         results = [
             {"comparison_id": c.id, "distance": m.distance, "net": m.net, "weights_version": m.weights_version,
              "precision": m.precision, "layers": m.layers, "decode_ms": m.decode_ms, "model_ms": m.model_ms,
              "scores": m.scores or None, "regions": m.regions if m.scores else None,
-             "heatmap_png": _heatmap(m) if maps else None, "ref_sha256": m.ref_sha256, "cand_sha256": m.cand_sha256}
+             "ref_sha256": m.ref_sha256, "cand_sha256": m.cand_sha256,
+             **(self._previews(m, maps_at) if maps_at is not None else {})}
             for c, m in outcomes if m.error is None
         ]
 
@@ -202,6 +205,11 @@ class Processor:
             self.held.discard(comparison.id)
             if self.finished is not None:
                 self.finished(outcome, m.net, (m.decode_ms + m.model_ms) / 1e3 if outcome == "done" else None)
+
+    def _previews(self, m: Measurement, exposure: float) -> dict[str, bytes | None]:
+        from worker.previews import previews  # Pillow, only for runs that ask for maps
+
+        return previews(m, exposure=exposure, max_pixels=self.settings.max_pixels)
 
     def _release(self, reason: str, retry: list[int]) -> None:
         """Hand back what this process still holds; if the store is down, the keeper does it later.
@@ -235,9 +243,3 @@ class Processor:
                 return rows
 
             return self.store.run(release, what="release_leftovers", retry=False)
-
-
-def _heatmap(m: Measurement) -> bytes | None:
-    from worker.heatmap import heatmap_png  # Pillow, only for runs that ask for maps
-
-    return heatmap_png(m.map) if m.map is not None and m.finite else None

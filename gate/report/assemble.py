@@ -1,9 +1,8 @@
-"""What the HTML report and JUnit show of a judged run: the summary plus thumbnails, heatmaps and
-per-layer distances read from the store, and writing both files."""
+"""What the HTML report and JUnit show of a judged run: the summary plus the previews and heatmaps the
+worker stored, links to the full images, per-layer distances read from the store, and writing both files."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,11 @@ from sqlalchemy.orm import Session
 
 from gate.errors import GateError
 from gate.judging.verdict import judgements, pair_results, recorded_lookup
-from gate.report.html import PNG_SIGNATURE, render_html
-from gate.report.junit import render_junit
+from gate.report.html import render_html
+from gate.report.junit import write_junit
+from gate.report.model import frame_size
 from gate.store import repository as repo
 from gate.store.models import Comparison, Run
-
-REPORT_IMAGE_PX = 704  # twice the report's display width: sharp on high-density screens
-PNG_SIZE_END = 24  # a PNG's width and height are the IHDR chunk's first 8 bytes, ending here
 
 
 def check_writable(**outputs: Path | None) -> None:
@@ -29,8 +26,9 @@ def check_writable(**outputs: Path | None) -> None:
 
 
 def report_run(session: Session, summary: dict[str, Any], image_root: Path) -> dict[str, Any]:
-    """The judged run (gate.judging.verdict.run_summary) with what the report shows: images, heatmaps
-    with the failing (else the worst) region outlined, per-layer distances and each failed rule's limit."""
+    """The judged run (gate.judging.verdict.run_summary) with what the report shows: the worker's previews
+    and heatmap (runs that asked for maps), the full images' paths, the failing (else the worst) region,
+    per-layer distances and each failed rule's limit."""
     run = repo.get_run(session, run_id=summary["run"])
     comparisons = {(c.ref, c.cand): c for c in repo.list_comparisons(session, run_id=run.id)}
     threshold = _shown_threshold(session, run, comparisons.values())
@@ -44,17 +42,18 @@ def report_run(session: Session, summary: dict[str, Any], image_root: Path) -> d
     pairs = []
     for pair in summary["pairs"]:
         comparison = comparisons[(pair["ref"], pair["cand"])]
-        cand_png, cand_size = _report_png(image_root / pair["cand"])
         pairs.append(
             {
                 **pair,
-                "ref_png": _report_png(image_root / pair["ref"])[0],
-                "cand_png": cand_png,
+                "ref_thumb": comparison.ref_thumb,
+                "cand_thumb": comparison.cand_thumb,
                 "heatmap_png": comparison.heatmap_png,
+                "ref_file": _existing(image_root, pair["ref"]),
+                "cand_file": _existing(image_root, pair["cand"]),
                 "layers": layers.get(comparison.id, []),
                 "limits": limits.get((pair["ref"], pair["cand"]), {}),
                 "worst_region": (comparison.regions or {}).get("region"),
-                "cand_size": cand_size,
+                "cand_size": frame_size(comparison.heatmap_png),
             }
         )
     return {**summary, "threshold": threshold, "pairs": pairs}
@@ -71,33 +70,27 @@ def _shown_threshold(session: Session, run: Run, comparisons: Iterable[Compariso
     return lookup(first.net, first.weights_version, first.cand).max_distance
 
 
-def _report_png(path: Path) -> tuple[bytes | None, tuple[int, int] | None]:
-    """A PNG thumbnail of an input image and the image's own size (width, height), or None for each
-    that cannot be had (then the report says so). Pillow comes with the engine; without it only PNG
-    inputs are embedded, as they are, their size read from the header."""
-    try:
-        from PIL import Image
-    except ImportError:
-        data = path.read_bytes() if path.is_file() else b""
-        if not data.startswith(PNG_SIGNATURE) or len(data) < PNG_SIZE_END:
-            return None, None
-        return data, (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
-    try:
-        with Image.open(path) as image:
-            size = image.size
-            image.thumbnail((REPORT_IMAGE_PX, REPORT_IMAGE_PX))
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, "PNG")
-    except (OSError, ValueError):
-        return None, None
-    return buffer.getvalue(), size
+def _existing(image_root: Path, relative: str) -> str | None:
+    """The full image a preview links to; None for the side a new or missing frame lacks, and for a
+    path that leads out of the image root (the report names no file outside it)."""
+    path = image_root / relative
+    inside = path.resolve().is_relative_to(image_root.resolve())
+    return str(path.absolute()) if inside and path.is_file() else None
 
 
 def write_artefacts(run: dict[str, Any] | None, *, report: Path | None, junit: Path | None) -> None:
-    for path, render in ((report, render_html), (junit, render_junit)):
-        if path is None or run is None:
-            continue
-        try:
-            path.write_text(render(run), encoding="utf-8")
-        except OSError as exc:
-            raise GateError(f"{path}: cannot write: {exc.strerror}") from exc
+    """The HTML report links the full images relative to its own folder; JUnit attaches the heatmaps,
+    written beside it."""
+    if run is None:
+        return
+    if report is not None:
+        _write(report, render_html(run, links_from=report.parent))
+    if junit is not None:
+        write_junit(run, junit)
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise GateError(f"{path}: cannot write: {exc.strerror}") from exc

@@ -1,166 +1,238 @@
-"""A run as one self-contained HTML file (inline CSS, images as data URIs) that can be attached to a
-CI job or mailed: nothing to serve, nothing fetched when opened."""
+"""A run as one self-contained HTML file (inline CSS and script, previews as data URIs) that can be
+attached to a CI job or mailed: nothing to serve, nothing fetched when opened. Built for reviewing
+hundreds of frames: failures first, a filter, an A/B slider and blink per pair, heatmaps on one fixed
+scale with its colour bar, the failing (else the worst) region boxed. Full images are linked, not
+embedded, so a run of a thousand 4K frames stays a small file."""
 
 from __future__ import annotations
 
 import base64
+import os
 from html import escape
-from typing import Any, Literal
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    NonNegativeInt,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from gate.report.model import ReportLayer, ReportPair, ReportRun, image_type, parse_run
+from gate.vocabulary import HEATMAP_LEVELS, HEATMAP_RAMP, HEATMAP_SCALE, THUMBNAIL_PX, UNPAIRED
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-IMAGE_WIDTH_PX = 352  # three side by side fit a 1200 px window
-WHERE_COLOUR = (0, 255, 0)  # outlines the failing (else the worst) region: a colour the inferno ramp never takes
-SEVERITY = {"error": 0, "fail": 1, "pass": 2}  # worst first in the report
+__all__ = ["IMAGE_WIDTH_PX", "WHERE_COLOUR", "ReportPair", "ReportRun", "parse_run", "render_html"]
 
-
-Box = tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt]  # x, y, w, h
+IMAGE_WIDTH_PX = THUMBNAIL_PX  # previews are shown at the size the worker stores them
+WHERE_COLOUR = (0, 255, 0)  # boxes the failing (else the worst) region: a colour the inferno ramp never takes
+ORDER = {"fail": 0, "error": 1, "pass": 2}  # failures first, then errors; worst distance first within each
+SCALE_TICKS = 4  # colour bar labels: 0, a quarter, ... the scale
+BROWSER_IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a new or missing frame can show as it is
+FILTERS = (("all", "all"), ("fail", "failing"), ("unpaired", "new + missing"), ("error", "errors"))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ReportLayer(_Strict):
-    name: str
-    distance: float | None = None
-
-
-class ReportPair(_Strict):
-    ref: str
-    cand: str
-    status: Literal["done", "error"]  # the comparison's: a judged run's have all finished
-    verdict: Literal["pass", "fail", "error"]
-    distance: float | None = None
-    error: str | None = None
-    ref_png: bytes | None = None
-    cand_png: bytes | None = None
-    heatmap_png: bytes | None = None
-    layers: list[ReportLayer] = []
-    scores: dict[str, float] | None = None
-    reasons: list[str] = []  # the failed rules, or why the pair is an error
-    limits: dict[str, float] = {}  # the limit each failed rule exceeded
-    where: Box | None = None  # the first failed rule's location, in the candidate's pixels
-    worst_region: Box | None = None  # the region score's box, outlined when no rule says where
-    cand_size: tuple[PositiveInt, PositiveInt] | None = None  # (width, height): scales the box onto the heatmap
-
-    @field_validator("ref_png", "cand_png", "heatmap_png", mode="before")
-    @classmethod
-    def _png(cls, value: object) -> object:
-        if value is not None and not (isinstance(value, bytes) and value.startswith(PNG_SIGNATURE)):
-            raise ValueError("not PNG bytes")
-        return value
-
-    @model_validator(mode="after")
-    def _scored_when_judged(self) -> ReportPair:
-        if self.verdict != "error" and self.distance is None:
-            raise ValueError(f"a {self.verdict} pair needs its distance")
-        return self
-
-    @property
-    def label(self) -> str:
-        return f"{self.ref} -> {self.cand}"
-
-    @property
-    def outlined(self) -> Box | None:
-        return self.where or self.worst_region
-
-
-class ReportRun(_Strict):
-    run: int | str
-    suite: str
-    verdict: Literal["pass", "fail", "error"]
-    policy: str | None = None  # the hash of the policy that produced the verdict
-    threshold: float | None = None
-    pairs: list[ReportPair]
-
-
-def parse_run(run: dict[str, Any]) -> ReportRun:
-    """Validate the plain-data run up front; errors name the offending key, e.g. pairs.0.ref_png."""
-    try:
-        return ReportRun.model_validate(run)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "run"
-        raise ValueError(f"run report: {where}: {error['msg'].removeprefix('Value error, ')}") from None
-
-
-def render_html(run: dict[str, Any]) -> str:
+def render_html(run: dict[str, Any], *, links_from: Path | None = None) -> str:
+    """The page; full images are linked relative to `links_from` (the report's folder), else by file URI."""
     report = parse_run(run)
-    pairs = sorted(report.pairs, key=lambda pair: SEVERITY[pair.verdict])
+    pairs = sorted(report.pairs, key=_order)
     title = f"{report.suite} · run {report.run} · {report.verdict.upper()}"
     return "\n".join(
         [
             "<!doctype html>",
             '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width,initial-scale=1">',
             f"<title>lpips-gate · {escape(title)}</title>",
             f"<style>{STYLE}</style></head><body>",
             _header(report),
-            *(_pair_section(pair, report.threshold) for pair in pairs),
+            _filters(report.pairs),
+            "<main>",
+            *(_pair_section(number, pair, report.threshold, links_from) for number, pair in enumerate(pairs)),
+            "</main>",
+            f"<script>{SCRIPT}</script>",
             "</body></html>",
         ]
     )
 
 
+def _order(pair: ReportPair) -> tuple[int, bool, float]:
+    return ORDER[pair.verdict], pair.distance is None, -(pair.distance or 0.0)
+
+
 def _header(report: ReportRun) -> str:
-    counts = {verdict: sum(pair.verdict == verdict for pair in report.pairs) for verdict in SEVERITY}
-    tally = ", ".join(f"{counts[verdict]} {verdict}" for verdict in ("pass", "fail", "error"))
-    policy = "" if report.policy is None else f" · policy {escape(report.policy[:12])}"
+    facts = [("run", str(report.run)), ("suite", report.suite), ("verdict", report.verdict.upper()),
+             ("comparisons", _tally(report.pairs)), ("threshold", _number(report.threshold)),
+             ("net", report.net or "n/a"), ("weights", report.weights_version or "n/a"),
+             ("policy", report.policy[:12] if report.policy else "n/a")]
+    rows = "".join(f'<tr><th scope="row">{escape(key)}</th><td>{escape(value)}</td></tr>' for key, value in facts)
+    notes = "".join(f'<li class="fail-text">{escape(reason)}</li>' for reason in report.reasons)
+    notes += "".join(f'<li class="warn-text">{escape(warning)}</li>' for warning in report.warnings)
+    meta = ""
+    if report.meta:
+        meta_rows = "".join(f'<tr><th scope="row">{escape(key)}</th><td>{escape(value)}</td></tr>'
+                            for key, value in sorted(report.meta.items()))
+        meta = f'<table class="meta"><caption>run metadata</caption>{meta_rows}</table>'
     return (
         f"<header><h1>{escape(report.suite)} {_badge(report.verdict)}</h1>"
-        f"<p>run {escape(str(report.run))} · threshold {_number(report.threshold)}{policy} · "
-        f"{len(report.pairs)} comparisons: {tally}</p></header>"
+        f'<div class="facts"><table class="summary"><caption>run summary</caption>{rows}</table>{meta}'
+        f'<div class="legend"><span>heatmap scale</span>{_colour_bar()}</div></div>'
+        f"{_notes(notes)}</header>"
     )
 
 
-def _pair_section(pair: ReportPair, threshold: float | None) -> str:
-    if pair.verdict == "error":
-        score = f'<p class="score error-text">{escape(pair.error or "comparison failed")}</p>'
-    else:
-        failed = f" · failed: {escape(', '.join(pair.reasons))}" if pair.reasons else ""
-        score = (f'<p class="score">distance <b>{_number(pair.distance)}</b> / threshold {_number(threshold)}'
-                 f"{failed}</p>")
+def _notes(items: str) -> str:
+    return f'<ul class="notes">{items}</ul>' if items else ""
+
+
+def _tally(pairs: list[ReportPair]) -> str:
+    counts = {verdict: sum(pair.verdict == verdict for pair in pairs) for verdict in ("pass", "fail", "error")}
+    counts |= {status: sum(pair.status == status for pair in pairs) for status in UNPAIRED}
+    shown = ", ".join(f"{count} {what}" for what, count in counts.items() if count or what in ORDER)
+    return f"{len(pairs)}: {shown}"
+
+
+def _filters(pairs: list[ReportPair]) -> str:
+    counts = {"all": len(pairs), "fail": sum(p.verdict == "fail" for p in pairs),
+              "unpaired": sum(p.status in UNPAIRED for p in pairs), "error": sum(p.verdict == "error" for p in pairs)}
+    choices = "".join(
+        f'<label><input type="radio" name="show" value="{value}"{" checked" if value == "all" else ""}>'
+        f" {text} ({counts[value]})</label>"
+        for value, text in FILTERS
+    )
     return (
-        f'<section class="pair {pair.verdict}"><h2>{_badge(pair.verdict)} {escape(pair.label)}</h2>'
-        f"{score}{_images(pair)}{_layer_bars(pair.layers)}</section>"
+        '<nav class="filters" aria-label="filter the pairs">'
+        f"<fieldset><legend>show</legend>{choices}</fieldset>"
+        '<label>path contains <input type="search" id="path-filter" placeholder="e.g. shots/ui_"></label>'
+        f'<output id="shown" aria-live="polite">{len(pairs)} of {len(pairs)} shown</output></nav>'
     )
 
 
-def _images(pair: ReportPair) -> str:
-    if all(png is None for png in (pair.ref_png, pair.cand_png, pair.heatmap_png)):
-        return ""
-    figures = (_figure(pair.ref_png, "reference"), _figure(pair.cand_png, "candidate"),
-               _figure(pair.heatmap_png, "LPIPS heatmap", _outline(pair)))
-    return f'<div class="images">{"".join(figures)}</div>'
+def _pair_section(number: int, pair: ReportPair, threshold: float | None, links_from: Path | None) -> str:
+    flags = [f"data-{flag}" for flag, on in (("fail", pair.verdict == "fail"), ("error", pair.verdict == "error"),
+                                             ("unpaired", pair.status in UNPAIRED)) if on]
+    status = f" {_badge(pair.status)}" if pair.status in UNPAIRED else ""
+    return (
+        f'<section class="pair {pair.verdict}" {" ".join(flags)} data-path="{escape(pair.label.lower())}"'
+        f' aria-labelledby="p{number}"><h2 id="p{number}">{_badge(pair.verdict)}{status} {escape(pair.label)}</h2>'
+        f"{_score(pair, threshold)}{_images(pair, links_from)}{_layer_bars(pair.layers)}</section>"
+    )
 
 
-def _figure(png: bytes | None, caption: str, overlay: str = "") -> str:
-    if png is None:
-        picture = '<div class="missing">no image</div>'
+def _score(pair: ReportPair, threshold: float | None) -> str:
+    if pair.status in UNPAIRED:
+        side = "no reference: a new frame" if pair.status == "new" else "no candidate: a missing frame"
+        note = f" · {escape(pair.warning)}" if pair.warning else ""
+        return f'<p class="score">{side}{note}</p>'
+    if pair.verdict == "error":
+        return f'<p class="score error-text">{escape(pair.error or "comparison failed")}</p>'
+    failed = f" · failed: {escape(', '.join(pair.reasons))}" if pair.reasons else ""
+    return f'<p class="score">distance <b>{_number(pair.distance)}</b> / threshold {_number(threshold)}{failed}</p>'
+
+
+def _images(pair: ReportPair, links_from: Path | None) -> str:
+    ref_link, cand_link = (_href(path, links_from) for path in (pair.ref_file, pair.cand_file))
+    figures = []
+    if pair.ref_thumb is not None and pair.cand_thumb is not None:
+        figures.append(_viewer(pair, ref_link, cand_link))
     else:
-        image = f'<img alt="{caption}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-        picture = f'<div class="frame">{image}{overlay}</div>'
-    return f"<figure>{picture}<figcaption>{caption}</figcaption></figure>"
+        for side, thumb, link in (("reference", pair.ref_thumb, ref_link), ("candidate", pair.cand_thumb, cand_link)):
+            if thumb is not None:
+                figures.append(_figure(side, _img(thumb, side, pair.cand_size), link))
+            elif pair.status in UNPAIRED and link is not None and _is_shown_as_is(link):
+                figures.append(_figure(side, _linked_img(link, side), link))  # never computed: no preview
+    if pair.heatmap_png is not None:
+        figures.append(_heatmap(pair))
+    return f'<div class="images">{"".join(figures)}</div>' if figures else ""
+
+
+def _viewer(pair: ReportPair, ref_link: str | None, cand_link: str | None) -> str:
+    """Candidate over reference, clipped at a draggable divider (a range input sets --split), or
+    blinking between the two: the region boxed on both; a click opens the full image of the side clicked."""
+    assert pair.ref_thumb is not None and pair.cand_thumb is not None
+    return (
+        '<figure class="ab">'
+        f'<div class="frame viewer"{_data_link("ref", ref_link)}{_data_link("cand", cand_link)}>'
+        f'{_img(pair.ref_thumb, "reference", pair.cand_size, "ref")}'
+        f'{_img(pair.cand_thumb, "candidate", pair.cand_size, "cand")}<span class="divider"></span>'
+        f"{_outline(pair)}</div>"
+        '<div class="controls"><span aria-hidden="true">reference</span>'
+        '<input type="range" min="0" max="100" value="50" aria-label="A/B divider, reference to candidate">'
+        '<span aria-hidden="true">candidate</span>'
+        '<button type="button" class="blink" aria-pressed="false">blink</button></div>'
+        f"<figcaption>full size: {_link(ref_link, 'reference')} · {_link(cand_link, 'candidate')}</figcaption>"
+        "</figure>"
+    )
+
+
+def _data_link(side: str, link: str | None) -> str:
+    """The full image a click on that side of the viewer opens."""
+    return "" if link is None else f' data-{side}="{escape(link)}"'
+
+
+def _figure(caption: str, picture: str, link: str | None) -> str:
+    framed = picture if link is None else f'<a href="{escape(link)}" title="full size {caption}">{picture}</a>'
+    return f'<figure><div class="frame">{framed}</div><figcaption>{caption}</figcaption></figure>'
+
+
+def _heatmap(pair: ReportPair) -> str:
+    assert pair.heatmap_png is not None
+    return (
+        '<figure class="heat"><div class="row">'
+        f'<div class="frame">{_img(pair.heatmap_png, "LPIPS heatmap", pair.cand_size)}{_outline(pair)}</div>'
+        f"{_colour_bar()}</div><figcaption>LPIPS heatmap, fixed scale</figcaption></figure>"
+    )
+
+
+def _img(data: bytes, alt: str, size: tuple[int, int] | None, role: str = "") -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    role_class = f' class="{role}"' if role else ""
+    return (f'<img{role_class} alt="{alt}"{_dimensions(size)} loading="lazy" decoding="async" '
+            f'src="data:{image_type(data)};base64,{encoded}">')
+
+
+def _linked_img(link: str, alt: str) -> str:
+    return f'<img alt="{alt} (from its file)" loading="lazy" decoding="async" src="{escape(link)}">'
+
+
+def _dimensions(size: tuple[int, int] | None) -> str:
+    """The shown size up front, so the page does not reflow as lazy images arrive."""
+    if size is None:
+        return ""
+    width, height = size
+    return f' width="{IMAGE_WIDTH_PX}" height="{max(1, round(IMAGE_WIDTH_PX * height / width))}"'
 
 
 def _outline(pair: ReportPair) -> str:
-    """The box over the heatmap, in percent of the candidate's size, so it scales with the image shown."""
+    """The box in percent of the candidate's size, so it scales with the picture shown."""
     box = pair.outlined
     if box is None or pair.cand_size is None:
         return ""
     (x, y, w, h), (width, height) = box, pair.cand_size
     place = (f"left:{100 * x / width:.3f}%;top:{100 * y / height:.3f}%;"
              f"width:{100 * w / width:.3f}%;height:{100 * h / height:.3f}%")
-    return f'<span class="where" title="{x},{y} {w}x{h} px" style="{place}"></span>'
+    return f'<span class="where" title="region {x},{y} {w}x{h} px" style="{place}"></span>'
+
+
+def _colour_bar() -> str:
+    """The heatmaps' scale: the ramp bottom (0) to top (HEATMAP_SCALE and above, saturated)."""
+    ticks = "".join(
+        f"<span>{HEATMAP_SCALE * i / SCALE_TICKS:.2f}{'+' if i == SCALE_TICKS else ''}</span>"
+        for i in range(SCALE_TICKS, -1, -1)
+    )
+    label = f"colour scale: dark 0 to bright {HEATMAP_SCALE:g} and above"
+    return (f'<div class="scale" role="img" aria-label="{label}">'
+            f'<span class="ramp"></span><span class="ticks">{ticks}</span></div>')
+
+
+def _href(path: str | None, links_from: Path | None) -> str | None:
+    if path is None:
+        return None
+    if links_from is None:
+        return Path(path).absolute().as_uri()
+    return quote(Path(os.path.relpath(path, links_from.absolute())).as_posix())
+
+
+def _is_shown_as_is(link: str) -> bool:
+    return link.lower().endswith(BROWSER_IMAGES)
+
+
+def _link(href: str | None, text: str) -> str:
+    return text if href is None else f'<a href="{escape(href)}">{text}</a>'
 
 
 def _layer_bars(layers: list[ReportLayer]) -> str:
@@ -172,12 +244,9 @@ def _layer_bars(layers: list[ReportLayer]) -> str:
     for layer in layers:
         share = layer.distance / total if layer.distance is not None and total > 0 else 0.0
         value = "n/a" if layer.distance is None else f"{_number(layer.distance)} ({share:.0%})"
-        rows.append(
-            f'<div class="layer"><span class="name">{escape(layer.name)}</span>'
-            f'<span class="track"><span class="bar" style="width:{share * 100:.1f}%"></span></span>'
-            f'<span class="value">{value}</span></div>'
-        )
-    return f'<div class="layers"><h3>per-layer contribution</h3>{"".join(rows)}</div>'
+        rows.append(f'<div class="layer"><span>{escape(layer.name)}</span><span class="track">'
+                    f'<span style="width:{share * 100:.1f}%"></span></span><span>{value}</span></div>')
+    return f'<details class="layers"><summary>per-layer contribution</summary>{"".join(rows)}</details>'
 
 
 def _badge(verdict: str) -> str:
@@ -188,25 +257,29 @@ def _number(value: float | None) -> str:
     return "none" if value is None else f"{value:.4f}"
 
 
-STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:0;padding:16px 24px;background:#f6f8fa;color:#1f2328}
-header h1{margin:0 0 4px;font-size:22px}header p{margin:0 0 16px;color:#59636e}
-.pair{background:#fff;border:1px solid #d1d9e0;border-left:6px solid #1a7f37;border-radius:6px;
- padding:12px 16px;margin:0 0 16px}
-.pair.fail{border-left-color:#cf222e}.pair.error{border-left-color:#9a6700}
-.pair h2{font-size:16px;margin:0 0 4px;word-break:break-all}.score{margin:0 0 8px}.error-text{color:#9a6700}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;
- vertical-align:middle;background:#1a7f37}
-.badge.fail{background:#cf222e}.badge.error{background:#9a6700}
-.images{display:flex;gap:12px;flex-wrap:wrap}figure{margin:0}
-.frame{position:relative;width:IMAGE_WIDTHpx;border:1px solid #d1d9e0}.frame img{display:block;width:100%;height:auto}
-.where{position:absolute;box-sizing:border-box;min-width:6px;min-height:6px;border:2px solid WHERE}
-.missing{display:block;width:IMAGE_WIDTHpx;height:auto;border:1px solid #d1d9e0}
-.missing{height:198px;line-height:198px;text-align:center;color:#59636e;background:#eff2f5}
-figcaption{color:#59636e;font-size:12px;margin-top:2px}
-.layers{margin-top:10px;max-width:640px}.layers h3{font-size:13px;margin:0 0 4px;color:#59636e}
-.layer{display:flex;align-items:center;gap:8px;font-size:12px;margin:2px 0}
-.name{width:90px;overflow:hidden;text-overflow:ellipsis}.value{width:120px;font-variant-numeric:tabular-nums}
-.track{flex:1;height:10px;background:#eff2f5;border-radius:3px}
-.bar{display:block;height:100%;background:#0969da;border-radius:3px}
-""".replace("IMAGE_WIDTH", str(IMAGE_WIDTH_PX)).replace("WHERE", "#{:02x}{:02x}{:02x}".format(*WHERE_COLOUR))
+def _asset(name: str) -> str:
+    return files("gate.report").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _ramp_gradient() -> str:
+    """The colour bar in the heatmaps' own steps: the ramp at each level, as hard stops."""
+    stops = []
+    for level in range(HEATMAP_LEVELS):
+        colour = _ramp_at(level / (HEATMAP_LEVELS - 1))
+        low, high = 100 * level / HEATMAP_LEVELS, 100 * (level + 1) / HEATMAP_LEVELS
+        stops.append(f"rgb{colour} {low:.2f}% {high:.2f}%")
+    return f"linear-gradient(to top, {', '.join(stops)})"
+
+
+def _ramp_at(share: float) -> tuple[int, ...]:
+    """The ramp's colour at `share` of the scale, interpolated between its anchors as the worker paints."""
+    position = share * (len(HEATMAP_RAMP) - 1)
+    low = min(int(position), len(HEATMAP_RAMP) - 2)
+    frac = position - low
+    anchors = zip(HEATMAP_RAMP[low], HEATMAP_RAMP[low + 1], strict=True)
+    return tuple(round(a * (1 - frac) + b * frac) for a, b in anchors)
+
+
+STYLE = (_asset("report.css").replace("IMAGE_WIDTH", str(IMAGE_WIDTH_PX)).replace("RAMP", _ramp_gradient())
+         .replace("WHERE", "#{:02x}{:02x}{:02x}".format(*WHERE_COLOUR)))
+SCRIPT = _asset("report.js")

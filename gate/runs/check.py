@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from gate.calibration.store import calibrated
 from gate.errors import GateError
 from gate.judging.policy import PolicySet, SuitePolicies, suite_policy
 from gate.judging.verdict import judge_run
 from gate.report.assemble import check_writable, report_run, write_artefacts
-from gate.report.html import ReportPair, ReportRun
-from gate.report.junit import write_junit
 from gate.runs.service import (
     Progress,
     poll_until_finished,
@@ -67,19 +65,8 @@ def check(settings: Settings, request: CheckRequest, *, progress: Progress | Non
         if request.report or request.junit:
             with session_scope(engine) as session:
                 shown = report_run(session, summary, settings.image_root)
-            write_artefacts(_html_view(shown), report=request.report, junit=None)
-            if request.junit is not None:
-                write_junit(shown, request.junit)
+            write_artefacts(shown, report=request.report, junit=request.junit)
     return summary
-
-
-def _html_view(shown: dict[str, Any]) -> dict[str, Any]:
-    """The judged run as the HTML report's model declares it (gate.report.html.ReportRun): fields it
-    does not declare, and pairs of statuses it cannot show, are left out of the page."""
-    statuses = get_args(ReportPair.model_fields["status"].annotation)
-    pairs = [{key: value for key, value in pair.items() if key in ReportPair.model_fields}
-             for pair in shown["pairs"] if pair["status"] in statuses]
-    return {**{key: value for key, value in shown.items() if key in ReportRun.model_fields}, "pairs": pairs}
 
 
 def _require_max_distance(settings: Settings, policy: SuitePolicies, *, suite: str, net: str) -> None:

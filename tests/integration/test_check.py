@@ -22,12 +22,12 @@ import gate.cli.judging
 from gate.alerts import store as alert_store
 from gate.cli import main
 from gate.judging.policy import PolicySet, policy_hash, suite_policy
-from gate.report.html import IMAGE_WIDTH_PX
+from gate.report.html import IMAGE_WIDTH_PX, WHERE_COLOUR
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
 from tests.corpus import truncated_error
+from tests.support.browser import matching, screenshot
 from tests.support.imports import service_imports
-from tests.unit.gate.test_report import _screenshot, _solid_box
 
 SIZE = 64
 MAGENTA, CYAN = (255, 0, 255), (0, 255, 255)
@@ -153,10 +153,11 @@ def test_black_and_flat_candidates_open_sparsity_and_variance_alerts(sqlite_url:
 
 
 def _report_images(root: Path) -> None:
-    """report/ref/a.png and report/new/a.png: grey noise with a magenta, and a cyan, top-left quadrant."""
-    for folder, colour in (("ref", MAGENTA), ("new", CYAN)):
+    """report/ref/a.png and report/new/a.png: grey noise with a magenta top-left, and a cyan top-right,
+    quadrant: the halves the report's A/B slider shows of each at first."""
+    for folder, colour, columns in (("ref", MAGENTA, slice(0, SIZE // 2)), ("new", CYAN, slice(SIZE // 2, SIZE))):
         pixels = _grey_noise(5)
-        pixels[: SIZE // 2, : SIZE // 2] = colour
+        pixels[: SIZE // 2, columns] = colour
         _save(root / "report" / folder, "a.png", pixels)
 
 
@@ -188,20 +189,25 @@ def test_the_report_shows_both_images_and_the_heatmap(sqlite_url: str, images: P
     )
     assert result.exit_code == 1, result.output
     html = report.read_text(encoding="utf-8")
-    assert html.count('src="data:image/png;base64,') == 3 and "per-layer contribution" in html
+    assert html.count('src="data:image/webp;base64,') == 2 and html.count('src="data:image/png;base64,') == 1
+    assert "per-layer contribution" in html
+    links = [os.path.relpath(root / folder / "a.png", tmp_path) for folder in ("ref", "new")]
+    assert f'full size: <a href="{links[0]}">reference</a> · <a href="{links[1]}">candidate</a>' in html
 
-    pixels = _screenshot(html, tmp_path)
-    ref_left, ref_top, ref_right, _ = _solid_box(pixels, MAGENTA)
-    cand_left, cand_top, _, cand_bottom = _solid_box(pixels, CYAN)
-    half = IMAGE_WIDTH_PX // 2  # the quadrant, shown twice as wide as the report's 352 px images / 2
-    assert abs((ref_right - ref_left) - half) <= 2 and abs((cand_bottom - cand_top) - half) <= 2
-    assert cand_top == ref_top and cand_left > ref_right
-    heatmap_left = cand_left + (cand_left - ref_left)  # the third figure, one figure further right
-    shown = pixels[ref_top + 8 : ref_top + IMAGE_WIDTH_PX - 8, heatmap_left + 8 : heatmap_left + IMAGE_WIDTH_PX - 8]
+    pixels = screenshot(html, tmp_path)
+    _, ref_top, ref_right, ref_bottom = _mostly(pixels, MAGENTA)  # the A/B viewer: reference on the left
+    _, top, cand_right, cand_bottom = _mostly(pixels, CYAN)  # and candidate on the right
+    left, half = cand_right - IMAGE_WIDTH_PX, IMAGE_WIDTH_PX // 2  # each quadrant shown half the previews' width
+    # within a few pixels: lossy previews soften the quadrants' edges, the region's box covers some
+    assert abs(ref_top - top) <= 8 and abs(ref_bottom - top - half) <= 8 and abs(cand_bottom - top - half) <= 8
+    assert abs(ref_right - (left + half)) <= 8  # split at the middle
+    heatmap_left = left + IMAGE_WIDTH_PX + 2 + 16  # the next figure: past the viewer's border and the gap
+    shown = pixels[top + 8 : top + IMAGE_WIDTH_PX - 8, heatmap_left + 8 : heatmap_left + IMAGE_WIDTH_PX - 8]
     expected = _stored_heatmap(sqlite_url).resize((IMAGE_WIDTH_PX, IMAGE_WIDTH_PX), Image.BILINEAR)
     expected = np.asarray(expected.convert("RGB")).astype(int)[8:-8, 8:-8]
     assert np.abs(shown - expected).mean() < 12  # the stored heatmap, where the report puts it
-    assert np.all(np.abs(pixels - (9, 105, 218)) <= 2, axis=-1).sum() > 100  # the per-layer bars (#0969da)
+    for x in (left, heatmap_left):  # the worst region, boxed on the candidate and on the heatmap
+        assert matching(pixels[top:top + IMAGE_WIDTH_PX, x:x + IMAGE_WIDTH_PX], WHERE_COLOUR).sum() > 100
 
     [suite] = ET.parse(junit).getroot()
     assert {key: suite.get(key) for key in ("name", "tests", "failures", "errors")} == {
@@ -216,6 +222,15 @@ def test_the_report_shows_both_images_and_the_heatmap(sqlite_url: str, images: P
     heatmap = tmp_path / "run-heatmaps/a.png"
     assert case.findtext("system-out") == f"[[ATTACHMENT|{heatmap.as_posix()}]]"
     assert np.array_equal(np.asarray(Image.open(heatmap)), np.asarray(_stored_heatmap(sqlite_url)))
+
+
+def _mostly(pixels: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """The bounding box of `colour`, which fills most of it (the region's box and the divider cross it)."""
+    ys, xs = np.nonzero(matching(pixels, colour))
+    assert xs.size, f"no pixel of colour {colour} on screen"
+    left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    assert xs.size > 0.8 * (right - left) * (bottom - top), f"{colour} does not fill its bounding box"
+    return left, top, right, bottom
 
 
 def _stored_heatmap(db_url: str) -> Image.Image:

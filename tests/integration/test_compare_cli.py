@@ -62,7 +62,7 @@ def test_single_pair_prints_the_distance_and_writes_the_map(fixtures, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0.137566"
     with Image.open(out) as heatmap:
-        assert heatmap.size == (64, 64) and heatmap.mode == "RGB"
+        assert heatmap.size == (64, 64) and heatmap.mode == "P"  # the report's palette and fixed scale
 
 
 def test_non_default_options_are_marked_as_not_lpips(fixtures):

@@ -274,9 +274,12 @@ def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root,
         ("alex", version, "fp32", 1, None)
     }
     assert layers == ALEX_LAYERS * len(done) == ALEX_LAYERS * 7
-    for row in done:
+    for row in done:  # the report's pictures: the heatmap on the fixed scale's palette, WebP previews
         with Image.open(io.BytesIO(row.heatmap_png)) as heatmap:
-            assert (heatmap.size, heatmap.mode) == ((64, 64), "RGB")
+            assert (heatmap.size, heatmap.mode) == ((64, 64), "P")
+        for preview in (row.ref_thumb, row.cand_thumb):
+            with Image.open(io.BytesIO(preview)) as thumbnail:
+                assert (thumbnail.format, thumbnail.size) == ("WEBP", (64, 64))
     failed = {r.ref + " " + r.cand: (r.status, r.attempts, r.error) for r in rows if r.status != "done"}
     gave_up = (
         f"gave up after 3 attempts: transient failure after 2 tries: RuntimeError: injected transient "
@@ -309,7 +312,7 @@ def test_embedded_without_maps_stores_no_heatmap_and_keeps_stdout_clean(
     load_executor("embedded")(_settings(weights_dir, image_root, database_url=pg_url), ids)
     assert capfd.readouterr() == ("", "")  # stdout is the command's answer; info lines are a worker's, not a CLI's
     rows, _ = _rows(pg_url, ids)
-    assert [(r.status, r.heatmap_png) for r in rows] == [("done", None)] * 2
+    assert [(r.status, r.heatmap_png, r.ref_thumb, r.cand_thumb) for r in rows] == [("done", None, None, None)] * 2
     assert [r.distance for r in rows] == pytest.approx(expected["alex"][:2], abs=1e-6)
 
 
