@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from platformdirs import user_cache_path, user_data_path
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gate.vocabulary import Device, Net, Precision
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_timeout_s: float = Field(default=10.0, gt=0)  # per POST to the webhook
     alert_resend_s: float = Field(default=60.0, gt=0)  # open alerts re-sent this often, each valid 4x as long
+    api_token: SecretStr | None = None  # `serve`: bearer token for writes (and reads); unset: writes refused
+    api_read_token: SecretStr | None = None  # `serve`: bearer token for reads only; unset: reads are open
+    api_max_body_bytes: int = Field(default=2**20, ge=1)  # `serve`: larger request bodies are refused (413)
     log_json: bool = True
     log_level: str = "INFO"
 

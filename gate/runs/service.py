@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import glob
 import math
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +56,74 @@ def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path
     pipeline...) is stored with the run as its submitter gives it."""
     validate_options(suite, threshold)
     pairs = _pair(ref_dir, cand_dir, settings.image_root)
-    dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
-    net = net or settings.net
-    own = submitted_policy(policies, suite=suite, threshold=threshold, net=net)
-    options = _run_options(pairs, maps, own, suite=suite, cand_dir=_under_root(cand_dir, settings.image_root),
-                           image_root=settings.image_root)
-    with session_scope(engine) as session:
-        created = repo.create_run(session, suite_name=suite, pairs=pairs, threshold=threshold, net=net,
-                                  version=version or settings.version, precision=precision or settings.precision,
-                                  options=options, policy=None if own is None else own.model_dump(mode="json"),
-                                  meta=meta)
-        run_id, ids = created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
+    dispatch = make_dispatch(settings)
+    run_id, ids = store_run(settings, engine, pairs, RunSpec(suite, threshold, net, version, precision, maps,
+                                                             policies, meta),
+                            cand_dir=_under_root(cand_dir, settings.image_root))
     dispatch(engine, run_id, ids)
     return run_id, ids
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How a run is to be computed and judged, as its submitter gives it (unset: from Settings)."""
+
+    suite: str
+    threshold: float | None = None
+    net: str | None = None
+    version: str | None = None
+    precision: str | None = None
+    maps: bool = False
+    policies: PolicySet | None = None
+    meta: dict[str, str] | None = None
+
+
+def store_run(settings: Settings, engine: Engine, pairs: list[tuple[str, str]], spec: RunSpec, *,
+              cand_dir: str) -> tuple[int, list[int]]:
+    """Store a run of these pairs (paths under the image root), all queued, without dispatching
+    them: the HTTP API answers with the id before the work is done. `cand_dir` (relative to the
+    image root) is what the image rules' globs are relative to."""
+    validate_options(spec.suite, spec.threshold)
+    net = spec.net or settings.net
+    own = submitted_policy(spec.policies, suite=spec.suite, threshold=spec.threshold, net=net)
+    options = _run_options(pairs, spec.maps, own, suite=spec.suite, cand_dir=cand_dir,
+                           image_root=settings.image_root)
+    with session_scope(engine) as session:
+        created = repo.create_run(session, suite_name=spec.suite, pairs=pairs, threshold=spec.threshold, net=net,
+                                  version=spec.version or settings.version,
+                                  precision=spec.precision or settings.precision, options=options,
+                                  policy=None if own is None else own.model_dump(mode="json"), meta=spec.meta)
+        return created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
+
+
+def pair_folders(settings: Settings, ref_dir: Path, cand_dir: Path) -> tuple[list[tuple[str, str]], str]:
+    """The pairs of two folders under the image root and the candidate folder relative to it; GateError
+    naming the folder when one is outside the root, missing or unmatched."""
+    return _pair(ref_dir, cand_dir, settings.image_root), _under_root(cand_dir, settings.image_root)
+
+
+def confined_pairs(settings: Settings, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Explicit (ref, cand) files, relative to the image root, as stored: GateError naming the first
+    path that leaves the root or is not a file (a file symlink must stay inside the root too)."""
+    root = settings.image_root.resolve()
+    confined = []
+    for index, pair in enumerate(pairs):
+        shown = []
+        for side, path in zip(("ref", "cand"), pair):
+            resolved = (root / path).resolve()
+            if not resolved.is_relative_to(root):
+                raise GateError(f"pairs[{index}].{side}: {path}: outside the image root (LPIPS_GATE_IMAGE_ROOT)")
+            if not resolved.is_file():
+                raise GateError(f"pairs[{index}].{side}: {path}: no such file under the image root")
+            shown.append(Path(os.path.normpath(root / path)).relative_to(root).as_posix())
+        confined.append((shown[0], shown[1]))
+    return confined
+
+
+def make_dispatch(settings: Settings) -> Dispatch:
+    """What hands stored comparisons to be computed: the broker's queue, or the embedded executor
+    in this process. Checked now (broker reachable, engine installed), before any run is stored."""
+    return _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
 
 
 def submitted_policy(policies: PolicySet | None, *, suite: str, threshold: float | None,
@@ -143,13 +200,13 @@ def _broker_dispatch(settings: Settings) -> Dispatch:
         try:
             enqueue(make_celery(settings, queue=store_queue(engine)), ids, per_message=settings.pairs_per_message)
         except OperationalError as exc:
-            _give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
+            give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
             raise GateError(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
 
     return send
 
 
-def _give_up(engine: Engine, ids: list[int], *, reason: str) -> None:
+def give_up(engine: Engine, ids: list[int], *, reason: str) -> None:
     """Comparisons that no worker will ever see end as errors, so `wait` does not wait for them."""
     with session_scope(engine) as session:
         for comparison_id in ids:

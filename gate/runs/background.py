@@ -1,0 +1,55 @@
+"""Dispatching runs for a long-lived process (the HTTP API): it answers with the run id at once, so
+the embedded executor's work goes to one background thread, run after run; a broker's queue is fast
+and stays in the request. A dispatch that fails leaves its comparisons as errors, so no reader waits
+for them."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import structlog
+from sqlalchemy import Engine
+
+from gate.runs.service import Dispatch, give_up, make_dispatch
+from gate.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class BackgroundDispatch:
+    """`dispatch(engine, run_id, ids)`: queued to this process's worker thread without a broker,
+    sent to the broker with one. `close()` stops the thread once the runs handed over are done."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._dispatch: Dispatch = make_dispatch(settings)
+        self._inline = settings.broker_url is not None
+        self._work: queue.Queue[tuple[Engine, int, list[int]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, engine: Engine, run_id: int, ids: list[int]) -> None:
+        if self._inline:
+            self._dispatch(engine, run_id, ids)
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="lpips-gate-embedded", daemon=True)
+                self._thread.start()
+        self._work.put((engine, run_id, ids))
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._work.put(None)
+            thread.join()
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            engine, run_id, ids = item
+            try:
+                self._dispatch(engine, run_id, ids)
+            except Exception as exc:  # noqa: BLE001  (one failing run must not stop the runs after it)
+                log.error("run_dispatch_failed", run=run_id, error=str(exc))
+                give_up(engine, ids, reason=f"not computed: {exc}")
