@@ -17,7 +17,7 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 fi
 
-command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }  # report screenshots
+{ command -v chromium && command -v chromedriver; } >/dev/null || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }  # report screenshots, dashboard tests
 
 lpips-gate weights fetch --net alex --net vgg  # squeeze: torchvision's cache or download only
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from gate.calibration import store as calibrations
 from gate.judging.policy import DriftPolicy, SuitePolicies
 from gate.store.models import Alert, Comparison, Run, Suite
+from gate.store.repository import NotFound
 
 TREND_RUNS = 200  # the newest runs a trend shows
 
@@ -19,9 +20,9 @@ TREND_RUNS = 200  # the newest runs a trend shows
 def suite_trend(session: Session, *, suite: str, limit: int = TREND_RUNS) -> dict[str, Any]:
     """{"suite", "runs": [{"run", "created_at", "verdict", "net", "pairs", "mean", "max"}] oldest first,
     "calibrations": [the newest per net of its runs, with its thresholds], "drift": {"alerts": [...],
-    "baseline_runs": [...], "window", "baseline_size"}}. LookupError for a suite that does not exist."""
+    "baseline_runs": [...], "window", "baseline_size"}}. NotFound for a suite that does not exist."""
     if session.scalars(select(Suite.id).where(Suite.name == suite)).first() is None:
-        raise LookupError(f"suite {suite!r}: no such suite")
+        raise NotFound(f"suite {suite!r}: no such suite")
     done = (Comparison.status == "done") & Comparison.distance.is_not(None)
     stmt = (
         select(Run.id, Run.created_at, Run.verdict, Run.net, Run.policy, func.count(Comparison.id).label("pairs"),

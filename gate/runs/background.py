@@ -11,7 +11,8 @@ import threading
 import structlog
 from sqlalchemy import Engine
 
-from gate.runs.service import Dispatch, give_up, make_dispatch
+from gate.errors import GateError
+from gate.runs.service import Dispatch, RunSpec, confined_pairs, give_up, make_dispatch, pair_folders, store_run
 from gate.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -53,3 +54,21 @@ class BackgroundDispatch:
             except Exception as exc:  # noqa: BLE001  (one failing run must not stop the runs after it)
                 log.error("run_dispatch_failed", run=run_id, error=str(exc))
                 give_up(engine, ids, reason=f"not computed: {exc}")
+
+
+def accept_run(settings: Settings, engine: Engine, dispatch: Dispatch, spec: RunSpec, *,
+               folders: tuple[str, str] | None = None, pairs: list[tuple[str, str]] | None = None) -> int:
+    """Store a run of two folders, or of explicit pairs, given relative to the image root, and hand
+    it to `dispatch`; returns its id. Anything refused (a path outside the root, no such folder,
+    unmatched files) is refused before the run is stored: a GateError naming the path."""
+    root = settings.image_root
+    try:
+        if folders is not None:
+            stored, cand_dir = pair_folders(settings, root / folders[0], root / folders[1])
+        else:
+            stored, cand_dir = confined_pairs(settings, pairs or []), "."
+    except (OSError, ValueError) as exc:  # a name the file system refuses (too long, ...)
+        raise GateError(f"paths: {exc}") from exc
+    run_id, ids = store_run(settings, engine, stored, spec, cand_dir=cand_dir)
+    dispatch(engine, run_id, ids)
+    return run_id
