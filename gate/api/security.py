@@ -56,7 +56,7 @@ def require_read(request: Request) -> None:
 
 class BodyLimit:
     """Refuses a request body over `max_bytes` with 413: by its Content-Length before reading, and
-    while reading a body sent without one."""
+    while reading a body sent without one (bodies are small: it is read whole, then handed on)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -69,17 +69,31 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await _too_large(send, self.max_bytes)
             return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
+        body, more = b"", True
+        while more:  # read it all (at most max_bytes) before the app sees any of it
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
-            return message
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await _too_large(send, self.max_bytes)
+                return
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
-        await self.app(scope, limited, send)
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A receive that hands back `messages`, then waits on `then` (a disconnect) if given."""
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        if then is None:
+            return {"type": "http.disconnect"}
+        return await then()
+
+    return receive
 
 
 async def _too_large(send: Send, max_bytes: int) -> None:

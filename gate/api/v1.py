@@ -39,11 +39,10 @@ def submit(body: RunIn, request: Request) -> RunCreated:
     """Store a run and start it: computed by the workers with a broker, else in this server's own
     process in the background. Answers at once; GET the run to follow it."""
     services = _services(request)
-    dispatch = services.dispatch()
     spec = RunSpec(body.suite, threshold=body.threshold, net=body.net, maps=body.maps, meta=body.meta)
     folders = None if body.ref is None or body.cand is None else (body.ref, body.cand)
     pairs = None if body.pairs is None else [(pair.ref, pair.cand) for pair in body.pairs]
-    run_id = accept_run(services.settings, services.engine(), dispatch, spec, folders=folders, pairs=pairs)
+    run_id = accept_run(services.settings, services.engine(), services.dispatch, spec, folders=folders, pairs=pairs)
     services.submitted.inc()
     return RunCreated(run=run_id)
 

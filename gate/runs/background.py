@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 
 import structlog
 from sqlalchemy import Engine
@@ -56,11 +57,12 @@ class BackgroundDispatch:
                 give_up(engine, ids, reason=f"not computed: {exc}")
 
 
-def accept_run(settings: Settings, engine: Engine, dispatch: Dispatch, spec: RunSpec, *,
+def accept_run(settings: Settings, engine: Engine, dispatcher: Callable[[], Dispatch], spec: RunSpec, *,
                folders: tuple[str, str] | None = None, pairs: list[tuple[str, str]] | None = None) -> int:
     """Store a run of two folders, or of explicit pairs, given relative to the image root, and hand
-    it to `dispatch`; returns its id. Anything refused (a path outside the root, no such folder,
-    unmatched files) is refused before the run is stored: a GateError naming the path."""
+    it to the dispatch `dispatcher` gives once the paths are accepted; returns its id. Anything
+    refused (a path outside the root, no such folder, unmatched files, no broker or engine) is
+    refused before the run is stored: a GateError naming the path or what is missing."""
     root = settings.image_root
     try:
         if folders is not None:
@@ -69,6 +71,7 @@ def accept_run(settings: Settings, engine: Engine, dispatch: Dispatch, spec: Run
             stored, cand_dir = confined_pairs(settings, pairs or []), "."
     except (OSError, ValueError) as exc:  # a name the file system refuses (too long, ...)
         raise GateError(f"paths: {exc}") from exc
+    dispatch = dispatcher()
     run_id, ids = store_run(settings, engine, stored, spec, cand_dir=cand_dir)
     dispatch(engine, run_id, ids)
     return run_id

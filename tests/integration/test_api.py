@@ -1,0 +1,192 @@
+"""The HTTP API over loopback (uvicorn on a free port, real PostgreSQL, the real engine in the
+server's own process): tokens, paths confined to the image root, the body limit, 404s, probes and
+metrics, and a run submitted over HTTP judged exactly as `check` judges the same folders."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from gate.cli import main
+from gate.settings import Settings
+from gate.store import make_engine, session_scope
+from gate.store.models import Comparison, Run
+from tests.support.live_server import live_server
+
+SIZE = 64
+WRITE, READ = "write-token-for-tests", "read-token-for-tests"
+AUTH = {"Authorization": f"Bearer {WRITE}"}
+DEADLINE_S = 120
+
+
+def _save(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def render_set(root: Path) -> Path:
+    """ref/ two textures; new/: a.png nudged by +-8 levels (close), b.png black (far)."""
+    for name, seed in (("a.png", 1), ("b.png", 2)):
+        reference = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+        _save(root / "ref" / name, reference)
+        noise = np.random.default_rng(seed + 10).integers(-8, 9, reference.shape)
+        near = np.clip(reference.astype(int) + noise, 0, 255).astype(np.uint8)
+        _save(root / "new" / name, near if name == "a.png" else np.zeros_like(reference))
+    return root
+
+
+def api_settings(db_url: str, root: Path, **extra: Any) -> Settings:
+    return Settings(database_url=db_url, image_root=root, broker_url=None, webhook_url=None, device="cpu",
+                    **extra)
+
+
+def wait_judged(client: httpx.Client, run_id: int) -> dict[str, Any]:
+    """GET the run until it has a verdict (the server judges it once its pairs are done)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        response = client.get(f"/api/v1/runs/{run_id}")
+        assert response.status_code == 200, response.text
+        run = response.json()
+        if run["verdict"] is not None:
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} not judged in {DEADLINE_S} s: {run}"
+        time.sleep(0.2)
+
+
+def _runs(db_url: str) -> tuple[int, int]:
+    engine = make_engine(db_url)
+    try:
+        with session_scope(engine) as session:
+            return (session.scalar(select(func.count()).select_from(Run)) or 0,
+                    session.scalar(select(func.count()).select_from(Comparison)) or 0)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    return render_set(tmp_path / "images")
+
+
+def test_writes_need_the_write_token_and_reads_the_read_token_when_one_is_set(pg_url: str, images: Path) -> None:
+    body = {"suite": "smoke", "ref": "ref", "cand": "new", "threshold": 0.1}
+    settings = api_settings(pg_url, images, api_token=SecretStr(WRITE), api_read_token=SecretStr(READ))
+    with live_server(settings) as url, httpx.Client(base_url=url) as client:
+        missing = client.post("/api/v1/runs", json=body)
+        assert (missing.status_code, missing.headers["www-authenticate"]) == (401, "Bearer")
+        assert WRITE not in missing.text and READ not in missing.text
+        for token in ("wrong", READ):  # the read token cannot write
+            answer = client.post("/api/v1/runs", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 401
+        assert client.get("/api/v1/runs").status_code == 401
+        assert client.get("/").status_code == 401
+        for token in (READ, WRITE):
+            answer = client.get("/api/v1/runs", headers={"Authorization": f"Bearer {token}"})
+            assert (answer.status_code, answer.json()) == (200, [])
+        assert client.get("/healthz").status_code == 200  # probes are never behind a token
+    assert _runs(pg_url) == (0, 0)
+
+    with live_server(api_settings(pg_url, images)) as url, httpx.Client(base_url=url) as client:
+        refused = client.post("/api/v1/runs", json=body, headers={"Authorization": f"Bearer {WRITE}"})
+        assert refused.status_code == 403
+        assert refused.json() == {"detail": "writes are disabled: the server has no LPIPS_GATE_API_TOKEN"}
+        assert client.get("/api/v1/runs").status_code == 200  # no read token: reads are open
+    assert _runs(pg_url) == (0, 0)
+
+
+def test_paths_outside_the_image_root_are_refused_naming_them_and_create_nothing(
+    pg_url: str, images: Path, tmp_path: Path
+) -> None:
+    render_set(tmp_path / "outside")
+    (images / "escape").symlink_to(tmp_path / "outside" / "ref" / "a.png")
+    refused = [
+        ({"ref": "../outside/ref", "cand": "new"}, "../outside/ref: outside the image root"),
+        ({"ref": str(tmp_path / "outside" / "ref"), "cand": "new"}, "outside/ref: outside the image root"),
+        ({"pairs": [{"ref": "ref/a.png", "cand": "../outside/new/a.png"}]},
+         "pairs[0].cand: ../outside/new/a.png: outside the image root"),
+        ({"pairs": [{"ref": "escape", "cand": "new/a.png"}]}, "pairs[0].ref: escape: outside the image root"),
+        ({"pairs": [{"ref": "ref/a.png", "cand": "new/none.png"}]}, "pairs[0].cand: new/none.png: no such file"),
+        ({"ref": "nowhere", "cand": "new"}, "nowhere: not a directory"),
+    ]
+    with live_server(api_settings(pg_url, images, api_token=SecretStr(WRITE))) as url, \
+            httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+        for paths, message in refused:
+            answer = client.post("/api/v1/runs", json={"suite": "smoke", **paths})
+            assert answer.status_code == 400, answer.text
+            assert message in answer.json()["detail"], (paths, answer.json())
+        both = client.post("/api/v1/runs", json={"suite": "s", "ref": "ref", "cand": "new", "pairs": [
+            {"ref": "ref/a.png", "cand": "new/a.png"}]})
+        assert both.status_code == 422
+        assert client.post("/api/v1/runs", json={"suite": "s", "ref": "ref\x00", "cand": "new"}).status_code == 422
+    assert _runs(pg_url) == (0, 0)
+
+
+def test_bodies_over_the_limit_are_413_and_unknown_ids_404(pg_url: str, images: Path) -> None:
+    settings = api_settings(pg_url, images, api_token=SecretStr(WRITE), api_max_body_bytes=1024)
+    with live_server(settings) as url, httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+        big = {"suite": "smoke", "ref": "ref", "cand": "new", "meta": {"note": "x" * 1000}}
+        assert client.post("/api/v1/runs", json=big).status_code == 413
+
+        def chunks():  # no Content-Length: counted while read
+            yield json.dumps(big).encode()
+
+        assert client.post("/api/v1/runs", content=chunks(), headers={"content-type": "application/json"}
+                           ).status_code == 413
+        assert client.get("/api/v1/runs/99").json() == {"detail": "run 99: no such run"}
+        assert client.get("/api/v1/runs/99").status_code == 404
+        assert client.get("/api/v1/suites/none/trend").status_code == 404
+        assert client.get("/runs/99").status_code == 404
+        assert client.get("/runs/1/pairs/1/ref.png").status_code == 404
+        assert client.get("/readyz").json() == {"status": "ready"}
+    assert _runs(pg_url) == (0, 0)
+    gone = api_settings(pg_url.rsplit("/", 1)[0] + "/no_such_database", images)
+    with live_server(gone) as url:
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_run_submitted_over_http_gets_the_distances_and_verdict_check_gives(pg_url: str, images: Path) -> None:
+    env = {"LPIPS_GATE_DATABASE_URL": pg_url, "LPIPS_GATE_IMAGE_ROOT": str(images), "LPIPS_GATE_BROKER_URL": None,
+           "LPIPS_GATE_WEBHOOK_URL": None, "LPIPS_GATE_DEVICE": "cpu"}
+    checked = CliRunner().invoke(main, ["check", str(images / "ref"), str(images / "new"), "--suite", "smoke",
+                                        "--threshold", "0.1", "--json"], env=env)
+    assert checked.exit_code == 1, checked.output
+    expected = json.loads(checked.stdout)
+
+    settings = api_settings(pg_url, images, api_token=SecretStr(WRITE))
+    with live_server(settings) as url, httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+        created = client.post("/api/v1/runs", json={"suite": "smoke", "ref": "ref", "cand": "new", "threshold": 0.1,
+                                                    "meta": {"commit": "abc123"}})
+        assert (created.status_code, created.json()) == (201, {"run": 2})
+        run = wait_judged(client, 2)
+        listed = client.get("/api/v1/runs").json()
+        metrics = client.get("/metrics").text
+        pairs = client.post("/api/v1/runs", json={"suite": "smoke", "threshold": 0.1, "pairs": [
+            {"ref": "ref/b.png", "cand": "new/b.png"}]})
+        explicit = wait_judged(client, pairs.json()["run"])
+
+    assert (run["suite"], run["verdict"], run["policy"], run["meta"]) == ("smoke", "fail", expected["policy"],
+                                                                          {"commit": "abc123"})
+    shown = ("ref", "cand", "status", "verdict", "reasons", "where")
+    assert [{key: pair[key] for key in shown} for pair in run["pairs"]] == [
+        {key: pair[key] for key in shown} for pair in expected["pairs"]]
+    assert [pair["distance"] for pair in run["pairs"]] == pytest.approx([p["distance"] for p in expected["pairs"]],
+                                                                       abs=1e-6)
+    assert [pair["scores"]["mean"] for pair in run["pairs"]] == pytest.approx(
+        [p["scores"]["mean"] for p in expected["pairs"]], abs=1e-6)
+    assert [(item["run"], item["verdict"], item["pairs"], item["finished"]) for item in listed] == [
+        (2, "fail", 2, 2), (1, "fail", 2, 2)]
+    assert 'lpips_gate_api_runs_submitted_total 1.0' in metrics
+    assert 'lpips_gate_api_requests_total{method="POST",route="/api/v1/runs",status="201"} 1.0' in metrics
+    assert [(p["ref"], p["cand"], p["verdict"]) for p in explicit["pairs"]] == [("ref/b.png", "new/b.png", "fail")]
+    assert explicit["pairs"][0]["distance"] == pytest.approx(expected["pairs"][1]["distance"], abs=1e-6)
