@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gate.vocabulary import Net
 
 Text = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
+Id = Annotated[int, Path(ge=1, le=2**31 - 1, description="a run's or comparison's id")]  # the store's integer
 MetaText = Annotated[str, Field(max_length=1024, pattern=r"^[^\x00]*$")]
 
 

@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from gate.alerts.store import alert_views
 from gate.api.app import Services
+from gate.api.models import Id
 from gate.api.plot import trend_plot
 from gate.api.security import require_read
 from gate.judging.trend import suite_trend
@@ -39,14 +40,14 @@ def runs_page(request: Request) -> Response:
 
 
 @router.get("/runs/{run_id}")
-def run_view_page(run_id: int, request: Request) -> Response:
+def run_view_page(run_id: Id, request: Request) -> Response:
     services = _services(request)
     run = run_page(services.engine(), services.settings, run_id)
     return templates.TemplateResponse(request, "run.html", {"run": run})
 
 
 @router.get("/runs/{run_id}/pairs/{comparison_id}/{name}", response_class=Response)
-def image(run_id: int, comparison_id: int, name: ImageName, request: Request) -> Response:
+def image(run_id: Id, comparison_id: Id, name: ImageName, request: Request) -> Response:
     """A pair's reference, candidate or heatmap; its media type from its bytes, whatever the name says."""
     services = _services(request)
     with session_scope(services.engine()) as session:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from gate.alerts.store import alert_views
 from gate.api.app import Services
-from gate.api.models import AlertOut, Problem, RunCreated, RunIn, RunListed, RunOut, TrendOut
+from gate.api.models import AlertOut, Id, Problem, RunCreated, RunIn, RunListed, RunOut, TrendOut
 from gate.api.security import require_read, require_write
 from gate.judging.trend import suite_trend
 from gate.runs.background import accept_run
@@ -56,7 +56,7 @@ def runs(request: Request, suite: Annotated[str | None, Query(max_length=200, pa
 
 
 @router.get("/runs/{run_id}", response_model=RunOut, responses=NOT_FOUND, dependencies=Read)
-def run(run_id: int, request: Request) -> dict[str, Any]:
+def run(run_id: Id, request: Request) -> dict[str, Any]:
     """The run as `check --json` prints it, judged as soon as it has finished (when it records its
     own policy: a threshold or policies; otherwise the gate daemon judges it)."""
     services = _services(request)
