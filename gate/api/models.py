@@ -12,7 +12,8 @@ from gate.vocabulary import Net
 
 Text = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
 Id = Annotated[int, Path(ge=1, le=2**31 - 1, description="a run's or comparison's id")]  # the store's integer
-MetaText = Annotated[str, Field(max_length=1024, pattern=r"^[^\x00]*$")]
+MetaKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]  # a word, as `--meta KEY=VALUE` takes
+MetaValue = Annotated[str, Field(max_length=1000, pattern=r"^[^\x00]*$")]
 
 
 class PairIn(BaseModel):
@@ -35,7 +36,7 @@ class RunIn(BaseModel):
                                     description="max_distance: the run is then judged by it, whoever judges it")
     net: Net | None = None
     maps: bool = Field(default=True, description="store a heatmap per pair (the run page shows it)")
-    meta: dict[MetaText, MetaText] | None = Field(default=None, max_length=64,
+    meta: dict[MetaKey, MetaValue] | None = Field(default=None, max_length=64,
                                                   description="what produced it: commit, pipeline, author...")
 
     @model_validator(mode="after")
