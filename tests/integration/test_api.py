@@ -5,6 +5,9 @@ metrics, and a run submitted over HTTP judged exactly as `check` judges the same
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,16 +20,19 @@ from PIL import Image
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
+import gate.cli.serve
 from gate.cli import main
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store.models import Comparison, Run
+from tests.support.imports import service_imports
 from tests.support.live_server import live_server
 
 SIZE = 64
 WRITE, READ = "write-token-for-tests", "read-token-for-tests"
 AUTH = {"Authorization": f"Bearer {WRITE}"}
 DEADLINE_S = 120
+BROKER_URL = "redis://127.0.0.1:6379/11"  # queues are named after each test database's own key
 
 
 def _save(path: Path, pixels: np.ndarray) -> None:
@@ -46,8 +52,8 @@ def render_set(root: Path) -> Path:
 
 
 def api_settings(db_url: str, root: Path, **extra: Any) -> Settings:
-    return Settings(database_url=db_url, image_root=root, broker_url=None, webhook_url=None, device="cpu",
-                    **extra)
+    return Settings(**{"database_url": db_url, "image_root": root, "broker_url": None, "webhook_url": None,
+                       "device": "cpu", **extra})
 
 
 def wait_judged(client: httpx.Client, run_id: int) -> dict[str, Any]:
@@ -155,13 +161,30 @@ def test_bodies_over_the_limit_are_413_and_unknown_ids_404(pg_url: str, images: 
         assert httpx.get(f"{url}/healthz").status_code == 200
 
 
-def test_a_run_submitted_over_http_gets_the_distances_and_verdict_check_gives(pg_url: str, images: Path) -> None:
-    env = {"LPIPS_GATE_DATABASE_URL": pg_url, "LPIPS_GATE_IMAGE_ROOT": str(images), "LPIPS_GATE_BROKER_URL": None,
+def _checked(db_url: str, images: Path) -> dict[str, Any]:
+    """`check ref new --suite smoke --threshold 0.1 --json`, computed in-process: what HTTP must match."""
+    env = {"LPIPS_GATE_DATABASE_URL": db_url, "LPIPS_GATE_IMAGE_ROOT": str(images), "LPIPS_GATE_BROKER_URL": None,
            "LPIPS_GATE_WEBHOOK_URL": None, "LPIPS_GATE_DEVICE": "cpu"}
     checked = CliRunner().invoke(main, ["check", str(images / "ref"), str(images / "new"), "--suite", "smoke",
                                         "--threshold", "0.1", "--json"], env=env)
     assert checked.exit_code == 1, checked.output
-    expected = json.loads(checked.stdout)
+    summary: dict[str, Any] = json.loads(checked.stdout)
+    return summary
+
+
+def _same_judgement(run: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert (run["suite"], run["verdict"], run["policy"]) == ("smoke", "fail", expected["policy"])
+    shown = ("ref", "cand", "status", "verdict", "reasons", "where")
+    assert [{key: pair[key] for key in shown} for pair in run["pairs"]] == [
+        {key: pair[key] for key in shown} for pair in expected["pairs"]]
+    assert [pair["distance"] for pair in run["pairs"]] == pytest.approx([p["distance"] for p in expected["pairs"]],
+                                                                       abs=1e-6)
+    assert [pair["scores"]["mean"] for pair in run["pairs"]] == pytest.approx(
+        [p["scores"]["mean"] for p in expected["pairs"]], abs=1e-6)
+
+
+def test_a_run_submitted_over_http_gets_the_distances_and_verdict_check_gives(pg_url: str, images: Path) -> None:
+    expected = _checked(pg_url, images)
 
     settings = api_settings(pg_url, images, api_token=SecretStr(WRITE))
     with live_server(settings) as url, httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
@@ -175,18 +198,48 @@ def test_a_run_submitted_over_http_gets_the_distances_and_verdict_check_gives(pg
             {"ref": "ref/b.png", "cand": "new/b.png"}]})
         explicit = wait_judged(client, pairs.json()["run"])
 
-    assert (run["suite"], run["verdict"], run["policy"], run["meta"]) == ("smoke", "fail", expected["policy"],
-                                                                          {"commit": "abc123"})
-    shown = ("ref", "cand", "status", "verdict", "reasons", "where")
-    assert [{key: pair[key] for key in shown} for pair in run["pairs"]] == [
-        {key: pair[key] for key in shown} for pair in expected["pairs"]]
-    assert [pair["distance"] for pair in run["pairs"]] == pytest.approx([p["distance"] for p in expected["pairs"]],
-                                                                       abs=1e-6)
-    assert [pair["scores"]["mean"] for pair in run["pairs"]] == pytest.approx(
-        [p["scores"]["mean"] for p in expected["pairs"]], abs=1e-6)
+    _same_judgement(run, expected)
+    assert run["meta"] == {"commit": "abc123"}
     assert [(item["run"], item["verdict"], item["pairs"], item["finished"]) for item in listed] == [
         (2, "fail", 2, 2), (1, "fail", 2, 2)]
     assert 'lpips_gate_api_runs_submitted_total 1.0' in metrics
     assert 'lpips_gate_api_requests_total{method="POST",route="/api/v1/runs",status="201"} 1.0' in metrics
     assert [(p["ref"], p["cand"], p["verdict"]) for p in explicit["pairs"]] == [("ref/b.png", "new/b.png", "fail")]
     assert explicit["pairs"][0]["distance"] == pytest.approx(expected["pairs"][1]["distance"], abs=1e-6)
+
+
+def test_with_a_broker_a_run_submitted_over_http_is_computed_by_a_worker(pg_url: str, images: Path) -> None:
+    """The server only queues (its process never loads the engine); a real Celery worker computes."""
+    expected = _checked(pg_url, images)
+    env = {**os.environ, "LPIPS_GATE_DATABASE_URL": pg_url, "LPIPS_GATE_BROKER_URL": BROKER_URL,
+           "LPIPS_GATE_IMAGE_ROOT": str(images), "LPIPS_GATE_DEVICE": "cpu"}
+    worker = subprocess.Popen([sys.executable, "-m", "gate.cli", "worker", "--pool", "solo"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        settings = api_settings(pg_url, images, broker_url=BROKER_URL, api_token=SecretStr(WRITE))
+        with live_server(settings) as url, httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+            created = client.post("/api/v1/runs", json={"suite": "smoke", "ref": "ref", "cand": "new",
+                                                        "threshold": 0.1})
+            assert (created.status_code, created.json()) == (201, {"run": 2})
+            run = wait_judged(client, 2)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    _same_judgement(run, expected)
+    engine = make_engine(pg_url)
+    try:
+        with session_scope(engine) as session:
+            workers = set(session.scalars(select(Comparison.worker).where(Comparison.run_id == 2)))
+    finally:
+        engine.dispose()
+    assert len(workers) == 1 and not next(iter(workers)).startswith("embedded:")
+
+
+def test_serve_refuses_a_store_that_is_not_there_and_calls_one_service(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    result = CliRunner().invoke(main, ["serve", "--port", "1"], env={"LPIPS_GATE_DATABASE_URL": f"sqlite:///{missing}"})
+    assert result.exit_code == 2
+    assert "no such file; create it with `lpips-gate db upgrade`" in result.stderr
+    assert not missing.exists()
+    assert service_imports(gate.cli.serve.__file__) == {
+        ("__future__", "annotations"), ("gate.settings", "Settings"), ("gate.api.server", "run_server")}
