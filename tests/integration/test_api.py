@@ -197,6 +197,9 @@ def test_a_run_submitted_over_http_gets_the_distances_and_verdict_check_gives(pg
         pairs = client.post("/api/v1/runs", json={"suite": "smoke", "threshold": 0.1, "pairs": [
             {"ref": "ref/b.png", "cand": "new/b.png"}]})
         explicit = wait_judged(client, pairs.json()["run"])
+        trend = client.get("/api/v1/suites/smoke/trend").json()
+        alerts = client.get("/api/v1/alerts", params={"suite": "smoke", "state": "open"}).json()
+        assert client.get("/api/v1/alerts", params={"state": "resolved"}).json() == []
 
     _same_judgement(run, expected)
     assert run["meta"] == {"commit": "abc123"}
@@ -205,6 +208,16 @@ def test_a_run_submitted_over_http_gets_the_distances_and_verdict_check_gives(pg
     assert 'lpips_gate_api_runs_submitted_total 1.0' in metrics
     assert 'lpips_gate_api_requests_total{method="POST",route="/api/v1/runs",status="201"} 1.0' in metrics
     assert [(p["ref"], p["cand"], p["verdict"]) for p in explicit["pairs"]] == [("ref/b.png", "new/b.png", "fail")]
+    near, far = (pair["distance"] for pair in expected["pairs"])
+    assert [(row["run"], row["verdict"], row["pairs"], row["scored"]) for row in trend["runs"]] == [
+        (1, "fail", 2, 2), (2, "fail", 2, 2), (3, "fail", 1, 1)]
+    assert [value for row in trend["runs"] for value in (row["mean"], row["max"])] == pytest.approx(
+        [(near + far) / 2, far, (near + far) / 2, far, far, far], abs=1e-6)
+    assert trend["calibrations"] == []
+    assert trend["drift"] == {"alerts": [], "baseline_runs": [], "window": 50, "baseline_size": 200}  # 5 distances
+    distance = [alert for alert in alerts if alert["rule"] == "distance"]
+    assert [(a["run"], a["state"], a["threshold"]) for a in distance] == [(3, "open", 0.1)]  # the last run to raise it
+    assert distance[0]["value"] == pytest.approx(far, abs=1e-6)
     assert explicit["pairs"][0]["distance"] == pytest.approx(expected["pairs"][1]["distance"], abs=1e-6)
 
 

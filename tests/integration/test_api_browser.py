@@ -17,7 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from gate.alerts.store import upsert_open_alert
+from gate.alerts.store import resolve_fingerprints, upsert_open_alert
 from gate.calibration import store as calibrations
 from gate.calibration.learn import Learnt
 from gate.store import make_engine, session_scope
@@ -71,6 +71,9 @@ def test_runs_run_and_suite_pages_in_chromium(pg_url: str, tmp_path: Path, brows
                                 margin=0.25, learnt=Learnt(thresholds={"mean": CALIBRATED_MEAN}, per_image={}))
             upsert_open_alert(session, rule="drift", suite_name="hero", labels={"suite": "hero", "net": "alex"},
                               value=0.9, threshold=0.001, run_id=2)
+            resolved, _ = upsert_open_alert(session, rule="score", suite_name="hero", labels={"suite": "hero"},
+                                            value=3.0, threshold=1.0, run_id=1)
+            resolve_fingerprints(session, fingerprints=[resolved.fingerprint])
         engine.dispose()
 
         browser.get(f"{url}/")
@@ -120,5 +123,7 @@ def test_runs_run_and_suite_pages_in_chromium(pg_url: str, tmp_path: Path, brows
         links = [link.get_attribute("href") for link in browser.find_elements(By.CSS_SELECTOR, "table.open a")
                  if "/runs/" in (link.get_attribute("href") or "")]
         assert f"{url}/runs/2" in links
+        [row] = browser.find_elements(By.CSS_SELECTOR, "table.resolved tr.alert")
+        assert "score" in row.text and row.find_element(By.CSS_SELECTOR, "a[href='/runs/1']").text == "#1"
         _shot(browser, shots, "alerts")
     print(f"screenshots: {shots}")
