@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         services.close()
 
-    app = FastAPI(title="lpips-gate", version="1", lifespan=lifespan,
+    app = FastAPI(title="lpips-gate", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,  # CDN assets
                   description="Submit runs, read verdicts, trends and alerts. Bearer tokens: see the README.")
     app.state.services = services
     app.include_router(api_v1)

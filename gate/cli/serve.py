@@ -13,7 +13,7 @@ from gate.settings import Settings
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port to listen on.")
 @click.pass_obj
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve the HTTP API (/api/v1, OpenAPI at /docs) and the dashboard pages.
+    """Serve the HTTP API (/api/v1, OpenAPI at /openapi.json) and the dashboard pages.
 
     Runs submitted over HTTP are queued for the workers with LPIPS_GATE_BROKER_URL set, else computed
     in this process in the background (needs lpips-gate[worker]). Writes need the bearer token
