@@ -200,6 +200,7 @@ def test_a_run_submitted_over_http_gets_the_distances_and_verdict_check_gives(pg
         trend = client.get("/api/v1/suites/smoke/trend").json()
         alerts = client.get("/api/v1/alerts", params={"suite": "smoke", "state": "open"}).json()
         assert client.get("/api/v1/alerts", params={"state": "resolved"}).json() == []
+        _images_come_from_thumbnails_else_the_input_files(client, pg_url, images, run_id=2)
 
     _same_judgement(run, expected)
     assert run["meta"] == {"commit": "abc123"}
@@ -256,3 +257,29 @@ def test_serve_refuses_a_store_that_is_not_there_and_calls_one_service(tmp_path:
     assert not missing.exists()
     assert service_imports(gate.cli.serve.__file__) == {
         ("__future__", "annotations"), ("gate.settings", "Settings"), ("gate.api.server", "run_server")}
+
+
+def _images_come_from_thumbnails_else_the_input_files(client: httpx.Client, db_url: str, images: Path, *,
+                                                      run_id: int) -> None:
+    """The input file while the run has no thumbnail; the stored thumbnail, typed by its bytes, once it has one."""
+    engine = make_engine(db_url)
+    try:
+        with session_scope(engine) as session:
+            stmt = select(Comparison).where(Comparison.run_id == run_id).order_by(Comparison.id)
+            first = session.scalars(stmt).first()
+            assert first is not None
+            cid, heatmap = first.id, first.heatmap_png
+        original = client.get(f"/runs/{run_id}/pairs/{cid}/ref.png")
+        assert (original.headers["content-type"], original.content) == (
+            "image/png", (images / "ref/a.png").read_bytes())
+        shown = client.get(f"/runs/{run_id}/pairs/{cid}/heatmap.png")
+        assert (shown.headers["content-type"], shown.content) == ("image/png", heatmap)
+        jpeg = b"\xff\xd8\xff\xe0" + b"thumbnail"
+        with session_scope(engine) as session:
+            session.get_one(Comparison, cid).ref_thumb = jpeg
+        thumb = client.get(f"/runs/{run_id}/pairs/{cid}/ref.jpg")
+        assert (thumb.headers["content-type"], thumb.content) == ("image/jpeg", jpeg)
+        assert client.get(f"/runs/{run_id + 1}/pairs/{cid}/ref.png").status_code == 404  # not that run's pair
+        assert client.get(f"/runs/{run_id}/pairs/{cid}/other.png").status_code == 422
+    finally:
+        engine.dispose()
