@@ -9,19 +9,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from gate.errors import EngineMissing, GateError, StoreNotReady
-from gate.runs.background import BackgroundDispatch
+from gate.runs.background import BackgroundDispatch, resume_queued
 from gate.settings import Settings
 from gate.store.opening import connect_store
 from gate.store.repository import NotFound
 
 HERE = Path(__file__).parent
+log = structlog.get_logger(__name__)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                "script-src 'self'; frame-ancestors 'none'",
@@ -63,6 +66,16 @@ class Services:
             return False
         return True
 
+    def resume(self) -> None:
+        """Hand what a stopped embedded server left queued to this one; a store not there yet is left to /readyz."""
+        try:
+            resumed = resume_queued(self.settings, self.engine(), self.dispatch)
+        except (GateError, SQLAlchemyError) as exc:
+            log.warning("resume_skipped", reason=str(exc))
+            return
+        if resumed:
+            log.info("resumed_queued_comparisons", comparisons=resumed)
+
     def close(self) -> None:
         with self._lock:
             dispatch, engine, self._dispatch, self._engine = self._dispatch, self._engine, None, None
@@ -81,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=services.resume, name="lpips-gate-resume", daemon=True).start()
         yield
         services.close()
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from gate.errors import GateError
 from gate.runs.service import Dispatch, RunSpec, confined_pairs, give_up, make_dispatch, pair_folders, store_run
 from gate.settings import Settings
+from gate.store import repository as repo
+from gate.store import session_scope
+from gate.store.models import Comparison
 
 log = structlog.get_logger(__name__)
 
@@ -75,3 +79,24 @@ def accept_run(settings: Settings, engine: Engine, dispatcher: Callable[[], Disp
     run_id, ids = store_run(settings, engine, stored, spec, cand_dir=cand_dir)
     dispatch(engine, run_id, ids)
     return run_id
+
+
+def resume_queued(settings: Settings, engine: Engine, dispatcher: Callable[[], Dispatch]) -> int:
+    """Without a broker nothing else computes what a stopped server left: its queued comparisons, and
+    those it was computing once their heartbeat is `orphan_after` old, are handed to `dispatcher`'s
+    dispatch again, run by run (claims are atomic: a `check` computing some of them loses nothing).
+    Returns how many; with a broker the workers' sweeper does this."""
+    if settings.broker_url:
+        return 0
+    with session_scope(engine) as session:
+        repo.requeue_orphans(session, older_than=timedelta(seconds=settings.orphan_after))
+        queued = session.execute(select(Comparison.run_id, Comparison.id)
+                                 .where(Comparison.status == "queued").order_by(Comparison.id)).all()
+    by_run: dict[int, list[int]] = {}
+    for run_id, comparison_id in queued:
+        by_run.setdefault(run_id, []).append(comparison_id)
+    if by_run:
+        dispatch = dispatcher()
+        for run_id, ids in by_run.items():
+            dispatch(engine, run_id, ids)
+    return len(queued)

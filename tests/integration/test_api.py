@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 import gate.cli.serve
 from gate.cli import main
+from gate.runs.service import RunSpec, store_run
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store.models import Comparison, Run
@@ -283,3 +284,17 @@ def _images_come_from_thumbnails_else_the_input_files(client: httpx.Client, db_u
         assert client.get(f"/runs/{run_id}/pairs/{cid}/other.png").status_code == 422
     finally:
         engine.dispose()
+
+
+def test_an_embedded_server_resumes_what_a_stopped_one_left_queued(pg_url: str, images: Path) -> None:
+    expected = _checked(pg_url, images)
+    settings = api_settings(pg_url, images)
+    engine = make_engine(pg_url)
+    try:  # stored as a POST stores it, never dispatched: as a server stopped before computing it leaves it
+        run_id, _ids = store_run(settings, engine, [("ref/a.png", "new/a.png"), ("ref/b.png", "new/b.png")],
+                                 RunSpec("smoke", threshold=0.1), cand_dir="new")
+    finally:
+        engine.dispose()
+    with live_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        run = wait_judged(client, run_id)
+    _same_judgement(run, expected)
