@@ -17,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from gate.errors import EngineMissing, GateError, StoreNotReady
+from gate.errors import BrokerUnreachable, EngineMissing, GateError, StoreNotReady
 from gate.runs.background import BackgroundDispatch, resume_queued
+from gate.runs.service import Dispatch, make_dispatch
 from gate.settings import Settings
 from gate.store.opening import connect_store
 from gate.store.repository import NotFound
@@ -52,7 +53,10 @@ class Services:
                 self._engine = connect_store(self.settings)
             return self._engine
 
-    def dispatch(self) -> BackgroundDispatch:
+    def dispatch(self) -> Dispatch:
+        """With a broker, checked before each run is stored; without, the one background thread."""
+        if self.settings.broker_url:
+            return make_dispatch(self.settings)
         with self._lock:
             if self._dispatch is None:
                 self._dispatch = BackgroundDispatch(self.settings)
@@ -141,7 +145,7 @@ def _add_probes(app: FastAPI, services: Services) -> None:
 
 def _add_error_handlers(app: FastAPI) -> None:
     async def gate_error(_request: Request, exc: Exception) -> JSONResponse:
-        unavailable = isinstance(exc, (StoreNotReady, EngineMissing))
+        unavailable = isinstance(exc, (StoreNotReady, EngineMissing, BrokerUnreachable))
         return JSONResponse({"detail": str(exc)}, status_code=503 if unavailable else 400)
 
     async def not_found(_request: Request, exc: Exception) -> JSONResponse:

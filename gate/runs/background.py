@@ -1,7 +1,7 @@
-"""Dispatching runs for a long-lived process (the HTTP API): it answers with the run id at once, so
-the embedded executor's work goes to one background thread, run after run; a broker's queue is fast
-and stays in the request. A dispatch that fails leaves its comparisons as errors, so no reader waits
-for them."""
+"""Submitting runs from a long-lived process (the HTTP API): it answers with the run id at once, so
+without a broker the embedded executor's work goes to one background thread, run after run (with a
+broker, `make_dispatch` queues within the request). A background dispatch that fails leaves its
+comparisons as errors, so no reader waits for them; a restarted server resumes what was left queued."""
 
 from __future__ import annotations
 
@@ -24,20 +24,16 @@ log = structlog.get_logger(__name__)
 
 
 class BackgroundDispatch:
-    """`dispatch(engine, run_id, ids)`: queued to this process's worker thread without a broker,
-    sent to the broker with one. `close()` stops the thread once the runs handed over are done."""
+    """`dispatch(engine, run_id, ids)` without a broker: the embedded engine computes the runs one
+    after another in this process's worker thread. `close()` stops it once the runs handed over are done."""
 
     def __init__(self, settings: Settings) -> None:
-        self._dispatch: Dispatch = make_dispatch(settings)
-        self._inline = settings.broker_url is not None
+        self._dispatch: Dispatch = make_dispatch(settings.model_copy(update={"broker_url": None}))
         self._work: queue.Queue[tuple[Engine, int, list[int]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def __call__(self, engine: Engine, run_id: int, ids: list[int]) -> None:
-        if self._inline:
-            self._dispatch(engine, run_id, ids)
-            return
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="lpips-gate-embedded", daemon=True)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gate.errors import GateError
+from gate.errors import BrokerUnreachable, GateError
 from gate.judging.policy import Policy, PolicySet, SuitePolicies, suite_policy
 from gate.runs.pairing import PairingError, pair_dirs
 from gate.settings import Settings
@@ -194,14 +194,14 @@ def _broker_dispatch(settings: Settings) -> Dispatch:
         with Connection(settings.broker_url) as connection:  # type: ignore[no-untyped-call]  # kombu is untyped
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=5)
     except OperationalError as exc:
-        raise GateError(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc
+        raise BrokerUnreachable(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc
 
     def send(engine: Engine, run_id: int, ids: list[int]) -> None:
         try:
             enqueue(make_celery(settings, queue=store_queue(engine)), ids, per_message=settings.pairs_per_message)
         except OperationalError as exc:
             give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
-            raise GateError(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
+            raise BrokerUnreachable(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
 
     return send
 

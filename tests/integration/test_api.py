@@ -298,3 +298,12 @@ def test_an_embedded_server_resumes_what_a_stopped_one_left_queued(pg_url: str, 
     with live_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
         run = wait_judged(client, run_id)
     _same_judgement(run, expected)
+
+
+def test_an_unreachable_broker_is_503_and_stores_nothing(pg_url: str, images: Path) -> None:
+    settings = api_settings(pg_url, images, broker_url="redis://127.0.0.1:1/0", api_token=SecretStr(WRITE))
+    with live_server(settings) as url, httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+        answer = client.post("/api/v1/runs", json={"suite": "smoke", "ref": "ref", "cand": "new"})
+    assert answer.status_code == 503
+    assert answer.json()["detail"].startswith("broker unreachable (LPIPS_GATE_BROKER_URL): ")
+    assert _runs(pg_url) == (0, 0)
