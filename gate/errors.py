@@ -11,9 +11,19 @@ ENGINE_HINT = "pip install 'lpips-gate[worker]'"
 
 
 class GateError(Exception):
-    """Bad input or a missing prerequisite, in one line naming it: printed as such, exit 2."""
+    """Bad input or a missing prerequisite, in one line naming it: printed as such, exit 2. `run`: the
+    run it concerns, where one exists (a timeout), so a script can come back to it."""
 
     exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, run: int | None = None) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+def error_document(message: str, *, run: int | None = None) -> dict[str, object]:
+    """What `--json` prints for an outcome without a verdict: {"error", "exit": 2} and the run if any."""
+    return {"error": message, "exit": EXIT_ERROR, **({} if run is None else {"run": run})}
 
 
 class EngineMissing(GateError):

@@ -1,6 +1,7 @@
 """The run options the worker scores by, in one place: the submission writes them into a run's options
-(`region_px`, `area_level`, `masks`), the worker reads them back with `ScoreOptions.from_options`, and
-`glob_matches` picks the masks that apply to a candidate. No torch: the gate imports it.
+(`region_px`, `area_level`, `masks`; `resize` and `exposure` when not the defaults), the worker reads
+them back with `ScoreOptions.from_options`, and `glob_matches` picks the masks that apply to a
+candidate. No torch: the gate imports it.
 
 `masks` is a list of {"glob": str, "rects": [[x, y, w, h], ...], "mask": path or null}: every rule whose
 glob matches a candidate applies to it; rectangles are in the candidate's pixels, a mask image is a path
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from gate.vocabulary import AREA_LEVEL, REGION_PX
+from gate.vocabulary import AREA_LEVEL, REGION_PX, RESIZE_MODES, Resize
 
 # how far around a mask the LPIPS map is ignored too, in image pixels: the map at a position sees its
 # neighbourhood's features, so a change under a tight mask would otherwise raise the scores just outside it
@@ -56,6 +57,8 @@ class ScoreOptions:
     region_px: int = REGION_PX
     area_level: float = AREA_LEVEL
     masks: tuple[MaskRule, ...] = ()
+    resize: Resize = "none"  # which side is resized to the other's size when they differ
+    exposure: float = 0.0  # OpenEXR input: stops before the tone map
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ScoreOptions:
@@ -71,7 +74,14 @@ class ScoreOptions:
         if not isinstance(masks, list):
             raise ValueError(f"masks: expected a list of mask rules, got {masks!r}")
         rules = tuple(MaskRule.from_json(rule, f"masks[{i}]") for i, rule in enumerate(masks))
-        return cls(region_px=region_px, area_level=float(area_level), masks=rules)
+        resize = options.get("resize", "none")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize: expected one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        exposure = options.get("exposure", 0.0)
+        if isinstance(exposure, bool) or not isinstance(exposure, int | float) or not math.isfinite(exposure):
+            raise ValueError(f"exposure: expected a finite number of stops, got {exposure!r}")
+        return cls(region_px=region_px, area_level=float(area_level), masks=rules, resize=resize,
+                   exposure=float(exposure))
 
     def masks_for(self, cand: str) -> tuple[MaskRule, ...]:
         """The mask rules that apply to this candidate (its path as stored)."""

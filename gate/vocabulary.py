@@ -12,7 +12,9 @@ Device = Literal["auto", "cpu", "cuda"]
 NETS: tuple[str, ...] = get_args(Net)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 DEVICES: tuple[str, ...] = get_args(Device)
-VERSIONS = ("0.0", "0.1")  # the LPIPS linear heads' version, not the backbone's weights
+VERSIONS = ("0.0", "0.1")
+Resize = Literal["none", "ref", "cand"]  # which side is resized to the other's size when they differ
+RESIZE_MODES: tuple[str, ...] = get_args(Resize)  # the LPIPS linear heads' version, not the backbone's weights
 
 # per-layer feature statistics; spatial_std: per channel over H and W, then averaged over channels;
 # dead: the share of channels near zero (|x| < 1e-6) at every position
@@ -27,6 +29,7 @@ AREA_LEVEL = 1.0  # the area score counts map values above this (run option area
 COMPARISON_STATUSES = ("queued", "running", "done", "error", "new", "missing")
 UNPAIRED = ("new", "missing")
 FINISHED = ("done", "error", *UNPAIRED)  # a comparison in one of these is never computed again
+MISSING_MODES = ("fail", "warn", "ignore")  # what new and missing frames do to a run's verdict (run option)
 VERDICTS = ("pass", "fail", "error")
 ALERT_RULES = ("distance", "score", "sparsity", "variance", "nonfinite", "flatness", "dead", "drift")
 ALERT_STATES = ("open", "resolved")

@@ -68,11 +68,15 @@ def read_pairs(csv_path: Path) -> list[tuple[str, str]]:
 @click.option("--exposure", type=float, default=0.0, show_default=True,
               help="OpenEXR input: exposure in stops before clamping and the sRGB curve.")
 @click.option("--map", "map_png", type=click.Path(path_type=Path), help="Write the spatial distance map (one pair).")
+@click.option("--threshold", type=click.FloatRange(min=0), default=None,
+              help="Exit 1 when any distance is above it (a pair that cannot be compared exits 2).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pair.")
 @click.pass_obj
 def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, reduction, resize, device,
-            precision, exposure, map_png, as_json):
-    """LPIPS distance between REF and CAND, or of every pair in --pairs."""
+            precision, exposure, map_png, threshold, as_json):
+    """LPIPS distance between REF and CAND, or of every pair in --pairs.
+
+    Exit 0; 1 with --threshold when a distance is above it; 2 when a pair could not be compared."""
     from worker import weights as weights_mod
     from worker.engine import Engine, emulated_precision
     from worker.heatmap import heatmap_png
@@ -97,7 +101,7 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
     slow = emulated_precision(engine.model.precision, engine.device)
     if slow:
         click.echo(f"Warning: {slow}", err=True)
-    failed = 0
+    failed = above = 0
     outcomes = engine.compare_files(pairs, with_map=map_png is not None)
     show_progress = pairs_csv is not None and sys.stderr.isatty() and len(pairs) > engine.max_batch
     with click.progressbar(length=len(pairs), label="comparing", file=sys.stderr) if show_progress else _Null() as bar:
@@ -105,6 +109,7 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
             bar.update(1)
             outcome.ref, outcome.cand = ref_label, cand_label
             failed += outcome.error is not None
+            above += outcome.error is None and threshold is not None and not outcome.distance <= threshold
             if as_json:
                 click.echo(json.dumps(outcome_json(outcome, engine)))
             elif outcome.error:
@@ -114,8 +119,8 @@ def compare(settings, ref, cand, pairs_csv, net, version, no_lin, normalise, red
                 click.echo(f"{outcome.ref},{outcome.cand},{distance}" if pairs_csv else distance)
             if map_png and outcome.map is not None:
                 map_png.write_bytes(heatmap_png(outcome.map))
-    if failed:
-        sys.exit(2)
+    if failed or above:
+        sys.exit(2 if failed else 1)
 
 
 class _Null:

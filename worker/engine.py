@@ -44,6 +44,8 @@ class Outcome:
     model_ms: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
     regions: dict[str, Box] = field(default_factory=dict)
+    ref_sha256: str | None = None  # the files as decoded: what a later approval checks they still are
+    cand_sha256: str | None = None
 
 
 @dataclass
@@ -57,6 +59,8 @@ class _Decoded:
     cand_size: tuple[int, int]  # (H, W) as decoded: boxes are reported in these pixels
     ignored: np.ndarray | None  # (H, W) at the compared size, True = ignored
     nonfinite: tuple[int, Box | None]  # the candidate's non-finite pixels, set to 0 before the network
+    ref_hash: str  # sha256 of each file as read
+    cand_hash: str
 
 
 NATIVE_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
@@ -153,22 +157,25 @@ class Engine:
         """A candidate's non-finite pixels are counted (outside what it ignores) and set to 0 before the
         sizes are matched: resizing would smear them."""
         start = time.perf_counter()
+        exposure = self.exposure if scoring.exposure is None else scoring.exposure
         ref_image, ref_hash = refs(ref)
-        cand_image, cand_hash = self._load(cand, keep_nonfinite=True)
+        cand_image, cand_hash = self._load(cand, exposure=exposure, keep_nonfinite=True)
         cand_size = (cand_image.shape[-2], cand_image.shape[-1])
         ignore = scoring.ignore.get(cand)
         ignored = None if ignore is None else masks.rasterise(ignore, cand_size, mask_images)
         nonfinite = guards.take_nonfinite(cand_image, ignored)
-        a, b = images.match_sizes(ref, cand, ref_image, cand_image, resize=self.resize)
+        a, b = images.match_sizes(ref, cand, ref_image, cand_image,
+                                  resize=self.resize if scoring.resize is None else scoring.resize)
         if ignored is not None:
             ignored = masks.resized(ignored, (b.shape[-2], b.shape[-1]))
-        key = f"{ref_hash}:{tuple(a.shape)}"
+        key = f"{ref_hash}:{exposure:+g}:{tuple(a.shape)}"  # an EXR's pixels depend on the exposure
         pair_key = f"{key}:{cand_hash}:{tuple(b.shape)}:{ignore}"
-        return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3, cand_size, ignored, nonfinite)
+        return _Decoded(index, a, b, key, pair_key, (time.perf_counter() - start) * 1e3, cand_size, ignored, nonfinite,
+                        ref_hash, cand_hash)
 
-    def _load(self, path: Path, *, keep_nonfinite: bool = False) -> tuple[torch.Tensor, str]:
+    def _load(self, path: Path, *, exposure: float, keep_nonfinite: bool = False) -> tuple[torch.Tensor, str]:
         """Decoded pixels and the sha256 of the file: its identity for the cache and for dedup."""
-        image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=self.exposure,
+        image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=exposure,
                                   keep_nonfinite=keep_nonfinite)
         return image, images.content_hash(path)
 
@@ -181,7 +188,9 @@ class Engine:
         mask_images: _Once[Path, np.ndarray] = _Once(lambda path: masks.load_mask(path, max_pixels=self.max_pixels))
 
         def submit(chunk: list[int]) -> list[Future]:
-            refs = _Once(self._load)  # a reference shared by pairs of a window is decoded once
+            exposure = self.exposure if scoring.exposure is None else scoring.exposure
+            # a reference shared by pairs of a window is decoded once
+            refs: _Once[Path, tuple[torch.Tensor, str]] = _Once(lambda path: self._load(path, exposure=exposure))
             return [self._pool.submit(self._decode, i, Path(pairs[i][0]), Path(pairs[i][1]), refs, mask_images,
                                       scoring) for i in chunk]
 
@@ -197,7 +206,9 @@ class Engine:
                 except images.ImageError as exc:
                     outcomes[i].error = str(exc)
             for item in decoded:
-                outcomes[item.index].decode_ms = item.decode_ms
+                outcome = outcomes[item.index]
+                outcome.decode_ms = item.decode_ms
+                outcome.ref_sha256, outcome.cand_sha256 = item.ref_hash, item.cand_hash
             self._run(decoded, outcomes, computed, with_map, scoring)
             yield from (outcomes[i] for i in chunk)
 

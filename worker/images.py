@@ -29,9 +29,9 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from gate.vocabulary import RESIZE_MODES, Resize
+
 StrPath = str | os.PathLike[str]
-Resize = Literal["none", "ref", "cand"]
-RESIZE_MODES: tuple[str, ...] = ("none", "ref", "cand")
 
 # Smallest H (and W) for which every tapped layer of the torchvision trunk still has spatial size >= 1
 # (tests/unit/worker/test_images.py runs the architectures at the boundary):

@@ -24,12 +24,15 @@ class Ignore:
 
 @dataclass(frozen=True)
 class Scoring:
-    """How one call's pairs are scored: the worst-region window, the area level, and what each
-    candidate ignores, by its path as given in the pairs."""
+    """How one call's pairs are compared and scored: the worst-region window, the area level, what each
+    candidate ignores (by its path as given in the pairs), and the run's resize and EXR exposure
+    (None: the engine's own, as `compare` configures it)."""
 
     region_px: int = REGION_PX
     area_level: float = AREA_LEVEL
     ignore: Mapping[Path, Ignore] = field(default_factory=dict)
+    resize: images.Resize | None = None
+    exposure: float | None = None
 
 
 MaskLoader = Callable[[Path], np.ndarray]

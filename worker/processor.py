@@ -158,7 +158,8 @@ class Processor:
                 refused.append((comparison, Measurement(ref=comparison.ref, cand=comparison.cand, error=str(exc))))
         if refused:
             self._record(refused, False, retry)
-        scoring = Scoring(region_px=options.region_px, area_level=options.area_level, ignore=ignore)
+        scoring = Scoring(region_px=options.region_px, area_level=options.area_level, ignore=ignore,
+                          resize=options.resize, exposure=options.exposure)
         measured = self.models.measure(pairs, net=run.net, version=run.version, precision=run.precision, with_map=maps,
                                        scoring=scoring)
         self._record(list(zip(todo, measured)), maps, retry)
@@ -169,7 +170,7 @@ class Processor:
             {"comparison_id": c.id, "distance": m.distance, "net": m.net, "weights_version": m.weights_version,
              "precision": m.precision, "layers": m.layers, "decode_ms": m.decode_ms, "model_ms": m.model_ms,
              "scores": m.scores or None, "regions": m.regions if m.scores else None,
-             "heatmap_png": _heatmap(m) if maps else None}
+             "heatmap_png": _heatmap(m) if maps else None, "ref_sha256": m.ref_sha256, "cand_sha256": m.cand_sha256}
             for c, m in outcomes if m.error is None
         ]
 

@@ -16,7 +16,7 @@ the alerts stay owed, so the next tick retries them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -52,8 +52,11 @@ class Changes:
         return (*self.opened, *self.repeated, *self.resolved)
 
 
-def apply(session: Session, *, run_id: int, suite: str, conditions: Sequence[Condition]) -> Changes:
-    """Open or refresh an alert per firing condition; resolve those whose condition cleared."""
+def apply(session: Session, *, run_id: int, suite: str, conditions: Sequence[Condition],
+          meta: Mapping[str, str] | None = None) -> Changes:
+    """Open or refresh an alert per firing condition; resolve those whose condition cleared. The
+    run's metadata (commit, pipeline...) joins each alert's annotations as `meta_KEY`."""
+    extra = {f"meta_{key}": str(value) for key, value in (meta or {}).items()}
     opened: list[Alert] = []
     repeated: list[Alert] = []
     for condition in (c for c in conditions if c.firing):
@@ -65,7 +68,7 @@ def apply(session: Session, *, run_id: int, suite: str, conditions: Sequence[Con
             value=condition.value,
             threshold=condition.threshold,
             run_id=run_id,
-            annotations=condition.annotations,
+            annotations={**condition.annotations, **extra},
         )
         (opened if is_new else repeated).append(alert)
     cleared = [

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from gate.errors import BrokerUnreachable, EngineMissing, GateError, StoreNotReady
+from gate.runs.approve import ApprovalConflict
 from gate.runs.background import BackgroundDispatch, resume_queued
 from gate.runs.service import Dispatch, make_dispatch
 from gate.settings import Settings
@@ -146,7 +147,8 @@ def _add_probes(app: FastAPI, services: Services) -> None:
 def _add_error_handlers(app: FastAPI) -> None:
     async def gate_error(_request: Request, exc: Exception) -> JSONResponse:
         unavailable = isinstance(exc, (StoreNotReady, EngineMissing, BrokerUnreachable))
-        return JSONResponse({"detail": str(exc)}, status_code=503 if unavailable else 400)
+        status = 503 if unavailable else 409 if isinstance(exc, ApprovalConflict) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
 
     async def not_found(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc).strip("'\"")}, status_code=404)

@@ -36,6 +36,8 @@ class RunIn(BaseModel):
                                     description="max_distance: the run is then judged by it, whoever judges it")
     net: Net | None = None
     maps: bool = Field(default=True, description="store a heatmap per pair (the run page shows it)")
+    missing: Literal["fail", "warn", "ignore"] = Field(
+        default="fail", description="what new and missing frames do to the verdict, as `check --missing`")
     meta: dict[MetaKey, MetaValue] | None = Field(default=None, max_length=64,
                                                   description="what produced it: commit, pipeline, author...")
 
@@ -56,13 +58,16 @@ class RunCreated(BaseModel):
 class PairOut(BaseModel):
     ref: str
     cand: str
-    status: str
+    name: str = Field(description="the path relative to the candidate folder")
+    status: str = Field(description="the comparison's: queued, running, done, error, new, missing")
     verdict: str | None
     distance: float | None
     error: str | None
     scores: dict[str, float | None] | None
     reasons: list[str]
     where: list[int] | None
+    seconds: float | None
+    warning: str | None
 
 
 class RunOut(BaseModel):
@@ -72,10 +77,13 @@ class RunOut(BaseModel):
     suite: str
     verdict: str | None
     policy: str | None
+    net: str
+    weights_version: str | None
+    meta: dict[str, Any]
+    reasons: list[str]
+    warnings: list[str]
     pairs: list[PairOut]
     created_at: str
-    meta: dict[str, Any]
-    net: str
     finished: int
     total: int
 
@@ -142,3 +150,32 @@ class TrendOut(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class ApproveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    only: Text | None = Field(default=None, description="approve only frames whose path under the candidate "
+                                                        "folder matches this glob (fnmatch)")
+    by: Annotated[str, Field(max_length=200, pattern=r"^[^\x00]+$")] | None = Field(
+        default=None, description="who approved, recorded with each file")
+
+
+class Approved(BaseModel):
+    ref: str
+    cand: str
+    sha256_before: str | None
+    sha256_after: str
+
+
+class Skipped(BaseModel):
+    ref: str
+    cand: str
+    status: str
+    reason: str
+
+
+class ApprovalOut(BaseModel):
+    run: int
+    approved: list[Approved]
+    skipped: list[Skipped]

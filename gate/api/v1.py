@@ -8,11 +8,23 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from gate.alerts.store import alert_views
 from gate.api.app import Services
-from gate.api.models import AlertOut, Id, Problem, RunCreated, RunIn, RunListed, RunOut, TrendOut
+from gate.api.models import (
+    AlertOut,
+    ApprovalOut,
+    ApproveIn,
+    Id,
+    Problem,
+    RunCreated,
+    RunIn,
+    RunListed,
+    RunOut,
+    TrendOut,
+)
 from gate.api.security import require_read, require_write
 from gate.judging.trend import suite_trend
+from gate.runs.approve import approve_run
 from gate.runs.background import accept_run
-from gate.runs.browse import recent_runs, run_view
+from gate.runs.browse import existing_run, recent_runs, run_view
 from gate.runs.service import RunSpec
 from gate.store import session_scope
 
@@ -39,7 +51,8 @@ def submit(body: RunIn, request: Request) -> RunCreated:
     """Store a run and start it: computed by the workers with a broker, else in this server's own
     process in the background. Answers at once; GET the run to follow it."""
     services = _services(request)
-    spec = RunSpec(body.suite, threshold=body.threshold, net=body.net, maps=body.maps, meta=body.meta)
+    spec = RunSpec(body.suite, threshold=body.threshold, net=body.net, maps=body.maps, meta=body.meta,
+                   missing=body.missing)
     folders = None if body.ref is None or body.cand is None else (body.ref, body.cand)
     pairs = None if body.pairs is None else [(pair.ref, pair.cand) for pair in body.pairs]
     run_id = accept_run(services.settings, services.engine(), services.dispatch, spec, folders=folders, pairs=pairs)
@@ -61,6 +74,17 @@ def run(run_id: Id, request: Request) -> dict[str, Any]:
     own policy: a threshold or policies; otherwise the gate daemon judges it)."""
     services = _services(request)
     return run_view(services.engine(), services.settings, run_id)
+
+
+@router.post("/runs/{run_id}/approve", response_model=ApprovalOut, dependencies=[Depends(require_write)],
+             responses={**NOT_FOUND, 409: {"model": Problem, "description": "a file changed since the run: "
+                                                                             "nothing approved"}})
+def approve(run_id: Id, body: ApproveIn, request: Request) -> dict[str, Any]:
+    """Promote the finished run's candidates to references, as `lpips-gate approve` does: atomically,
+    each file checked against the sha256 the run measured (409 and nothing changed when one differs)."""
+    services = _services(request)
+    existing_run(services.engine(), run_id)
+    return approve_run(services.settings, run_id, only=body.only, by=body.by)
 
 
 @router.get("/alerts", response_model=list[AlertOut], dependencies=Read)

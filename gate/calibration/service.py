@@ -63,7 +63,7 @@ def calibrate(settings: Settings, request: CalibrationRequest, *,
                 poll_until_finished(engine, run_id, timeout=max(0.0, deadline - time.monotonic()), progress=shown)
             except RunTimedOut as exc:
                 raise RunTimedOut(f"runs {', '.join(map(str, run_ids))}: not all finished after "
-                                  f"{request.timeout:g} s: nothing calibrated") from exc
+                                  f"{request.timeout:g} s: nothing calibrated", run=exc.run) from exc
             finished_before += len(ids)
         with session_scope(engine) as session:
             samples, (net, weights_version) = _samples(session, run_ids, names)

@@ -4,17 +4,12 @@ that judges every other run and keeps the webhook informed (gate.judging.daemon)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from gate.cli.runs import echo, progress_bar, summary_text
-from gate.errors import VERDICT_EXIT_CODES, GateError
+from gate.cli.runs import echo, exit_with_verdict, load_policies, progress_bar, summary_text
 from gate.settings import Settings
-from gate.vocabulary import NETS, PRECISIONS
-
-if TYPE_CHECKING:
-    from gate.judging.policy import PolicySet
+from gate.vocabulary import MISSING_MODES, NETS, PRECISIONS, RESIZE_MODES
 
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_INTERVAL_S = 10.0
@@ -32,7 +27,8 @@ DEFAULT_INTERVAL_S = 10.0
     default=None,
     help="Policy file (.toml or .yaml): thresholds, feature limits, drift.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the judged run as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print the judged run as JSON; an outcome without a verdict as {"error", "exit": 2[, "run"]}.')
 @click.option(
     "--report",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -48,6 +44,16 @@ DEFAULT_INTERVAL_S = 10.0
 @click.option("--net", type=click.Choice(NETS), default=None, help="Backbone (default: LPIPS_GATE_NET).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Network precision (default: LPIPS_GATE_PRECISION); stored with each result.")
+@click.option("--missing", type=click.Choice(MISSING_MODES), default="fail", show_default=True,
+              help="What new frames (no reference) and missing ones (no candidate) do: fail the run, pass "
+                   "it with a warning, or nothing.")
+@click.option("--meta", "meta_items", multiple=True, metavar="KEY=VALUE",
+              help="Stored with the run (commit, pipeline, author...), shown in the JSON, report, JUnit and "
+                   "alerts; repeatable.")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default="none", show_default=True,
+              help="Resize ref to cand's size, or cand to ref's, when they differ (as compare does).")
+@click.option("--exposure", type=float, default=0.0, show_default=True,
+              help="OpenEXR input: exposure in stops before clamping and the sRGB curve (as compare does).")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
@@ -68,18 +74,24 @@ def check(
     junit: Path | None,
     net: str | None,
     precision: str | None,
+    missing: str,
+    meta_items: tuple[str, ...],
+    resize: str,
+    exposure: float,
     timeout: float,
 ) -> None:
-    """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error).
+    """Compare CAND_DIR with REF_DIR, judge the run and exit 0 (pass), 1 (fail) or 2 (error, timeout).
 
     Submits like `submit` (with a broker, workers compute; without, this process does), waits like
     `wait`, then applies the policies: verdict, alerts, webhook."""
     from gate.logs import configure
     from gate.runs.check import CheckRequest
     from gate.runs.check import check as check_run
+    from gate.runs.service import parse_meta
 
     request = CheckRequest(ref_dir, cand_dir, suite, threshold, load_policies(policies_file), net=net,
-                           precision=precision, timeout=timeout, report=report, junit=junit)
+                           precision=precision, timeout=timeout, report=report, junit=junit,
+                           missing=missing, meta=parse_meta(meta_items), resize=resize, exposure=exposure)
     configure(settings)
     with progress_bar("run") as progress:
         summary = check_run(settings, request, progress=progress)
@@ -91,20 +103,7 @@ def check(
     if unjudged:
         click.echo(f"run {summary['run']}: {len(unjudged)} comparison(s) could not be judged: {unjudged[0]['error']}",
                    err=True)
-    click.get_current_context().exit(VERDICT_EXIT_CODES[summary["verdict"]])
-
-
-def load_policies(path: Path | None) -> PolicySet:
-    """The policy file named by --policies, or the defaults."""
-    from gate.judging.policy import PolicyError, PolicySet
-    from gate.judging.policy import load_policies as load
-
-    if path is None:
-        return PolicySet()
-    try:
-        return load(path)
-    except PolicyError as exc:
-        raise GateError(f"--policies: {exc}") from exc
+    exit_with_verdict(summary)
 
 
 @click.command()

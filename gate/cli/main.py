@@ -4,18 +4,20 @@ GateError; the group turns it into a message on stderr and exit 2."""
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import click
 
 from gate.cli.alerts import alerts
+from gate.cli.approve import approve
 from gate.cli.calibrate import calibrate
 from gate.cli.db import db
 from gate.cli.judging import check, gate
 from gate.cli.runs import results, submit, wait
 from gate.cli.serve import serve
-from gate.errors import ENGINE_HINT, ENGINE_MODULES, EXIT_ERROR, GateError
+from gate.errors import ENGINE_HINT, ENGINE_MODULES, EXIT_ERROR, GateError, error_document
 from gate.settings import Settings
 
 PLUGIN_GROUP = "lpips_gate.commands"
@@ -63,10 +65,19 @@ class _Cli(click.Group):
         return loaded
 
     def invoke(self, ctx: click.Context) -> Any:
+        """With --json, an outcome without a verdict (bad input, a timeout, a usage error) still prints
+        one JSON document on stdout; the message goes to stderr either way."""
+        as_json = "--json" in ctx.args
         try:
             return super().invoke(ctx)
         except GateError as exc:
+            if as_json:
+                click.echo(json.dumps(error_document(str(exc), run=exc.run)))
             raise UsageFailure(str(exc)) from exc
+        except click.ClickException as exc:
+            if as_json:
+                click.echo(json.dumps(error_document(exc.format_message())))
+            raise
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,5 +90,5 @@ def main(ctx: click.Context) -> None:
         ctx.obj = Settings()
 
 
-for command in (db, submit, wait, results, check, calibrate, alerts, gate, serve):
+for command in (db, submit, wait, results, check, approve, calibrate, alerts, gate, serve):
     main.add_command(command)

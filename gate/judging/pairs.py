@@ -50,6 +50,7 @@ class Judgement:
     verdict: Verdict
     findings: tuple[Finding, ...] = ()  # the failed rules, in PAIR_RULES order
     error: str | None = None  # why the pair could not be judged
+    warning: str | None = None  # a new or missing frame that the run's `missing` mode lets pass
 
     @property
     def reasons(self) -> list[str]:
@@ -60,6 +61,17 @@ class Judgement:
     def where(self) -> Box | None:
         """The box of the first failed rule with a location; None for whole-frame findings."""
         return next((finding.where for finding in self.findings if finding.where is not None), None)
+
+
+UNPAIRED_TEXT = {"new": "new frame: no reference", "missing": "missing frame: no candidate"}
+
+
+def judge_unpaired(pair: PairResult, mode: str) -> Judgement:
+    """A new or missing frame (never computed) by the run's mode (gate.vocabulary.MISSING_MODES):
+    `fail` fails it (reason: its status), `warn` passes it with a warning, `ignore` passes it silently."""
+    if mode == "fail":
+        return Judgement("fail", (Finding(pair.status, 1.0, 0.0),))
+    return Judgement("pass", warning=f"{UNPAIRED_TEXT[pair.status]} (missing={mode})" if mode == "warn" else None)
 
 
 def rule_value(rule: PairRule, pair: PairResult) -> float | None:

@@ -45,6 +45,7 @@ class PairResult:
     layers: tuple[LayerResult, ...] = ()
     scores: Mapping[str, float] = field(default_factory=dict)  # gate.vocabulary.SCORES by name, where computed
     regions: Mapping[str, Box] = field(default_factory=dict)  # the location of the scores that have one
+    seconds: float | None = None  # decoding and model time, where it was computed
 
     def __post_init__(self) -> None:
         if self.status not in COMPARISON_STATUSES:

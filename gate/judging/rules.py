@@ -12,9 +12,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gate.judging.drift import DriftResult
-from gate.judging.pairs import PAIR_RULES, Judgement, PairRule, Verdict, breaches, judge_pair, rule_value
+from gate.judging.pairs import (
+    PAIR_RULES,
+    Judgement,
+    PairRule,
+    Verdict,
+    breaches,
+    judge_pair,
+    judge_unpaired,
+    rule_value,
+)
 from gate.judging.policy import Policy
 from gate.judging.results import SIDES, LayerResult, PairResult
+from gate.vocabulary import FINISHED, UNPAIRED
 
 Lookup = Callable[[str, str, str], Policy]  # (net, weights_version, cand) -> the policy that judges the pair
 PolicySource = Policy | Lookup
@@ -50,18 +60,21 @@ class Condition:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
-def verdicts(pairs: Iterable[PairResult], policy: PolicySource, *, primary: str | None = None) -> RunVerdict:
+def verdicts(pairs: Iterable[PairResult], policy: PolicySource, *, primary: str | None = None,
+             missing: str = "fail") -> RunVerdict:
     """A run passes when every comparison passes; any error beats any failure. `primary` is the
-    run's own net: a pair another net scored is judged on that net's scale (gate.judging.pairs)."""
+    run's own net: a pair another net scored is judged on that net's scale (gate.judging.pairs).
+    New and missing frames are judged by `missing` (gate.judging.pairs.judge_unpaired)."""
     pairs = tuple(pairs)
     if not pairs:
         raise ValueError("pairs: a run without comparisons cannot be judged")
-    unfinished = [pair for pair in pairs if pair.status not in ("done", "error")]
+    unfinished = [pair for pair in pairs if pair.status not in FINISHED]
     if unfinished:
         first = unfinished[0]
         raise ValueError(f"pairs: {len(unfinished)} comparison(s) not finished ({first.label} is {first.status})")
     lookup = _lookup(policy)
-    judged = tuple((pair, _judge(pair, lookup, primary)) for pair in pairs)
+    judged = tuple((pair, judge_unpaired(pair, missing) if pair.status in UNPAIRED else _judge(pair, lookup, primary))
+                   for pair in pairs)
     found = {judgement.verdict for _, judgement in judged}
     verdict: Verdict = "error" if "error" in found else "fail" if "fail" in found else "pass"
     return RunVerdict(verdict, judged)

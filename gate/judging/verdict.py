@@ -45,7 +45,9 @@ from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
 from gate.store.models import Comparison, LayerMetric, Run
-from gate.vocabulary import STAT_KEYS
+from gate.vocabulary import STAT_KEYS, UNPAIRED
+
+SHOWN_NAMES = 5  # frames named in a run's reason; the pairs list them all
 
 
 class EvaluationError(GateError, ValueError):
@@ -80,7 +82,7 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, s
     calibrated = _newest_calibrations(session, suite=run.suite.name, pairs=pairs)
     lookup = pair_policies(run, policy, calibrated)
     try:
-        judged = verdicts(pairs, lookup, primary=run.net)
+        judged = verdicts(pairs, lookup, primary=run.net, missing=missing_mode(run))
     except ValueError as exc:
         raise EvaluationError(f"run {run_id}: {exc}") from exc
     first = repo.record_verdict(session, run_id=run_id, verdict=judged.verdict,
@@ -92,7 +94,7 @@ def evaluate_run(session: Session, *, run_id: int, policies: PolicySet | None, s
         return Evaluation(summary)
     drift = drift_by_net(session, run=run, pairs=pairs, lookup=lookup)
     conditions = evaluate(RunSummary(run.suite.name, pairs, drift=drift), lookup)
-    changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=conditions)
+    changes = alerts.apply(session, run_id=run_id, suite=run.suite.name, conditions=conditions, meta=run.meta)
     cooldown = alerts.cooldown_from(PolicySet() if policies is None else policies)
     return Evaluation(summary, alerts.owed(session, settings=settings, cooldown=cooldown, alerts=changes.touched))
 
@@ -128,20 +130,39 @@ def relative_image(cand: str, cand_dir: str | None) -> str:
 
 def run_summary(session: Session, run_id: int) -> dict[str, Any]:
     """The run as every reader shows it: {"run", "suite", "verdict", "policy" (the hash of the policy
-    that produced the verdict), "pairs": [{"ref", "cand", "status" (the comparison's), "verdict"
-    (the pair's), "distance", "error" (the comparison's, else why the pair could not be judged),
-    "scores" (by name; None where the worker stored none), "reasons" (the failed rules, or why it is
-    an error), "where" ([x, y, w, h] of the first failed rule with a location, else None)}]}.
-    Verdicts, reasons and hash are empty until judged; pair verdicts also for runs judged before
-    runs recorded their policy. NotFound for an unknown run."""
+    that produced the verdict), "net" (the run's), "weights_version" (of the first pair its net scored, else any),
+    "meta" (as submitted), "reasons" (why new or missing frames fail the run), "warnings" (new or
+    missing frames let pass), "pairs": [{"ref", "cand", "name" (the path relative to the candidate
+    folder: stable across checkouts), "status" (the comparison's: done, error, new, missing...),
+    "verdict" (the pair's), "distance", "error" (the comparison's, else why the pair could not be
+    judged), "scores" (by name; None where the worker stored none), "reasons" (the failed rules, or
+    why it is an error), "where" ([x, y, w, h] of the first failed rule with a location, else None),
+    "seconds" (decoding and model time), "warning"}]}. Verdicts, reasons, warnings and hash are empty
+    until judged; pair verdicts also for runs judged before runs recorded their policy. NotFound for
+    an unknown run."""
     run = repo.get_run(session, run_id=run_id)
     return _summary(session, run, pair_results(session, run_id=run_id, with_layers=False))
 
 
 def _summary(session: Session, run: Run, pairs: tuple[PairResult, ...]) -> dict[str, Any]:
     judged = judgements(session, run, pairs)
-    shown = [_pair_summary(pair, judgement) for pair, judgement in zip(pairs, judged, strict=True)]
-    return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "policy": run.policy_hash, "pairs": shown}
+    cand_dir = run.options.get("cand_dir")
+    shown = [_pair_summary(pair, judgement, cand_dir) for pair, judgement in zip(pairs, judged, strict=True)]
+    failing = [pair for pair in shown if pair["status"] in UNPAIRED and pair["verdict"] == "fail"]
+    scored = sorted((pair for pair in pairs if pair.scored), key=lambda pair: pair.net != run.net)  # its own first
+
+    return {"run": run.id, "suite": run.suite.name, "verdict": run.verdict, "policy": run.policy_hash,
+            "net": run.net, "weights_version": scored[0].weights_version if scored else None,
+            "meta": dict(run.meta or {}),
+            "reasons": [_unpaired_reason(status, [p["name"] for p in failing if p["status"] == status])
+                        for status in UNPAIRED if any(p["status"] == status for p in failing)],
+            "warnings": [f"{pair['name']}: {pair['warning']}" for pair in shown if pair["warning"]],
+            "pairs": shown}
+
+
+def _unpaired_reason(status: str, names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN_NAMES]) + (", ..." if len(names) > SHOWN_NAMES else "")
+    return f"{len(names)} {status} frame(s) (missing=fail): {shown}"
 
 
 def judgements(session: Session, run: Run, pairs: tuple[PairResult, ...]) -> list[Judgement | None]:
@@ -150,17 +171,24 @@ def judgements(session: Session, run: Run, pairs: tuple[PairResult, ...]) -> lis
     lookup = recorded_lookup(session, run)
     if lookup is None:
         return [None] * len(pairs)
-    return [judgement for _pair, judgement in verdicts(pairs, lookup, primary=run.net).judged]
+    judged = verdicts(pairs, lookup, primary=run.net, missing=missing_mode(run))
+    return [judgement for _pair, judgement in judged.judged]
 
 
-def _pair_summary(pair: PairResult, judgement: Judgement | None) -> dict[str, Any]:
+def missing_mode(run: Run) -> str:
+    """What the run's new and missing frames do to its verdict (runs before the option: fail)."""
+    return str(run.options.get("missing", "fail"))
+
+
+def _pair_summary(pair: PairResult, judgement: Judgement | None, cand_dir: str | None) -> dict[str, Any]:
     where = None if judgement is None else judgement.where
-    return {"ref": pair.ref, "cand": pair.cand, "status": pair.status,
+    return {"ref": pair.ref, "cand": pair.cand, "name": relative_image(pair.cand, cand_dir), "status": pair.status,
             "verdict": None if judgement is None else judgement.verdict, "distance": pair.distance,
             "error": pair.error or (None if judgement is None else judgement.error),
             "scores": dict(pair.scores) if pair.scores else None,
             "reasons": [] if judgement is None else judgement.reasons,
-            "where": None if where is None else list(where)}
+            "where": None if where is None else list(where), "seconds": pair.seconds,
+            "warning": None if judgement is None else judgement.warning}
 
 
 def recorded_lookup(session: Session, run: Run) -> Lookup | None:
@@ -213,6 +241,8 @@ def _pair_result(comparison: Comparison, layers: list[LayerResult]) -> PairResul
         layers=tuple(layers),
         scores=comparison.scores or {},
         regions=comparison.regions or {},
+        seconds=None if comparison.decode_ms is None or comparison.model_ms is None
+        else (comparison.decode_ms + comparison.model_ms) / 1e3,
     )
 
 

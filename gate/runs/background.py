@@ -14,7 +14,7 @@ import structlog
 from sqlalchemy import Engine, select
 
 from gate.errors import GateError
-from gate.runs.service import Dispatch, RunSpec, confined_pairs, give_up, make_dispatch, pair_folders, store_run
+from gate.runs.service import Dispatch, RunSpec, confined_pairs, folder_pairing, give_up, make_dispatch, store_run
 from gate.settings import Settings
 from gate.store import repository as repo
 from gate.store import session_scope
@@ -61,12 +61,12 @@ def accept_run(settings: Settings, engine: Engine, dispatcher: Callable[[], Disp
                folders: tuple[str, str] | None = None, pairs: list[tuple[str, str]] | None = None) -> int:
     """Store a run of two folders, or of explicit pairs, given relative to the image root, and hand
     it to the dispatch `dispatcher` gives once the paths are accepted; returns its id. Anything
-    refused (a path outside the root, no such folder, unmatched files, no broker or engine) is
+    refused (a path outside the root, no such folder, no images, no broker or engine) is
     refused before the run is stored: a GateError naming the path or what is missing."""
     root = settings.image_root
     try:
         if folders is not None:
-            stored, cand_dir = pair_folders(settings, root / folders[0], root / folders[1])
+            stored, cand_dir = folder_pairing(settings, root / folders[0], root / folders[1])
         else:
             stored, cand_dir = confined_pairs(settings, pairs or []), "."
     except (OSError, ValueError) as exc:  # a name the file system refuses (too long, ...)

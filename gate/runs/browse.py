@@ -42,6 +42,12 @@ def recent_runs(session: Session, *, limit: int = 50, suite: str | None = None) 
              "finished": sum(counts[run.id].get(status, 0) for status in FINISHED)} for run in runs]
 
 
+def existing_run(engine: Engine, run_id: int) -> None:
+    """repo.NotFound unless run `run_id` is in the store."""
+    with session_scope(engine) as session:
+        repo.get_run(session, run_id=run_id)
+
+
 def run_view(engine: Engine, settings: Settings, run_id: int) -> dict[str, Any]:
     """The run as `check --json` shows it (gate.judging.verdict.run_summary), judged first if it has
     finished and records its own policy, with when it was made, its metadata and its progress.
@@ -55,8 +61,8 @@ def run_view(engine: Engine, settings: Settings, run_id: int) -> dict[str, Any]:
         judge_if_possible(engine, run_id=run_id, settings=settings)
     with session_scope(engine) as session:
         run = repo.get_run(session, run_id=run_id)
-        return {**run_summary(session, run_id), "created_at": run.created_at.isoformat(), "meta": run.meta,
-                "net": run.net, "finished": finished, "total": sum(progress.values())}
+        return {**run_summary(session, run_id), "created_at": run.created_at.isoformat(), "finished": finished,
+                "total": sum(progress.values())}
 
 
 def run_page(engine: Engine, settings: Settings, run_id: int) -> dict[str, Any]:

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from gate.calibration.store import calibrated
 from gate.errors import GateError
 from gate.judging.policy import PolicySet, SuitePolicies, suite_policy
 from gate.judging.verdict import judge_run
 from gate.report.assemble import check_writable, report_run, write_artefacts
-from gate.runs.service import Progress, poll_until_finished, submit_run, validate_options
+from gate.report.html import ReportPair, ReportRun
+from gate.report.junit import write_junit
+from gate.runs.service import (
+    Progress,
+    poll_until_finished,
+    submit_run,
+    validate_compare_options,
+    validate_options,
+)
 from gate.settings import Settings
 from gate.store import session_scope
 from gate.store.opening import missing_sqlite_file, open_store
@@ -34,11 +42,15 @@ class CheckRequest:
     report: Path | None = None
     junit: Path | None = None
     meta: dict[str, str] | None = None
+    missing: str = "fail"
+    resize: str = "none"
+    exposure: float = 0.0
 
 
 def check(settings: Settings, request: CheckRequest, *, progress: Progress | None = None) -> dict[str, Any]:
     """The judged run (gate.judging.verdict.run_summary)."""
-    validate_options(request.suite, request.threshold)
+    validate_options(request.suite, request.threshold, request.missing)
+    validate_compare_options(request.resize, request.exposure)
     check_writable(report=request.report, junit=request.junit)
     net = request.net or settings.net
     own = suite_policy(request.policies, suite=request.suite, threshold=request.threshold, net=net)  # as recorded
@@ -46,15 +58,28 @@ def check(settings: Settings, request: CheckRequest, *, progress: Progress | Non
     with open_store(settings) as engine:
         run_id, _ids = submit_run(settings, engine, request.ref_dir, request.cand_dir, suite=request.suite,
                                   threshold=request.threshold, net=request.net, version=None,
-                                  precision=request.precision, maps=request.report is not None,
-                                  policies=request.policies, meta=request.meta)
+                                  precision=request.precision,
+                                  maps=request.report is not None or request.junit is not None,
+                                  policies=request.policies, meta=request.meta, missing=request.missing,
+                                  resize=request.resize, exposure=request.exposure)
         poll_until_finished(engine, run_id, timeout=request.timeout, progress=progress)
         summary = judge_run(engine, run_id=run_id, policies=None, settings=settings)
         if request.report or request.junit:
             with session_scope(engine) as session:
                 shown = report_run(session, summary, settings.image_root)
-            write_artefacts(shown, report=request.report, junit=request.junit)
+            write_artefacts(_html_view(shown), report=request.report, junit=None)
+            if request.junit is not None:
+                write_junit(shown, request.junit)
     return summary
+
+
+def _html_view(shown: dict[str, Any]) -> dict[str, Any]:
+    """The judged run as the HTML report's model declares it (gate.report.html.ReportRun): fields it
+    does not declare, and pairs of statuses it cannot show, are left out of the page."""
+    statuses = get_args(ReportPair.model_fields["status"].annotation)
+    pairs = [{key: value for key, value in pair.items() if key in ReportPair.model_fields}
+             for pair in shown["pairs"] if pair["status"] in statuses]
+    return {**{key: value for key, value in shown.items() if key in ReportRun.model_fields}, "pairs": pairs}
 
 
 def _require_max_distance(settings: Settings, policy: SuitePolicies, *, suite: str, net: str) -> None:

@@ -8,10 +8,12 @@ are imported only by the dispatch that needs them."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,17 @@ from sqlalchemy.orm import Session
 
 from gate.errors import BrokerUnreachable, GateError
 from gate.judging.policy import Policy, PolicySet, SuitePolicies, suite_policy
-from gate.runs.pairing import PairingError, pair_dirs
+from gate.runs.pairing import Pairing, PairingError, pair_folders
 from gate.settings import Settings
 from gate.store import repository as repo
-from gate.store import session_scope
+from gate.store import review, session_scope
 from gate.store.models import Comparison, LayerMetric, Run
 from gate.tonemap import HDR_SUFFIXES, tonemap_policy
-from gate.vocabulary import FINISHED, STAT_KEYS
+from gate.vocabulary import FINISHED, MISSING_MODES, RESIZE_MODES, STAT_KEYS
 
 POLL_SECONDS = 0.5
+META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+META_VALUE_CHARS = 1000
 Progress = Callable[[int, int], None]  # (finished, total)
 Dispatch = Callable[[Engine, int, list[int]], None]
 
@@ -38,28 +42,51 @@ class RunTimedOut(GateError):
     """The run's comparisons did not all finish in time."""
 
 
-def validate_options(suite: str, threshold: float | None) -> None:
+def validate_options(suite: str, threshold: float | None, missing: str = "fail") -> None:
+    if missing not in MISSING_MODES:
+        raise GateError(f"--missing: must be one of {', '.join(MISSING_MODES)}, got {missing!r}")
     if not suite.strip():
         raise GateError("--suite: must not be empty")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise GateError(f"--threshold: must be a finite number >= 0, got {threshold}")
 
 
+def parse_meta(items: Sequence[str]) -> dict[str, str]:
+    """`--meta KEY=VALUE` items as a dict. A key is a word (letters, digits, underscores, not starting
+    with a digit, at most 64 characters) so it can name a JUnit property and an Alertmanager annotation
+    (`meta_KEY`); a key given twice is refused."""
+    meta: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not META_KEY.fullmatch(key):
+            raise GateError(f"--meta {item!r}: expected KEY=VALUE with KEY a word ([A-Za-z_][A-Za-z0-9_]*, "
+                            "at most 64 characters)")
+        if key in meta:
+            raise GateError(f"--meta {key}: given twice")
+        if len(value) > META_VALUE_CHARS:
+            raise GateError(f"--meta {key}: the value is longer than {META_VALUE_CHARS} characters")
+        meta[key] = value
+    return meta
+
+
 def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path, *, suite: str,
                threshold: float | None, net: str | None, version: str | None, precision: str | None,
-               maps: bool, policies: PolicySet | None = None,
-               meta: dict[str, str] | None = None) -> tuple[int, list[int]]:
+               maps: bool, policies: PolicySet | None = None, meta: dict[str, str] | None = None,
+               missing: str = "fail", resize: str = "none", exposure: float = 0.0) -> tuple[int, list[int]]:
     """Store a run comparing the two folders and hand its comparisons to the broker, or compute them
-    here without one; returns the run id and its comparison ids. Unset net, version and precision
-    come from Settings. Given policies and/or a threshold become the run's own policy, which every
-    judge then uses; without either the gate daemon judges it by its policies. `meta` (commit,
-    pipeline...) is stored with the run as its submitter gives it."""
-    validate_options(suite, threshold)
-    pairs = _pair(ref_dir, cand_dir, settings.image_root)
+    here without one; returns the run id and the ids of the comparisons to compute. Unset net, version
+    and precision come from Settings. Given policies and/or a threshold become the run's own policy,
+    which every judge then uses; without either the gate daemon judges it by its policies. `meta`
+    (commit, pipeline...) is stored with the run as its submitter gives it. New and missing frames
+    and paths that link out of the image root are stored finished (never computed); `missing`
+    (gate.vocabulary.MISSING_MODES) says what new and missing frames do to the verdict; `resize` and
+    `exposure` (OpenEXR, stops) are applied by the workers as `compare` applies them."""
+    validate_options(suite, threshold, missing)
+    validate_compare_options(resize, exposure)
+    pairing = _pair(ref_dir, cand_dir, settings.image_root)
     dispatch = make_dispatch(settings)
-    run_id, ids = store_run(settings, engine, pairs, RunSpec(suite, threshold, net, version, precision, maps,
-                                                             policies, meta),
-                            cand_dir=_under_root(cand_dir, settings.image_root))
+    spec = RunSpec(suite, threshold, net, version, precision, maps, policies, meta, missing, resize, exposure)
+    run_id, ids = store_run(settings, engine, pairing, spec, cand_dir=_under_root(cand_dir, settings.image_root))
     dispatch(engine, run_id, ids)
     return run_id, ids
 
@@ -76,33 +103,49 @@ class RunSpec:
     maps: bool = False
     policies: PolicySet | None = None
     meta: dict[str, str] | None = None
+    missing: str = "fail"
+    resize: str = "none"
+    exposure: float = 0.0
 
 
-def store_run(settings: Settings, engine: Engine, pairs: list[tuple[str, str]], spec: RunSpec, *,
+def store_run(settings: Settings, engine: Engine, pairing: Pairing, spec: RunSpec, *,
               cand_dir: str) -> tuple[int, list[int]]:
-    """Store a run of these pairs (paths under the image root), all queued, without dispatching
-    them: the HTTP API answers with the id before the work is done. `cand_dir` (relative to the
+    """Store a run of these pairs (paths under the image root) without dispatching it: the HTTP API
+    answers with the id before the work is done. Returns the run id and the ids of the comparisons
+    to compute (new, missing and refused frames are stored finished). `cand_dir` (relative to the
     image root) is what the image rules' globs are relative to."""
-    validate_options(spec.suite, spec.threshold)
+    validate_options(spec.suite, spec.threshold, spec.missing)
+    validate_compare_options(spec.resize, spec.exposure)
     net = spec.net or settings.net
     own = submitted_policy(spec.policies, suite=spec.suite, threshold=spec.threshold, net=net)
-    options = _run_options(pairs, spec.maps, own, suite=spec.suite, cand_dir=cand_dir,
-                           image_root=settings.image_root)
+    options = _run_options(pairing.every, spec.maps, own, suite=spec.suite, cand_dir=cand_dir,
+                           image_root=settings.image_root, exposure=spec.exposure)
+    options["missing"] = spec.missing
+    if spec.resize != "none":
+        options["resize"] = spec.resize
+    settled: dict[tuple[str, str], tuple[str, str | None]] = {
+        **{pair: ("new", None) for pair in pairing.new},
+        **{pair: ("missing", None) for pair in pairing.missing},
+        **{pair: ("error", reason) for pair, reason in pairing.refused.items()},
+    }
     with session_scope(engine) as session:
-        created = repo.create_run(session, suite_name=spec.suite, pairs=pairs, threshold=spec.threshold, net=net,
-                                  version=spec.version or settings.version,
+        created = repo.create_run(session, suite_name=spec.suite, pairs=pairing.every, threshold=spec.threshold,
+                                  net=net, version=spec.version or settings.version,
                                   precision=spec.precision or settings.precision, options=options,
                                   policy=None if own is None else own.model_dump(mode="json"), meta=spec.meta)
-        return created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id)]
+        review.settle_unqueued(session, run_id=created.id, settled=settled)
+        review.record_hashes(session, run_id=created.id, hashes={
+            (ref, cand): (None, _sha256(settings.image_root / cand)) for ref, cand in pairing.new})
+        return created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id) if c.status == "queued"]
 
 
-def pair_folders(settings: Settings, ref_dir: Path, cand_dir: Path) -> tuple[list[tuple[str, str]], str]:
-    """The pairs of two folders under the image root and the candidate folder relative to it; GateError
-    naming the folder when one is outside the root, missing or unmatched."""
+def folder_pairing(settings: Settings, ref_dir: Path, cand_dir: Path) -> tuple[Pairing, str]:
+    """Two folders under the image root paired as `submit` pairs them, and the candidate folder
+    relative to the root; GateError naming the folder when one is outside the root or missing."""
     return _pair(ref_dir, cand_dir, settings.image_root), _under_root(cand_dir, settings.image_root)
 
 
-def confined_pairs(settings: Settings, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def confined_pairs(settings: Settings, pairs: list[tuple[str, str]]) -> Pairing:
     """Explicit (ref, cand) files, relative to the image root, as stored: GateError naming the first
     path that leaves the root or is not a file (a file symlink must stay inside the root too)."""
     root = settings.image_root.resolve()
@@ -117,13 +160,18 @@ def confined_pairs(settings: Settings, pairs: list[tuple[str, str]]) -> list[tup
                 raise GateError(f"pairs[{index}].{side}: {path}: no such file under the image root")
             shown.append(Path(os.path.normpath(root / path)).relative_to(root).as_posix())
         confined.append((shown[0], shown[1]))
-    return confined
+    return Pairing(pairs=sorted(set(confined), key=lambda pair: (pair[1], pair[0])))
 
 
 def make_dispatch(settings: Settings) -> Dispatch:
     """What hands stored comparisons to be computed: the broker's queue, or the embedded executor
     in this process. Checked now (broker reachable, engine installed), before any run is stored."""
     return _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def submitted_policy(policies: PolicySet | None, *, suite: str, threshold: float | None,
@@ -142,17 +190,26 @@ def dispatched(settings: Settings, count: int) -> str:
     return "computed in-process"
 
 
+def validate_compare_options(resize: str, exposure: float) -> None:
+    if resize not in RESIZE_MODES:
+        raise GateError(f"--resize: must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if not math.isfinite(exposure):
+        raise GateError(f"--exposure: must be a finite number of stops, got {exposure}")
+
+
 def _run_options(pairs: list[tuple[str, str]], maps: bool, policy: SuitePolicies | None, *, suite: str,
-                 cand_dir: str, image_root: Path) -> dict[str, Any]:
+                 cand_dir: str, image_root: Path, exposure: float = 0.0) -> dict[str, Any]:
     """What the workers need beyond the pairs: the spatial scores' parameters and masks from the
     submitted policy (the defaults without one), and the candidate folder the image rules' globs are
-    relative to; HDR input records the tone map its distances depend on."""
+    relative to; HDR input records the tone map its distances depend on (its exposure, when not 0)."""
     base = Policy() if policy is None else policy.base
     options: dict[str, Any] = {"maps": maps, "region_px": base.region_px, "area_level": base.area_level,
                                "masks": [] if policy is None else _masks(policy, suite, cand_dir, image_root),
                                "cand_dir": cand_dir}
+    if exposure:
+        options["exposure"] = exposure
     if any(path.lower().endswith(HDR_SUFFIXES) for pair in pairs for path in pair):
-        options["tonemap"] = tonemap_policy(0.0)
+        options["tonemap"] = tonemap_policy(exposure)
     return options
 
 
@@ -176,9 +233,9 @@ def _under_root(folder: Path, image_root: Path) -> str:
     return folder.resolve().relative_to(image_root.resolve()).as_posix()
 
 
-def _pair(ref_dir: Path, cand_dir: Path, image_root: Path) -> list[tuple[str, str]]:
+def _pair(ref_dir: Path, cand_dir: Path, image_root: Path) -> Pairing:
     try:
-        return pair_dirs(ref_dir, cand_dir, image_root=image_root)
+        return pair_folders(ref_dir, cand_dir, image_root=image_root)
     except PairingError as exc:
         raise GateError(str(exc)) from exc
 
@@ -243,7 +300,7 @@ def poll_until_finished(engine: Engine, run_id: int, *, timeout: float, interval
         if finished == total:
             return
         if remaining <= 0:
-            raise RunTimedOut(f"run {run_id}: timed out after {timeout:g} s (done {finished} of {total})")
+            raise RunTimedOut(f"run {run_id}: timed out after {timeout:g} s (done {finished} of {total})", run=run_id)
         time.sleep(min(interval, remaining))
 
 
@@ -254,13 +311,15 @@ def require_run(session: Session, run_id: int) -> Run:
     return run
 
 
-def run_results(session: Session, run_id: int) -> list[dict[str, Any]]:
-    """The run's comparisons as `results` prints them, in submission order, with their layers."""
-    require_run(session, run_id)
+def run_results(session: Session, run_id: int) -> dict[str, Any]:
+    """The run as `results` prints it: {"run", "suite", "meta", "comparisons": [...]}, the comparisons
+    in submission order, with their layers."""
+    run = require_run(session, run_id)
     layers: dict[int, list[dict[str, Any]]] = {}
     for row in repo.layer_metrics(session, run_id=run_id):
         layers.setdefault(row.comparison_id, []).append(layer_result(row))
-    return [comparison_result(c, layers.get(c.id, [])) for c in repo.list_comparisons(session, run_id=run_id)]
+    comparisons = [comparison_result(c, layers.get(c.id, [])) for c in repo.list_comparisons(session, run_id=run_id)]
+    return {"run": run.id, "suite": run.suite.name, "meta": dict(run.meta or {}), "comparisons": comparisons}
 
 
 def comparison_result(comparison: Comparison, layers: list[dict[str, Any]]) -> dict[str, Any]:

@@ -131,6 +131,9 @@ class Comparison(Base):
     # small previews of both images for the report (tone-mapped for EXR); NULL unless the run asked for maps
     ref_thumb: Mapped[bytes | None] = mapped_column(LargeBinary)
     cand_thumb: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # the files' sha256 as measured (worker, or submission for a new frame): what `approve` checks
+    ref_sha256: Mapped[str | None]
+    cand_sha256: Mapped[str | None]
 
 
 class LayerMetric(Base):

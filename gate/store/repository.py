@@ -202,7 +202,7 @@ def claim_comparisons(
 
 
 RESULT_FIELDS = ("distance", "net", "weights_version", "precision", "decode_ms", "model_ms", "heatmap_png", "scores",
-                 "regions")
+                 "regions", "ref_sha256", "cand_sha256")
 
 
 def record_result(

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 import gate.cli.serve
 from gate.cli import main
+from gate.runs.pairing import Pairing
 from gate.runs.service import RunSpec, store_run
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
@@ -291,8 +292,8 @@ def test_an_embedded_server_resumes_what_a_stopped_one_left_queued(pg_url: str, 
     settings = api_settings(pg_url, images)
     engine = make_engine(pg_url)
     try:  # stored as a POST stores it, never dispatched: as a server stopped before computing it leaves it
-        run_id, _ids = store_run(settings, engine, [("ref/a.png", "new/a.png"), ("ref/b.png", "new/b.png")],
-                                 RunSpec("smoke", threshold=0.1), cand_dir="new")
+        pairing = Pairing(pairs=[("ref/a.png", "new/a.png"), ("ref/b.png", "new/b.png")])
+        run_id, _ids = store_run(settings, engine, pairing, RunSpec("smoke", threshold=0.1), cand_dir="new")
     finally:
         engine.dispose()
     with live_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -307,3 +308,30 @@ def test_an_unreachable_broker_is_503_and_stores_nothing(pg_url: str, images: Pa
     assert answer.status_code == 503
     assert answer.json()["detail"].startswith("broker unreachable (LPIPS_GATE_BROKER_URL): ")
     assert _runs(pg_url) == (0, 0)
+
+
+def test_approve_over_http_promotes_candidates_and_refuses_a_file_changed_since_the_run(
+    pg_url: str, images: Path
+) -> None:
+    before = {name: (images / "ref" / name).read_bytes() for name in ("a.png", "b.png")}
+    settings = api_settings(pg_url, images, api_token=SecretStr(WRITE))
+    with live_server(settings) as url, httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+        created = client.post("/api/v1/runs", json={"suite": "smoke", "ref": "ref", "cand": "new", "threshold": 0.1})
+        wait_judged(client, created.json()["run"])
+        assert httpx.post(f"{url}/api/v1/runs/1/approve", json={}).status_code == 401
+        assert client.post("/api/v1/runs/99/approve", json={}).status_code == 404
+
+        _save(images / "new" / "a.png", np.full((SIZE, SIZE, 3), 128, np.uint8))  # changed after the run measured it
+        conflict = client.post("/api/v1/runs/1/approve", json={"by": "alice"})
+        assert conflict.status_code == 409
+        assert conflict.json()["detail"].startswith("run 1: 1 file(s) changed since the run measured them, "
+                                                    "nothing approved: ")
+        assert {name: (images / "ref" / name).read_bytes() for name in before} == before
+
+        approved = client.post("/api/v1/runs/1/approve", json={"only": "b.png", "by": "alice"})
+    assert approved.status_code == 200, approved.text
+    body = approved.json()
+    assert (body["run"], body["skipped"]) == (1, [])
+    assert [(row["ref"], row["cand"]) for row in body["approved"]] == [("ref/b.png", "new/b.png")]
+    assert (images / "ref" / "b.png").read_bytes() == (images / "new" / "b.png").read_bytes()
+    assert (images / "ref" / "a.png").read_bytes() == before["a.png"]

@@ -17,7 +17,6 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from PIL import Image
-from sqlalchemy import func, select
 
 import gate.cli.judging
 from gate.alerts import store as alert_store
@@ -26,7 +25,6 @@ from gate.judging.policy import PolicySet, policy_hash, suite_policy
 from gate.report.html import IMAGE_WIDTH_PX
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
-from gate.store.models import Run
 from tests.corpus import truncated_error
 from tests.support.imports import service_imports
 from tests.unit.gate.test_report import _screenshot, _solid_box
@@ -142,7 +140,8 @@ def test_black_and_flat_candidates_open_sparsity_and_variance_alerts(sqlite_url:
     result = _check(sqlite_url, images, "flat", "--policies", str(policy), "--json", "--junit", str(junit))
     assert (result.exit_code, json.loads(result.stdout)["verdict"]) == (0, "pass")
     properties = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().find("testsuite/properties")}
-    assert properties == {"run": "1", "verdict": "pass", "threshold": "2.0"}  # the policy's, no --threshold
+    assert {name: properties[name] for name in ("run", "verdict", "threshold")} == {
+        "run": "1", "verdict": "pass", "threshold": "2.0"}  # the policy's, no --threshold
     alerts = [
         (rule, state, labels["layer"], labels["side"], notes["image"])
         for rule, state, labels, notes, _ in _alerts(sqlite_url, "sparsity", "variance")
@@ -212,8 +211,11 @@ def test_the_report_shows_both_images_and_the_heatmap(sqlite_url: str, images: P
         "errors": "0",
     }
     [case] = suite.findall("testcase")
-    assert case.get("name") == "report/ref/a.png -> report/new/a.png"
+    assert case.get("name") == "a.png"  # its path under the candidate folder
     assert case.find("failure").get("message").endswith(" > threshold 0.01")
+    heatmap = tmp_path / "run-heatmaps/a.png"
+    assert case.findtext("system-out") == f"[[ATTACHMENT|{heatmap.as_posix()}]]"
+    assert np.array_equal(np.asarray(Image.open(heatmap)), np.asarray(_stored_heatmap(sqlite_url)))
 
 
 def _stored_heatmap(db_url: str) -> Image.Image:
@@ -260,19 +262,14 @@ def test_a_bad_policy_file_is_named(sqlite_url: str, images: Path, tmp_path: Pat
     )
 
 
-def test_unmatched_folders_are_refused(sqlite_url: str, images: Path) -> None:
+def test_a_missing_candidate_fails_the_run_by_name(sqlite_url: str, images: Path) -> None:
     (images / "ok" / "b.png").unlink()
     result = _check(sqlite_url, images, "ok", "--threshold", "0.1")
-    assert (result.exit_code, result.stderr) == (
-        2,
-        f"Error: unmatched files: 1 in {images / 'ref'} without a candidate in {images / 'ok'}: b.png\n",
-    )
-    engine = make_engine(sqlite_url)
-    try:
-        with session_scope(engine) as session:
-            assert session.scalar(select(func.count()).select_from(Run)) == 0  # nothing stored
-    finally:
-        engine.dispose()
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[:2] == [
+        "run 1 (suite smoke): verdict fail", "  1 missing frame(s) (missing=fail): b.png",
+    ]
+    assert result.stdout.splitlines()[3] == "fail           -  ref/b.png -> ok/b.png"
 
 
 # --- through the broker ------------------------------------------------------------------------

@@ -118,11 +118,12 @@ def test_a_pair_above_threshold_fails_the_run_and_opens_one_distance_alert(sessi
         "suite": SUITE,
         "verdict": "fail",
         "policy": policy_hash(suite_policy(policies(), suite=SUITE)),
+        "net": "alex", "weights_version": "w1", "meta": {}, "reasons": [], "warnings": [],
         "pairs": [
-            {"ref": "p0.png", "cand": "c0.png", "status": "done", "verdict": "pass", "distance": 0.05, "error": None,
-             "scores": None, "reasons": [], "where": None},
-            {"ref": "p1.png", "cand": "c1.png", "status": "done", "verdict": "fail", "distance": 0.3, "error": None,
-             "scores": None, "reasons": ["distance"], "where": None},
+            {"ref": "p0.png", "cand": "c0.png", "name": "c0.png", "status": "done", "verdict": "pass", "distance": 0.05,
+             "error": None, "scores": None, "reasons": [], "where": None, "seconds": None, "warning": None},
+            {"ref": "p1.png", "cand": "c1.png", "name": "c1.png", "status": "done", "verdict": "fail", "distance": 0.3,
+             "error": None, "scores": None, "reasons": ["distance"], "where": None, "seconds": None, "warning": None},
         ],
     }
     assert alert_rows(session_factory) == [

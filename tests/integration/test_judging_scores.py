@@ -157,7 +157,7 @@ def test_check_hands_the_policy_masks_to_the_workers_rooted_at_the_image_root(sq
     result = _check(sqlite_url, images, "ok", "--policies", str(policy))
     assert result.exit_code == 0, result.output
     assert _run(sqlite_url).options == {
-        "maps": False, "region_px": 16, "area_level": 0.5, "cand_dir": "ok",
+        "maps": False, "region_px": 16, "area_level": 0.5, "cand_dir": "ok", "missing": "fail",
         "masks": [{"glob": "ok/a*", "rects": [[0, 0, 8, 8]], "mask": "masks/ui.png"}],
     }
 

@@ -185,7 +185,8 @@ def test_a_run_judged_before_runs_recorded_their_policy_keeps_its_verdict(pg_emp
     finally:
         engine.dispose()
     assert summary == {
-        "run": 1, "suite": "old", "verdict": "fail", "policy": None,
-        "pairs": [{"ref": "a.png", "cand": "b.png", "status": "done", "verdict": None, "distance": 0.3, "error": None,
-                   "scores": None, "reasons": [], "where": None}],
+        "run": 1, "suite": "old", "verdict": "fail", "policy": None, "net": "alex", "weights_version": "w1",
+        "meta": {}, "reasons": [], "warnings": [],
+        "pairs": [{"ref": "a.png", "cand": "b.png", "name": "b.png", "status": "done", "verdict": None, "distance": 0.3,
+                   "error": None, "scores": None, "reasons": [], "where": None, "seconds": None, "warning": None}],
     }

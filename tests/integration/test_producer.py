@@ -31,7 +31,8 @@ from gate.store.migrate import current_revision, head_revision
 from gate.store.models import Run
 
 BROKER_URL = "redis://127.0.0.1:6379/15"
-SCORE_OPTIONS = {"region_px": 32, "area_level": 1.0, "masks": []}  # the defaults: no policy, or one without masks
+# the defaults: no policy, or one without masks
+SCORE_OPTIONS = {"region_px": 32, "area_level": 1.0, "masks": [], "missing": "fail"}
 CLOSED_BROKER_URL = "redis://127.0.0.1:1/15"
 IMAGES = ("a.png", "b/c.png", "d.jpg")
 
@@ -167,16 +168,16 @@ def test_files_reached_twice_through_a_linked_folder_are_paired_once(pg_url: str
     assert [m["kwargs"]["comparison_ids"] for m in _queued(broker, pg_url)] == [[1, 2, 3]]
 
 
-def test_unmatched_files_are_refused_before_anything_is_stored(pg_url: str, images: Path,
-                                                               broker: redis.Redis) -> None:
+def test_unmatched_files_are_stored_new_and_missing_and_never_queued(pg_url: str, images: Path,
+                                                                    broker: redis.Redis) -> None:
     _touch(images / "new", "extra.png")
     (images / "ref/d.jpg").unlink()
-    result = _submit(pg_url, images)
-    ref, new = images / "ref", images / "new"
-    assert (result.exit_code, result.stdout, result.stderr) == (2, "", (
-        f"Error: unmatched files: 2 in {new} without a reference in {ref}: d.jpg, extra.png\n"
-    ))
-    assert (_run_count(pg_url), broker.llen(store_queue_at(pg_url))) == (0, 0)
+    result = _submit(pg_url, images, "--json")
+    assert (result.exit_code, json.loads(result.stdout)) == (0, {"run": 1, "submitted": 2})
+    rows = [(c.ref, c.cand, c.status, c.distance) for c in _comparisons(pg_url, 1)]
+    assert rows == [("ref/a.png", "new/a.png", "queued", None), ("ref/b/c.png", "new/b/c.png", "queued", None),
+                    ("ref/d.jpg", "new/d.jpg", "new", None), ("ref/extra.png", "new/extra.png", "new", None)]
+    assert broker.llen(store_queue_at(pg_url)) == 1  # one message: the two queued comparisons
 
 
 def test_folders_outside_the_image_root_are_refused(pg_url: str, images: Path, tmp_path: Path,
@@ -326,7 +327,9 @@ def test_results_json_lists_every_comparison_with_its_producer(pg_url: str, imag
     result = _cli(["results", "--run", "1", "--json"], db=pg_url, root=images)
     assert (result.exit_code, result.stderr) == (0, "")
     unscored = {"scores": None, "regions": None, "layers": []}
-    assert json.loads(result.stdout) == [
+    shown = json.loads(result.stdout)
+    assert (shown["run"], shown["suite"], shown["meta"]) == (1, "smoke", {})
+    assert shown["comparisons"] == [
         {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "distance": 0.125, "net": "alex",
          "weights_version": "alex-v0.1", "attempts": 1, "error": None, "scores": SCORED,
          "regions": {"region": [0, 8, 33, 33]}, "layers": [LAYER]},
@@ -350,15 +353,19 @@ def test_wait_prints_the_run_once_every_comparison_is_finished(pg_url: str, imag
                                                                finished_run: list[int]) -> None:
     _finish(pg_url, finished_run[2], 0.5)
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
-    assert (result.exit_code, result.stderr) == (0, "")  # stderr is not a terminal: no progress bar
+    assert result.exit_code == 2  # not judged: no policy
     assert json.loads(result.stdout) == {
-        "run": 1, "suite": "smoke", "verdict": None, "policy": None, "pairs": [
-            {"ref": "ref/a.png", "cand": "new/a.png", "status": "done", "verdict": None, "distance": 0.125,
-             "error": None, "scores": SCORED, "reasons": [], "where": None},
-            {"ref": "ref/b/c.png", "cand": "new/b/c.png", "status": "error", "verdict": None, "distance": None,
-             "error": "decode: truncated PNG", "scores": None, "reasons": [], "where": None},
-            {"ref": "ref/d.jpg", "cand": "new/d.jpg", "status": "done", "verdict": None, "distance": 0.5,
-             "error": None, "scores": None, "reasons": [], "where": None},
+        "run": 1, "suite": "smoke", "verdict": None, "policy": None, "net": "alex", "weights_version": "alex-v0.1",
+        "meta": {}, "reasons": [], "warnings": [], "pairs": [
+            {"ref": "ref/a.png", "cand": "new/a.png", "name": "a.png", "status": "done", "verdict": None,
+             "distance": 0.125, "error": None, "scores": SCORED, "reasons": [], "where": None, "seconds": None,
+             "warning": None},
+            {"ref": "ref/b/c.png", "cand": "new/b/c.png", "name": "b/c.png", "status": "error", "verdict": None,
+             "distance": None, "error": "decode: truncated PNG", "scores": None, "reasons": [], "where": None,
+             "seconds": None, "warning": None},
+            {"ref": "ref/d.jpg", "cand": "new/d.jpg", "name": "d.jpg", "status": "done", "verdict": None,
+             "distance": 0.5, "error": None, "scores": None, "reasons": [], "where": None, "seconds": None,
+             "warning": None},
         ],
     }
 
@@ -378,7 +385,7 @@ def test_wait_judges_a_run_by_its_threshold_as_soon_as_it_is_finished(pg_url: st
     for comparison, distance in zip(_comparisons(pg_url, 1), (0.125, 0.5, 0.25), strict=True):
         _finish(pg_url, comparison.id, distance)
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 1, result.stderr  # the run fails
     summary = json.loads(result.stdout)
     assert (summary["verdict"], [pair["status"] for pair in summary["pairs"]]) == ("fail", ["done"] * 3)
     assert [pair["verdict"] for pair in summary["pairs"]] == ["pass", "fail", "pass"]
@@ -396,7 +403,9 @@ def test_wait_judges_a_run_by_its_threshold_as_soon_as_it_is_finished(pg_url: st
 def test_wait_leaves_a_run_without_a_threshold_pending(pg_url: str, images: Path, finished_run: list[int]) -> None:
     _finish(pg_url, finished_run[2], 0.5)
     result = _cli(["wait", "1", "--json"], db=pg_url, root=images)
-    assert (result.exit_code, json.loads(result.stdout)["verdict"], result.stderr) == (0, None, "")
+    assert (result.exit_code, json.loads(result.stdout)["verdict"]) == (2, None)  # no verdict is no pass
+    assert result.stderr == ("run 1: not judged: it records no policy (give --threshold or --policies, or let the "
+                             "gate daemon judge it)\n")
     assert _verdict(pg_url, 1) is None  # the gate daemon judges it by its policies
 
 
@@ -410,7 +419,7 @@ def test_wait_polls_until_a_worker_finishes_the_last_comparison(pg_url: str, ima
     finally:
         worker.join()
     elapsed = time.monotonic() - started
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 2, result.stderr  # finished, but no policy judges it here
     assert result.stdout.splitlines()[0] == "run 1 (suite smoke): verdict pending"
     assert result.stdout.splitlines()[3] == "done      0.2500  ref/d.jpg -> new/d.jpg"
     assert 0.8 <= elapsed < 10
@@ -420,8 +429,9 @@ def test_wait_times_out_with_the_progress_so_far(pg_url: str, images: Path, fini
     started = time.monotonic()
     result = _cli(["wait", "1", "--timeout", "0.6", "--json"], db=pg_url, root=images)
     elapsed = time.monotonic() - started
-    assert (result.exit_code, result.stdout, result.stderr) == (
-        2, "", "Error: run 1: timed out after 0.6 s (done 2 of 3)\n",
+    assert (result.exit_code, json.loads(result.stdout), result.stderr) == (
+        2, {"error": "run 1: timed out after 0.6 s (done 2 of 3)", "exit": 2, "run": 1},
+        "Error: run 1: timed out after 0.6 s (done 2 of 3)\n",
     )
     assert 0.6 <= elapsed < 5
 
@@ -429,7 +439,8 @@ def test_wait_times_out_with_the_progress_so_far(pg_url: str, images: Path, fini
 @pytest.mark.parametrize("args", [["wait", "7"], ["results", "--run", "7", "--json"]])
 def test_an_unknown_run_is_not_found(pg_url: str, images: Path, finished_run: list[int], args: list[str]) -> None:
     result = _cli(args, db=pg_url, root=images)
-    assert (result.exit_code, result.stdout, result.stderr) == (2, "", "Error: run 7: not found\n")
+    shown = json.dumps({"error": "run 7: not found", "exit": 2}) + "\n" if "--json" in args else ""
+    assert (result.exit_code, result.stdout, result.stderr) == (2, shown, "Error: run 7: not found\n")
 
 
 # --- the embedded mode (no broker): needs the `embedded` executor from the worker ---------------

@@ -469,7 +469,7 @@ def test_the_processor_stores_scores_regions_and_layer_statistics(db_url, weight
             assert 0.8 < healthy.cand_spatial_std / healthy.ref_spatial_std < 1.25
             assert blank.cand_spatial_std < 0.4 * blank.ref_spatial_std  # not 0: the convolutions' zero padding
             assert 0 <= healthy.cand_dead <= blank.cand_dead <= 1
-        results = run_results(session, good.run_id)
+        results = run_results(session, good.run_id)["comparisons"]
     engine.dispose()
     assert [(r["scores"], r["regions"]) for r in results] == [
         (row.scores, row.regions) for row in (good, missing, rect, image, black)]

@@ -108,7 +108,8 @@ def test_create_run_stores_duplicate_pairs_once(session_factory) -> None:
         assert [(c.ref, c.cand, c.status, c.attempts) for c in comparisons] == [
             (*p, "queued", 0) for p in PAIRS
         ]
-        assert repo.run_progress(session, run_id=run_id) == {"queued": 3, "running": 0, "done": 0, "error": 0}
+        assert repo.run_progress(session, run_id=run_id) == {
+            "queued": 3, "running": 0, "done": 0, "error": 0, "new": 0, "missing": 0}
 
 
 @pytest.mark.parametrize(
@@ -158,7 +159,8 @@ def test_claim_moves_queued_to_running_once(session_factory) -> None:
         assert claimed[0].claimed_at.tzinfo is UTC
     with session_factory.begin() as session:
         assert repo.claim_comparisons(session, ids=ids, worker="w2", max_attempts=3)[0].id == ids[2]
-        assert repo.run_progress(session, run_id=run_id) == {"queued": 0, "running": 3, "done": 0, "error": 0}
+        assert repo.run_progress(session, run_id=run_id) == {
+            "queued": 0, "running": 3, "done": 0, "error": 0, "new": 0, "missing": 0}
 
 
 def test_claim_race_each_id_is_claimed_once(session_factory) -> None:
@@ -257,7 +259,8 @@ def test_record_result_writes_once(session_factory) -> None:
             0,
             0,
         )
-        assert repo.run_progress(session, run_id=run_id) == {"queued": 2, "running": 0, "done": 1, "error": 0}
+        assert repo.run_progress(session, run_id=run_id) == {
+            "queued": 2, "running": 0, "done": 1, "error": 0, "new": 0, "missing": 0}
 
 
 def test_record_result_stores_non_finite_as_null(session_factory) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gate.runs.pairing import PairingError, pair_dirs
+from gate.runs.pairing import PairingError, pair_dirs, pair_folders
 
 
 def _touch(folder: Path, *names: str) -> None:
@@ -122,3 +122,21 @@ def test_a_linked_file_pointing_outside_the_root_is_refused(root: Path, tmp_path
     with pytest.raises(PairingError) as caught:
         pair_dirs(root / "ref", root / "cand", image_root=root)
     assert str(caught.value) == f"{root / 'cand/key.png'}: links outside the image root {root}"
+
+
+def test_pair_folders_keeps_new_missing_and_escaping_frames_as_pairs(root: Path, tmp_path: Path) -> None:
+    _touch(tmp_path / "secret", "key.png")
+    _touch(root / "renders/ref", "a.png", "gone.png", "key.png", "shots/b.png")
+    _touch(root / "renders/out", "a.png", "added.png", "shots/b.png")
+    os.symlink(tmp_path / "secret/key.png", root / "renders/out/key.png")
+    pairing = pair_folders(root / "renders/ref", root / "renders/out", image_root=root)
+    assert pairing.pairs == [("renders/ref/a.png", "renders/out/a.png"),
+                             ("renders/ref/shots/b.png", "renders/out/shots/b.png")]
+    assert pairing.new == [("renders/ref/added.png", "renders/out/added.png")]
+    assert pairing.missing == [("renders/ref/gone.png", "renders/out/gone.png")]
+    assert pairing.refused == {("renders/ref/key.png", "renders/out/key.png"):
+                               f"{root / 'renders/out/key.png'}: links outside the image root {root}"}
+    assert [cand for _ref, cand in pairing.every] == [
+        "renders/out/a.png", "renders/out/added.png", "renders/out/gone.png", "renders/out/key.png",
+        "renders/out/shots/b.png",
+    ]

@@ -1,14 +1,12 @@
 import io
 import shutil
 import subprocess
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from gate.report.html import IMAGE_WIDTH_PX, WHERE_COLOUR, render_html
-from gate.report.junit import render_junit
 
 MAGENTA, CYAN, FAIL_RED = (255, 0, 255), (0, 255, 255), (207, 34, 46)
 IMAGE_SIZE = (64, 36)  # shown IMAGE_WIDTH_PX wide, so 198 px tall
@@ -191,56 +189,13 @@ def test_the_header_names_the_policy_that_produced_the_verdict():
     ],
 )
 def test_bad_runs_are_refused_by_key(changes, message):
-    for render in (render_html, render_junit):
-        with pytest.raises(ValueError) as caught:
-            render(_run(**changes))
-        assert str(caught.value) == message
+    with pytest.raises(ValueError) as caught:
+        render_html(_run(**changes))
+    assert str(caught.value) == message
 
 
-def test_junit_has_one_testcase_per_pair():
-    root = ET.fromstring(render_junit(_run()))
-    assert root.tag == "testsuites"
-    [suite] = root
-    assert {key: suite.get(key) for key in ("name", "tests", "failures", "errors", "skipped")} == {
-        "name": "render",
-        "tests": "3",
-        "failures": "1",
-        "errors": "1",
-        "skipped": "0",
-    }
-    properties = {prop.get("name"): prop.get("value") for prop in suite.find("properties")}
-    assert properties == {"run": "7", "verdict": "error", "threshold": "0.1"}
-    cases = suite.findall("testcase")
-    assert [(case.get("name"), case.get("classname")) for case in cases] == [
-        ("ok/a.png -> new/a.png", "render"),
-        ("ok/b.png -> new/b.png", "render"),
-        ("ok/c.png -> new/c.png", "render"),
-    ]
-    assert list(cases[0]) == []
-    [failure] = cases[1]
-    assert (failure.tag, failure.get("type"), failure.get("message")) == (
-        "failure",
-        "distance",
-        "distance 0.12 > threshold 0.1",
-    )
-    [error] = cases[2]
-    assert (error.tag, error.get("message"), error.text) == ("error", "decode: truncated", "decode: truncated")
-
-
-def test_junit_names_each_failed_rule_with_its_limit():
+def test_html_names_each_failed_rule():
     failing = {**_run()["pairs"][1], "reasons": ["distance", "region", "fireflies", "flat"],
                "scores": {"mean": 0.12, "region": 1.75, "fireflies": 12.0, "flat": 1.0},
                "limits": {"distance": 0.11, "region": 0.9, "fireflies": 2.0, "flat": 0.0}}
-    [failure] = ET.fromstring(render_junit(_run(pairs=[failing]))).find("testsuite/testcase")
-    assert failure.get("type") == "distance"
-    assert failure.get("message") == (
-        "distance 0.12 > threshold 0.11; region 1.75 > max_region 0.9; fireflies 12 > max_fireflies 2; "
-        "flat: the candidate is blank or flat where the reference is not (fail_flat)"
-    )
     assert "failed: distance, region, fireflies, flat" in render_html(_run(pairs=[failing]))
-
-
-def test_junit_escapes_names():
-    pair = {"ref": 'a<"&>', "cand": "b", "status": "done", "verdict": "pass", "distance": 0.0}
-    xml = render_junit(_run(pairs=[pair]))
-    assert ET.fromstring(xml).find("testsuite/testcase").get("name") == 'a<"&> -> b'
