@@ -1,6 +1,7 @@
 """`create_app(settings)`: the API (gate.api.v1), the pages (gate.api.pages), health and metrics.
 The store is opened on first use and the dispatcher (broker, or the embedded engine in a background
-thread) on the first submission, so a server starts without either and says what is missing."""
+thread) on the first submission, or at start when a stopped server left work queued, so a server
+starts without either and says what is missing."""
 
 from __future__ import annotations
 
