@@ -197,8 +197,10 @@ def test_a_run_submitted_over_http_gets_the_distances_and_verdict_check_gives(pg
         listed = client.get("/api/v1/runs").json()
         metrics = client.get("/metrics").text
         pairs = client.post("/api/v1/runs", json={"suite": "smoke", "threshold": 0.1, "pairs": [
-            {"ref": "ref/b.png", "cand": "new/b.png"}]})
+            {"ref": "ref/b.png", "cand": "new/b.png"}], "meta": {"note": "<script>alert(1)</script>"}})
         explicit = wait_judged(client, pairs.json()["run"])
+        page = client.get("/").text
+        assert "<script>alert" not in page and "note=&lt;script&gt;alert(1)&lt;/script&gt;" in page
         trend = client.get("/api/v1/suites/smoke/trend").json()
         alerts = client.get("/api/v1/alerts", params={"suite": "smoke", "state": "open"}).json()
         assert client.get("/api/v1/alerts", params={"state": "resolved"}).json() == []
