@@ -32,3 +32,7 @@ class EngineMissing(GateError):
 
 class StoreNotReady(GateError):
     """The database is unreachable, or not migrated to the schema this version needs."""
+
+
+class BrokerUnreachable(GateError):
+    """LPIPS_GATE_BROKER_URL is set and the broker does not answer."""

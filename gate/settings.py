@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     runbook_url: str = "docs/runbook.md"  # where docs/runbook.md is published: alerts link to its #rule section
     webhook_timeout_s: float = Field(default=10.0, gt=0)  # per POST to the webhook
     alert_resend_s: float = Field(default=60.0, gt=0)  # open alerts re-sent this often, each valid 4x as long
+    api_token: SecretStr | None = None  # `serve`: bearer token for writes (and reads); unset: writes refused
+    api_read_token: SecretStr | None = None  # `serve`: bearer token for reads only; unset: reads are open
+    api_max_body_bytes: int = Field(default=2**20, ge=1)  # `serve`: larger request bodies are refused (413)
     log_json: bool | None = None  # None: JSON unless stderr is a terminal (console lines there)
     log_level: str = "INFO"
 

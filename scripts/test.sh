@@ -18,7 +18,7 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 
 command -v chromium >/dev/null && command -v chromedriver >/dev/null \
-  || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }  # report screenshots, driven report
+  || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }  # report screenshots, driven report, dashboard
 # promtool checks and unit-tests deploy/prometheus/rules.yml; the gate posts to a real Alertmanager
 command -v promtool >/dev/null || { apt-get update -q && apt-get install -y -q prometheus; }
 command -v prometheus-alertmanager >/dev/null || { apt-get update -q && apt-get install -y -q prometheus-alertmanager; }

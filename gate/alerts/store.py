@@ -141,19 +141,28 @@ def mark_notified(session: Session, *, alert_ids: Sequence[int]) -> None:
 
 def alert_rows(session: Session, *, suite_name: str | None = None, open_only: bool = False) -> list[dict[str, Any]]:
     """The alerts as `lpips-gate alerts` prints them, oldest first."""
-    return [
-        {
-            "rule": alert.rule,
-            "suite": alert.suite.name,
-            "state": alert.state,
-            "labels": alert.labels,
-            "value": alert.value,
-            "threshold": alert.threshold,
-            "opened_at": _iso(alert.opened_at),
-            "resolved_at": _iso(alert.resolved_at),
-        }
-        for alert in list_alerts(session, suite_name=suite_name, open_only=open_only)
-    ]
+    return [_alert_row(alert) for alert in list_alerts(session, suite_name=suite_name, open_only=open_only)]
+
+
+def alert_views(session: Session, *, suite_name: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    """The alerts as the HTTP API and its pages show them, newest first: `alert_rows` with each one's
+    id, annotations and the run that last raised it (its page is where the alert points)."""
+    shown = [alert for alert in list_alerts(session, suite_name=suite_name) if state is None or alert.state == state]
+    return [{**_alert_row(alert), "id": alert.id, "run": alert.run_id, "annotations": alert.annotations}
+            for alert in reversed(shown)]
+
+
+def _alert_row(alert: Alert) -> dict[str, Any]:
+    return {
+        "rule": alert.rule,
+        "suite": alert.suite.name,
+        "state": alert.state,
+        "labels": alert.labels,
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "opened_at": _iso(alert.opened_at),
+        "resolved_at": _iso(alert.resolved_at),
+    }
 
 
 def _iso(moment: datetime | None) -> str | None:

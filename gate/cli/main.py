@@ -16,6 +16,7 @@ from gate.cli.calibrate import calibrate
 from gate.cli.db import db
 from gate.cli.judging import check, gate
 from gate.cli.runs import results, submit, wait
+from gate.cli.serve import serve
 from gate.errors import ENGINE_HINT, ENGINE_MODULES, EXIT_ERROR, GateError, error_document
 from gate.settings import Settings
 
@@ -90,5 +91,5 @@ def main(ctx: click.Context) -> None:
         ctx.obj = Settings()
 
 
-for command in (db, submit, wait, results, check, approve, calibrate, alerts, gate):
+for command in (db, submit, wait, results, check, approve, calibrate, alerts, gate, serve):
     main.add_command(command)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import glob
 import hashlib
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from gate.errors import GateError
+from gate.errors import BrokerUnreachable, GateError
 from gate.judging.policy import Policy, PolicySet, SuitePolicies, suite_policy
 from gate.runs.pairing import Pairing, PairingError, pair_folders
 from gate.settings import Settings
@@ -82,32 +84,89 @@ def submit_run(settings: Settings, engine: Engine, ref_dir: Path, cand_dir: Path
     validate_options(suite, threshold, missing)
     validate_compare_options(resize, exposure)
     pairing = _pair(ref_dir, cand_dir, settings.image_root)
-    dispatch = _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
-    net = net or settings.net
-    own = submitted_policy(policies, suite=suite, threshold=threshold, net=net)
-    options = _run_options(pairing.every, maps, own, suite=suite,
-                           cand_dir=_under_root(cand_dir, settings.image_root), image_root=settings.image_root,
-                           exposure=exposure)
-    options["missing"] = missing
-    if resize != "none":
-        options["resize"] = resize
+    dispatch = make_dispatch(settings)
+    spec = RunSpec(suite, threshold, net, version, precision, maps, policies, meta, missing, resize, exposure)
+    run_id, ids = store_run(settings, engine, pairing, spec, cand_dir=_under_root(cand_dir, settings.image_root))
+    dispatch(engine, run_id, ids)
+    return run_id, ids
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How a run is to be computed and judged, as its submitter gives it (unset: from Settings)."""
+
+    suite: str
+    threshold: float | None = None
+    net: str | None = None
+    version: str | None = None
+    precision: str | None = None
+    maps: bool = False
+    policies: PolicySet | None = None
+    meta: dict[str, str] | None = None
+    missing: str = "fail"
+    resize: str = "none"
+    exposure: float = 0.0
+
+
+def store_run(settings: Settings, engine: Engine, pairing: Pairing, spec: RunSpec, *,
+              cand_dir: str) -> tuple[int, list[int]]:
+    """Store a run of these pairs (paths under the image root) without dispatching it: the HTTP API
+    answers with the id before the work is done. Returns the run id and the ids of the comparisons
+    to compute (new, missing and refused frames are stored finished). `cand_dir` (relative to the
+    image root) is what the image rules' globs are relative to."""
+    validate_options(spec.suite, spec.threshold, spec.missing)
+    validate_compare_options(spec.resize, spec.exposure)
+    net = spec.net or settings.net
+    own = submitted_policy(spec.policies, suite=spec.suite, threshold=spec.threshold, net=net)
+    options = _run_options(pairing.every, spec.maps, own, suite=spec.suite, cand_dir=cand_dir,
+                           image_root=settings.image_root, exposure=spec.exposure)
+    options["missing"] = spec.missing
+    if spec.resize != "none":
+        options["resize"] = spec.resize
     settled: dict[tuple[str, str], tuple[str, str | None]] = {
         **{pair: ("new", None) for pair in pairing.new},
         **{pair: ("missing", None) for pair in pairing.missing},
         **{pair: ("error", reason) for pair, reason in pairing.refused.items()},
     }
     with session_scope(engine) as session:
-        created = repo.create_run(session, suite_name=suite, pairs=pairing.every, threshold=threshold, net=net,
-                                  version=version or settings.version, precision=precision or settings.precision,
-                                  options=options, policy=None if own is None else own.model_dump(mode="json"),
-                                  meta=meta)
+        created = repo.create_run(session, suite_name=spec.suite, pairs=pairing.every, threshold=spec.threshold,
+                                  net=net, version=spec.version or settings.version,
+                                  precision=spec.precision or settings.precision, options=options,
+                                  policy=None if own is None else own.model_dump(mode="json"), meta=spec.meta)
         review.settle_unqueued(session, run_id=created.id, settled=settled)
         review.record_hashes(session, run_id=created.id, hashes={
             (ref, cand): (None, _sha256(settings.image_root / cand)) for ref, cand in pairing.new})
-        run_id = created.id
-        ids = [c.id for c in repo.list_comparisons(session, run_id=run_id) if c.status == "queued"]
-    dispatch(engine, run_id, ids)
-    return run_id, ids
+        return created.id, [c.id for c in repo.list_comparisons(session, run_id=created.id) if c.status == "queued"]
+
+
+def folder_pairing(settings: Settings, ref_dir: Path, cand_dir: Path) -> tuple[Pairing, str]:
+    """Two folders under the image root paired as `submit` pairs them, and the candidate folder
+    relative to the root; GateError naming the folder when one is outside the root or missing."""
+    return _pair(ref_dir, cand_dir, settings.image_root), _under_root(cand_dir, settings.image_root)
+
+
+def confined_pairs(settings: Settings, pairs: list[tuple[str, str]]) -> Pairing:
+    """Explicit (ref, cand) files, relative to the image root, as stored: GateError naming the first
+    path that leaves the root or is not a file (a file symlink must stay inside the root too)."""
+    root = settings.image_root.resolve()
+    confined = []
+    for index, pair in enumerate(pairs):
+        shown = []
+        for side, path in zip(("ref", "cand"), pair):
+            resolved = (root / path).resolve()
+            if not resolved.is_relative_to(root):
+                raise GateError(f"pairs[{index}].{side}: {path}: outside the image root (LPIPS_GATE_IMAGE_ROOT)")
+            if not resolved.is_file():
+                raise GateError(f"pairs[{index}].{side}: {path}: no such file under the image root")
+            shown.append(Path(os.path.normpath(root / path)).relative_to(root).as_posix())
+        confined.append((shown[0], shown[1]))
+    return Pairing(pairs=sorted(set(confined), key=lambda pair: (pair[1], pair[0])))
+
+
+def make_dispatch(settings: Settings) -> Dispatch:
+    """What hands stored comparisons to be computed: the broker's queue, or the embedded executor
+    in this process. Checked now (broker reachable, engine installed), before any run is stored."""
+    return _broker_dispatch(settings) if settings.broker_url else _embedded_dispatch(settings)
 
 
 def _sha256(path: Path) -> str:
@@ -192,24 +251,24 @@ def _broker_dispatch(settings: Settings) -> Dispatch:
         with Connection(settings.broker_url) as connection:  # type: ignore[no-untyped-call]  # kombu is untyped
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=5)
     except OperationalError as exc:
-        raise GateError(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc
+        raise BrokerUnreachable(f"broker unreachable (LPIPS_GATE_BROKER_URL): {exc}") from exc
 
     def send(engine: Engine, run_id: int, ids: list[int]) -> None:
         try:
             queue = store_queue(engine, settings)
         except StoreNotReady as exc:
-            _give_up(engine, ids, reason=f"not queued: {exc}")
+            give_up(engine, ids, reason=f"not queued: {exc}")
             raise GateError(f"run {run_id}: comparisons marked as errors: {exc}") from exc
         try:
             enqueue(make_celery(settings, queue=queue), ids, per_message=settings.pairs_per_message)
         except OperationalError as exc:
-            _give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
-            raise GateError(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
+            give_up(engine, ids, reason=f"not queued: broker unreachable: {exc}")
+            raise BrokerUnreachable(f"run {run_id}: broker unreachable, comparisons marked as errors: {exc}") from exc
 
     return send
 
 
-def _give_up(engine: Engine, ids: list[int], *, reason: str) -> None:
+def give_up(engine: Engine, ids: list[int], *, reason: str) -> None:
     """Comparisons that no worker will ever see end as errors, so `wait` does not wait for them."""
     with session_scope(engine) as session:
         for comparison_id in ids:

@@ -45,6 +45,18 @@ def open_store(settings: Settings) -> Iterator[Engine]:
         raise StoreNotReady(f"database {shown}: cannot migrate to head: {exc}") from exc
 
 
+def connect_store(settings: Settings) -> Engine:
+    """`open_store` for a long-lived process (the HTTP API): the engine, which the caller disposes."""
+    shown = shown_url(settings.database_url)
+    try:
+        _require_head(settings, shown)
+    except OperationalError as exc:
+        raise StoreNotReady(f"database {shown}: {exc.orig}") from exc
+    except CommandError as exc:
+        raise StoreNotReady(f"database {shown}: cannot migrate to head: {exc}") from exc
+    return make_engine(settings.database_url)
+
+
 def _require_head(settings: Settings, shown: str) -> None:
     url, head = settings.database_url, migrate.head_revision()
     if settings.embedded_store:
