@@ -265,19 +265,23 @@ def test_serve_refuses_a_store_that_is_not_there_and_calls_one_service(tmp_path:
 
 def _images_come_from_thumbnails_else_the_input_files(client: httpx.Client, db_url: str, images: Path, *,
                                                       run_id: int) -> None:
-    """The input file while the run has no thumbnail; the stored thumbnail, typed by its bytes, once it has one."""
+    """The worker's thumbnail, typed by its bytes; the input file once a pair has none (a run without maps)."""
     engine = make_engine(db_url)
     try:
         with session_scope(engine) as session:
             stmt = select(Comparison).where(Comparison.run_id == run_id).order_by(Comparison.id)
             first = session.scalars(stmt).first()
-            assert first is not None
-            cid, heatmap = first.id, first.heatmap_png
+            assert first is not None and first.ref_thumb is not None
+            cid, heatmap, thumbnail = first.id, first.heatmap_png, first.ref_thumb
+        shown = client.get(f"/runs/{run_id}/pairs/{cid}/ref.png")
+        assert (shown.headers["content-type"], shown.content) == ("image/webp", thumbnail)
+        shown = client.get(f"/runs/{run_id}/pairs/{cid}/heatmap.png")
+        assert (shown.headers["content-type"], shown.content) == ("image/png", heatmap)
+        with session_scope(engine) as session:
+            session.get_one(Comparison, cid).ref_thumb = None
         original = client.get(f"/runs/{run_id}/pairs/{cid}/ref.png")
         assert (original.headers["content-type"], original.content) == (
             "image/png", (images / "ref/a.png").read_bytes())
-        shown = client.get(f"/runs/{run_id}/pairs/{cid}/heatmap.png")
-        assert (shown.headers["content-type"], shown.content) == ("image/png", heatmap)
         jpeg = b"\xff\xd8\xff\xe0" + b"thumbnail"
         with session_scope(engine) as session:
             session.get_one(Comparison, cid).ref_thumb = jpeg
