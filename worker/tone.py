@@ -63,13 +63,16 @@ def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
 
 def _distinct(images: torch.Tensor, side: int) -> torch.Tensor:
     """(N, 3, windows): how many distinct 8-bit levels each channel takes in each side x side window,
-    for the whole batch in one count."""
+    for the whole batch in one count. Keys are built in (N, H, W, C) order, a channels_last batch's own
+    memory order, and in int32 where they fit: at small sizes building them costs more than counting."""
     n, channels, height, width = images.shape
     rows, cols = height // side, width // side
-    levels = ((images.float() + 1) * 127.5).round_().clamp_(0, 255).long()
-    window = (torch.arange(height, device=images.device)[:, None] // side * cols
-              + torch.arange(width, device=images.device)[None, :] // side)  # (H, W) window index
-    plane = torch.arange(n * channels, device=images.device).view(n, channels, 1, 1)
-    keys = (plane * rows * cols + window) * 256 + levels
-    present = torch.bincount(keys.flatten(), minlength=n * channels * rows * cols * 256) > 0
+    bins = n * channels * rows * cols * 256
+    kind = torch.int32 if bins <= torch.iinfo(torch.int32).max else torch.long
+    levels = ((images.permute(0, 2, 3, 1).float() + 1) * 127.5).round_().clamp_(0, 255).to(kind)
+    window = (torch.arange(height, device=images.device, dtype=kind)[:, None] // side * cols
+              + torch.arange(width, device=images.device, dtype=kind)[None, :] // side)  # (H, W) window index
+    plane = torch.arange(n * channels, device=images.device, dtype=kind).view(n, 1, 1, channels)
+    keys = levels.add_((plane * (rows * cols) + window[..., None]) * 256)
+    present = torch.bincount(keys.flatten(), minlength=bins) > 0
     return present.view(n, channels, rows * cols, 256).sum(dim=3).float()
