@@ -24,10 +24,13 @@ def tone_shifts(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
     stride = max(1, side // 2)
     with torch.inference_mode():
         difference = cands - refs
-        kept = torch.ones_like(difference[:, :1]) if ignored is None else (~ignored).to(difference.dtype)
-        total = F.avg_pool2d(difference * kept, side, stride)
-        share = F.avg_pool2d(kept, side, stride)
-        shift = (total / share.clamp(min=1e-6)).abs().amax(dim=1) * (share[:, 0] >= 0.5)  # (N, h, w)
+        if ignored is None:  # every window whole: its share is 1, so the mean is the pooled difference
+            shift = F.avg_pool2d(difference, side, stride).abs_().amax(dim=1)  # (N, h, w)
+        else:
+            kept = (~ignored).to(difference.dtype)
+            total = F.avg_pool2d(difference * kept, side, stride)
+            share = F.avg_pool2d(kept, side, stride)
+            shift = (total / share.clamp(min=1e-6)).abs().amax(dim=1) * (share[:, 0] >= 0.5)
         best = shift.flatten(1).argmax(dim=1)
         values = shift.flatten(1).gather(1, best[:, None])[:, 0] / STEP
     columns = shift.shape[-1]
