@@ -35,9 +35,10 @@ def layer_stats(x: torch.Tensor) -> list[dict[str, float]]:
     sparsity = zeros.sum(dim=1) / flat.shape[1]
     dead = (zeros == positions.shape[1]).float().mean(dim=1)
     spatial_std = variance.sqrt_().mean(dim=1)
-    rows = zip(sparsity.tolist(), mean.tolist(), std.tolist(), low.tolist(), high.tolist(), nonfinite.tolist(),
-               spatial_std.tolist(), dead.tolist())
-    return [dict(zip(STAT_KEYS, row, strict=True)) for row in rows]
+    # one read-back for the float statistics, in STAT_KEYS order less the count (an int): one each costs more
+    floats = torch.stack([sparsity, mean, std, low, high, spatial_std, dead], dim=1).tolist()
+    return [dict(zip(STAT_KEYS, (*row[:5], count, *row[5:]), strict=True))
+            for row, count in zip(floats, nonfinite.tolist())]
 
 
 def _channels_last(x: torch.Tensor) -> bool:
