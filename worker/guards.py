@@ -98,6 +98,8 @@ def _suspects(candidates: torch.Tensor, kept: torch.Tensor | None) -> Positions:
 
 def _found(test: Test, refs: torch.Tensor, cands: torch.Tensor, suspects: Positions, level: torch.Tensor) -> Positions:
     """The suspects that pass `test`, a chunk at a time (a gross regression may make most of a frame one)."""
+    if not len(suspects[0]):  # the usual case: no pixel differs by a guard's level
+        return suspects
     found = [_where(test(refs, cands, chunk, level[chunk[0]]), chunk)
              for chunk in zip(*(index.split(CHUNK) for index in suspects))]
     n, y, x = (torch.cat(parts) for parts in zip(*found)) if found else suspects
@@ -166,6 +168,8 @@ def _structure(images: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
 def _boxes(found: Positions, rows: int) -> torch.Tensor:
     """(rows, 4) [x, y, width, height] around each frame's found positions (garbage where none)."""
     n, y, x = found
+    if not len(n):  # the usual case: nothing found, so no row's box is read
+        return torch.zeros((rows, 4), dtype=torch.long, device=n.device)
 
     def reduce(values: torch.Tensor, how: str, start: int) -> torch.Tensor:
         return torch.full((rows,), start, dtype=torch.long, device=n.device).scatter_reduce(0, n, values, how)
