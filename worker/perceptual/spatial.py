@@ -68,12 +68,15 @@ def spatial_scores(
     denominators; a window partly over them is averaged with those zeros. A row with every position
     ignored scores 0 and has no box."""
     rows, cols = fine.shape[-2:]
-    kept = torch.ones_like(fine) if ignored is None else (~ignored).float()
-    masked = fine * kept
-    kept_count = kept.sum(dim=(1, 2, 3))
+    above = (fine > area_level).float()
+    if ignored is None:  # every position kept: no masking passes
+        masked, kept_count = fine, torch.full(fine.shape[:1], float(rows * cols), device=fine.device)
+    else:
+        kept = (~ignored).float()
+        masked, kept_count, above = fine * kept, kept.sum(dim=(1, 2, 3)), above * kept
     share = kept_count.clamp(min=1)
     mean = masked.sum(dim=(1, 2, 3)) / share
-    area = ((fine > area_level).float() * kept).sum(dim=(1, 2, 3)) / share
+    area = above.sum(dim=(1, 2, 3)) / share
     window = window_cells(region_px, image_size, (rows, cols))
     pooled = F.avg_pool2d(masked, window, stride=1).flatten(1)
     region, where = pooled.max(dim=1)
