@@ -53,8 +53,7 @@ def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
     side = max(1, min(window_px, height, width))
     rows, cols = height // side, width // side
     with torch.inference_mode():
-        both = torch.cat([refs[..., :rows * side, :cols * side], cands[..., :rows * side, :cols * side]])
-        counts = _distinct(both, side).split(len(refs))  # both sides in one count: half the ops
+        counts = [_distinct(image[..., :rows * side, :cols * side], side) for image in (refs, cands)]
         lost = ((counts[0] - counts[1]).clamp(min=0) / counts[0].clamp(min=1)).amax(dim=1)  # (N, windows)
         if ignored is not None:
             hidden = ignored[:, 0, :rows * side, :cols * side].reshape(-1, rows, side, cols, side).any(dim=(2, 4))
