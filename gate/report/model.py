@@ -19,7 +19,9 @@ from gate.vocabulary import UNPAIRED
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FRAME_KEY = b"lpips-gate-frame"  # the heatmap PNG's tEXt chunk: the candidate's own "WIDTHxHEIGHT"
-IMAGE_TYPES = {PNG_SIGNATURE: "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp"}
+# what a browser shows, by magic (a WebP is RIFF....WEBP); the report embeds only PNG, JPEG and WebP
+MEDIA_TYPES = {PNG_SIGNATURE: "image/png", b"\xff\xd8\xff": "image/jpeg", b"BM": "image/bmp", b"GIF8": "image/gif"}
+REPORT_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 Box = tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt]  # x, y, w, h
 
@@ -102,12 +104,17 @@ def parse_run(run: dict[str, Any]) -> ReportRun:
         raise ValueError(f"run report: {where}: {error['msg'].removeprefix('Value error, ')}") from None
 
 
+def media_type(data: bytes) -> str | None:
+    """A browser image's type from its first bytes (never from a name); None for anything else."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((media for magic, media in MEDIA_TYPES.items() if data.startswith(magic)), None)
+
+
 def image_type(data: object) -> str | None:
-    """The MIME type of PNG, JPEG or WebP bytes, by their magic; None for anything else."""
-    if not isinstance(data, bytes):
-        return None
-    found = next((kind for magic, kind in IMAGE_TYPES.items() if data.startswith(magic)), None)
-    return None if found == "image/webp" and data[8:12] != b"WEBP" else found
+    """The MIME type of PNG, JPEG or WebP bytes, the ones the report embeds; None for anything else."""
+    media = media_type(data) if isinstance(data, bytes) else None
+    return media if media in REPORT_TYPES else None
 
 
 def frame_size(heatmap: bytes | None) -> tuple[int, int] | None:

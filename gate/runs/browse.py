@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from gate.judging.verdict import judge_if_possible, run_summary
+from gate.report.model import media_type
 from gate.runs.service import layer_result
 from gate.settings import Settings
 from gate.store import repository as repo
@@ -21,8 +22,6 @@ from gate.vocabulary import FINISHED
 
 SEVERITY = {"error": 0, "fail": 1, "pass": 2, None: 3}  # worst first; unjudged last
 IMAGE_KINDS = ("ref", "cand", "heatmap")
-MEDIA_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"BM": "image/bmp",
-               b"GIF8": "image/gif"}
 PNG_SIZE_END = 24  # a PNG's width and height end here (IHDR)
 
 
@@ -132,13 +131,6 @@ def _image(comparison: Comparison, kind: str, image_root: Path, *,
         data = file.read(12 if head_only else -1)
     media = media_type(data)
     return None if media is None else (data, media)
-
-
-def media_type(data: bytes) -> str | None:
-    """A browser image's type from its first bytes (never from a name); None for anything else."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((media for magic, media in MEDIA_TYPES.items() if data.startswith(magic)), None)
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
