@@ -3,7 +3,6 @@ send to it, and the store key still keeps two stores off one queue."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,9 @@ from gate.runs.queue import QUEUE_BINDING_PREFIX, QueueTaken, store_queue_at
 from gate.settings import Settings
 from gate.store import make_engine, session_scope
 from gate.store import repository as repo
-from tests.integration.test_producer import BROKER_URL, _comparisons, _submit, images  # noqa: F401  (fixture)
+from tests.integration.test_producer import BROKER_URL, _comparisons, _submit, broker, images  # noqa: F401  (fixtures)
 
 QUEUE = "lpips-gpu"
-
-
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(BROKER_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 def _key(url: str) -> str:
@@ -46,7 +37,7 @@ def test_a_configured_queue_name_receives_the_runs(pg_url: str, images: Path, br
 
 
 def test_a_second_store_is_refused_the_queue_of_the_first(pg_url: str, sqlite_url: str, images: Path,  # noqa: F811
-                                                          broker: redis.Redis) -> None:
+                                                          broker: redis.Redis) -> None:  # noqa: F811  (fixture)
     settings = Settings(broker_url=BROKER_URL, queue_name=QUEUE)
     assert store_queue_at(pg_url, settings) == QUEUE
     assert store_queue_at(pg_url, settings) == QUEUE  # the same store again: fine
@@ -67,7 +58,7 @@ def test_a_second_store_is_refused_the_queue_of_the_first(pg_url: str, sqlite_ur
 
 
 def test_a_worker_of_another_store_refuses_to_start_on_the_queue(pg_url: str, sqlite_url: str,
-                                                                 broker: redis.Redis) -> None:
+                                                                 broker: redis.Redis) -> None:  # noqa: F811  (fixture)
     store_queue_at(pg_url, Settings(broker_url=BROKER_URL, queue_name=QUEUE))
     result = CliRunner().invoke(main, ["worker", "--device", "cpu"], env={
         "LPIPS_GATE_DATABASE_URL": sqlite_url, "LPIPS_GATE_BROKER_URL": BROKER_URL, "LPIPS_GATE_QUEUE_NAME": QUEUE,
