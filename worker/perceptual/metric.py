@@ -112,7 +112,7 @@ class LPIPS(nn.Module):
         """Normalised features of a batch; the network may run in bf16/fp16, normalisation is fp32."""
         _check_images(x)
         if self.version != "0.0":  # v0.0 shipped without input scaling; keep it for parity
-            x = (x - self.shift).div_(self.scale)  # in place: an out-of-place broadcast divide is ~4x slower on the CPU
+            x = self._scaled(x)
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext()
         with torch.inference_mode(), autocast:
@@ -126,6 +126,15 @@ class LPIPS(nn.Module):
                 layers.append(norm(r))
                 del r
         return Features(layers, stats)
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - shift) / scale, the reference's arithmetic, into the channels_last batch the trunk runs on:
+        as rows of pixels (N*H, W*3) against the per-channel constants repeated W times. Broadcasting
+        over channels_last's 3-wide innermost dimension runs element by element, ten times slower."""
+        n, _, height, width = x.shape
+        rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n * height, width * 3)
+        out = torch.sub(rows, self.shift.flatten().repeat(width)).div_(self.scale.flatten().repeat(width))
+        return out.view(n, height, width, 3).permute(0, 3, 1, 2)
 
     def layer_maps(self, f0: Features, f1: Features) -> list[torch.Tensor]:
         """Per-position distance of each layer, (N,1,h,w)."""
