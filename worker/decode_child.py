@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from worker.pixels import ImageError, content_hash, decode_rgb
+from worker.pixels import ImageError, decode_hashed
 
 ALIGN = 64  # each image starts on a cache line
 KEEP_BYTES = 64 * 2**20  # a slab grown past this for a large task shrinks back before the next
@@ -52,11 +52,11 @@ def decode_task(task: tuple, slab: Slab) -> list[tuple]:
     offset = 0
     for path, keep_nonfinite in files:
         try:
-            pixels = decode_rgb(path, max_pixels=max_pixels, min_size=min_size, keep_nonfinite=keep_nonfinite)
+            pixels, digest = decode_hashed(path, max_pixels=max_pixels, min_size=min_size,
+                                           keep_nonfinite=keep_nonfinite)
             if pixels is None:
                 answers.append(("local",))
                 continue
-            digest = content_hash(path)
             slab.put(pixels, offset)
             answers.append(("ok", pixels.shape, offset, digest))
             offset += -(-pixels.nbytes // ALIGN) * ALIGN

@@ -18,7 +18,7 @@ import torch
 
 from gate.scoring import MASK_MARGIN_PX
 from gate.vocabulary import SCORES
-from worker import decoding, guards, images, masks, tuning, weights
+from worker import decoding, guards, images, masks, pixels, tuning, weights
 from worker.masks import Scoring
 from worker.perceptual import LPIPS, Features
 from worker.perceptual.cache import FeatureCache
@@ -116,6 +116,9 @@ def build_model(settings, *, net: str, version: str = "0.1", precision: str = "f
 ACTIVATION_BYTES_PER_PIXEL = {"alex": 256, "vgg": 2400, "squeeze": 600}
 
 
+PACKED_PIXELS = 128 * 128  # on the CPU, frames below this many pixels share passes by pixels, not by count
+
+
 def pair_bytes(net: str, shape: tuple[int, ...]) -> int:
     """Device memory one pair of images of `shape` (C, H, W) takes in a forward pass, both sides."""
     return 2 * shape[-2] * shape[-1] * ACTIVATION_BYTES_PER_PIXEL[net]
@@ -165,11 +168,15 @@ class Engine:
                    cache=FeatureCache(settings.feature_cache_bytes), resize=resize, exposure=exposure,
                    decode_processes=decoding.default_processes(resolved.type) if processes is None else processes)
 
-    @property
-    def decode_window(self) -> int:
-        """Pairs decoded and computed together: one batch, so the next window decodes while this one
-        computes. A pass that fails, fails for a pair of the window being computed."""
-        return self.max_batch
+    def window_at(self, pairs: Sequence[tuple[Path, Path]], start: int) -> int:
+        """Pairs from `start` decoded and computed together: one batch for the size its first reference's
+        header gives, so the next window decodes while this one computes. A pass that fails, fails for a
+        pair of the window being computed. A header that cannot be read (OpenEXR, a bad file: decoding
+        reports it) counts as a full-size frame."""
+        if self.device.type == "cuda" or start >= len(pairs):
+            return self.max_batch
+        size = pixels.frame_size(pairs[start][0])
+        return self.max_batch if size is None else self.batch_limit((3, size[1], size[0]))
 
     def _decode(self, index: int, ref: Path, cand: Path, load: Callable[[Path, bool], Loaded],
                 mask_images: _Once[Path, np.ndarray], scoring: Scoring) -> _Decoded:
@@ -194,9 +201,8 @@ class Engine:
 
     def _load(self, path: Path, *, exposure: float, keep_nonfinite: bool = False) -> Loaded:
         """Decoded pixels and the sha256 of the file: its identity for the cache and for dedup."""
-        image = images.load_image(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=exposure,
+        return images.load_hashed(path, max_pixels=self.max_pixels, min_size=self.min_size, exposure=exposure,
                                   keep_nonfinite=keep_nonfinite)
-        return image, images.content_hash(path)
 
     def _loader(self, pairs: list[tuple[Path, Path]], exposure: float) -> Callable[[Path, bool], Loaded]:
         """How one window's files are decoded: each distinct file once, in the decode pool's processes
@@ -225,8 +231,7 @@ class Engine:
                       scoring: Scoring = DEFAULT_SCORING) -> Iterator[Outcome]:
         """Outcomes in input order; a bad pair gets its error and the rest go on. Decoding of the
         next window overlaps the forward passes of this one."""
-        window = self.decode_window
-        chunks = [list(range(i, min(i + window, len(pairs)))) for i in range(0, len(pairs), window)]
+        chunks = _windows(lambda start: self.window_at(pairs, start), len(pairs))
         mask_images: _Once[Path, np.ndarray] = _Once(lambda path: masks.load_mask(path, max_pixels=self.max_pixels))
 
         def submit(chunk: list[int]) -> list[Future]:
@@ -235,10 +240,12 @@ class Engine:
             return [self._pool.submit(self._decode, i, ref, cand, load, mask_images, scoring)
                     for i, (ref, cand) in zip(chunk, window_pairs)]
 
-        pending = submit(chunks[0]) if chunks else []
+        chunk = next(chunks, None)
+        pending = submit(chunk) if chunk else []
         computed: dict[str, Outcome] = {}
-        for n, chunk in enumerate(chunks):
-            futures, pending = pending, submit(chunks[n + 1]) if n + 1 < len(chunks) else []
+        while chunk:
+            following = next(chunks, None)
+            futures, pending = pending, submit(following) if following else []
             outcomes = {i: Outcome(str(pairs[i][0]), str(pairs[i][1])) for i in chunk}
             decoded = []
             for i, future in zip(chunk, futures):
@@ -252,6 +259,7 @@ class Engine:
                 outcome.ref_sha256, outcome.cand_sha256 = item.ref_hash, item.cand_hash
             self._run(decoded, outcomes, computed, with_map, scoring)
             yield from (outcomes[i] for i in chunk)
+            chunk = following
 
     def _run(self, decoded: list[_Decoded], outcomes: dict[int, Outcome], computed: dict[str, Outcome],
              with_map: bool, scoring: Scoring) -> None:
@@ -274,10 +282,12 @@ class Engine:
             outcome.scores, outcome.regions = first.scores, first.regions
 
     def batch_limit(self, shape: tuple[int, ...]) -> int:
-        """Pairs per forward pass for images of `shape`: `max_batch`, or on CUDA as many as half the
-        device's free memory holds (an out-of-memory error still halves `max_batch`: worker.runtime)."""
+        """Pairs per forward pass for images of `shape`. On the CPU `max_batch`, and frames smaller than
+        PACKED_PIXELS as many more as keep the pass at max_batch frames of that size: a pass has a fixed
+        cost that small frames do not amortise. On CUDA as many as half the device's free memory holds,
+        at most `max_batch`. An out-of-memory error halves `max_batch` either way (worker.runtime)."""
         if self.device.type != "cuda":
-            return self.max_batch
+            return self.max_batch * max(1, PACKED_PIXELS // (shape[-2] * shape[-1]))
         free, _total = torch.cuda.mem_get_info(self.device)
         return max(1, min(self.max_batch, free // 2 // pair_bytes(self.model.net, shape)))
 
@@ -391,6 +401,15 @@ class _Once(Generic[Key, Value]):
             except BaseException as exc:  # noqa: BLE001  (handed to every caller of this key)
                 future.set_exception(exc)
         return future.result()
+
+
+def _windows(size_at: Callable[[int], int], total: int) -> Iterator[list[int]]:
+    """Consecutive windows of indices, each as long as `size_at(its start)` says."""
+    start = 0
+    while start < total:
+        end = min(total, start + size_at(start))
+        yield list(range(start, end))
+        start = end
 
 
 def _stack(images: list[torch.Tensor], *, pinned: bool = False) -> torch.Tensor:

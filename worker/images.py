@@ -26,12 +26,13 @@ from worker.pixels import (
     StrPath,
     check_file_name,
     content_hash,
+    decode_hashed,
     decode_rgb,
 )
 
 __all__ = ["EXR_MAGIC", "MIN_SIZE", "SAFE_MIN_SIZE", "RESIZE_MODES", "SUPPORTED", "ImageError", "Reason", "Resize",
-           "SizeMismatchError", "check_resize", "content_hash", "load_image", "match_sizes", "pixels_tensor",
-           "resolve_under"]
+           "SizeMismatchError", "check_resize", "content_hash", "load_hashed", "load_image", "match_sizes",
+           "pixels_tensor", "resolve_under"]
 
 
 class SizeMismatchError(ImageError):
@@ -82,11 +83,25 @@ def load_image(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE,
     """
     pixels = decode_rgb(path, max_pixels=max_pixels, min_size=min_size, keep_nonfinite=keep_nonfinite)
     if pixels is None:
-        from worker.hdr import load_hdr  # HDR needs the OpenEXR bindings
-
-        return load_hdr(path, exposure=exposure, max_pixels=max_pixels, min_size=min_size,
-                        keep_nonfinite=keep_nonfinite)
+        return _load_hdr(path, exposure=exposure, max_pixels=max_pixels, min_size=min_size,
+                         keep_nonfinite=keep_nonfinite)
     return pixels_tensor(pixels)
+
+
+def load_hashed(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE, exposure: float = 0.0,
+                keep_nonfinite: bool = False) -> tuple[torch.Tensor, str]:
+    """`load_image` and the file's `content_hash`, from one read of a file of ordinary size."""
+    pixels, digest = decode_hashed(path, max_pixels=max_pixels, min_size=min_size, keep_nonfinite=keep_nonfinite)
+    if pixels is None:
+        return _load_hdr(path, exposure=exposure, max_pixels=max_pixels, min_size=min_size,
+                         keep_nonfinite=keep_nonfinite), digest
+    return pixels_tensor(pixels), digest
+
+
+def _load_hdr(path: StrPath, **options) -> torch.Tensor:
+    from worker.hdr import load_hdr  # HDR needs the OpenEXR bindings
+
+    return load_hdr(path, **options)
 
 
 def pixels_tensor(pixels: np.ndarray) -> torch.Tensor:

@@ -9,10 +9,11 @@ import hashlib
 import io
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from PIL import (
@@ -35,6 +36,7 @@ StrPath = str | os.PathLike[str]
 MIN_SIZE: dict[str, int] = {"alex": 31, "vgg": 16, "squeeze": 17}
 SAFE_MIN_SIZE = max(MIN_SIZE.values())  # the default: valid whichever net runs
 
+WHOLE_FILE_BYTES = 64 * 2**20  # files up to this size are read once for both the decoder and the hash
 SUPPORTED = "PNG, JPEG, WebP, TIFF, BMP or OpenEXR"
 EXR_MAGIC = b"v/1\x01"
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -97,22 +99,52 @@ def decode_rgb(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE,
     OpenEXR file (its tone map runs in torch: `worker.hdr`)."""
     _check_limits(max_pixels, min_size)
     with _open_regular_file(path) as fp:
-        if fp.read(4) == EXR_MAGIC:
-            return None
+        return _decode_from(path, fp, max_pixels, min_size, keep_nonfinite)
+
+
+def decode_hashed(path: StrPath, *, max_pixels: int, min_size: int = SAFE_MIN_SIZE,
+                  keep_nonfinite: bool = False) -> tuple[np.ndarray | None, str]:
+    """`decode_rgb` and `content_hash` from one opening of the file. A file of up to WHOLE_FILE_BYTES is
+    read in one call and both work from its bytes: at small sizes the decoder's many small reads of the
+    file cost more than decoding."""
+    _check_limits(max_pixels, min_size)
+    with _open_regular_file(path) as fp:
+        if os.fstat(fp.fileno()).st_size <= WHOLE_FILE_BYTES:
+            data = fp.read()
+            pixels = _decode_from(path, io.BytesIO(data), max_pixels, min_size, keep_nonfinite)
+            return pixels, hashlib.sha256(data).hexdigest()
+        pixels = _decode_from(path, fp, max_pixels, min_size, keep_nonfinite)
         fp.seek(0)
-        image = _read_header(path, fp, max_pixels)
-        _check_size(path, image.size, max_pixels, min_size)
-        _decode(path, image)
-        pixels = _unit_range(path, image, keep_nonfinite)
-    pixels *= 2  # in numpy, single-threaded: torch would fan each small op out over every core
-    pixels -= 1  # from every decode thread at once, and oversubscribe the CPU
-    return pixels
+        return pixels, hashlib.file_digest(fp, "sha256").hexdigest()
+
+
+def frame_size(path: StrPath) -> tuple[int, int] | None:
+    """(width, height) from the header, or None where none can be read (OpenEXR, a bad file)."""
+    try:
+        with _open_regular_file(path) as fp:
+            return _read_header(path, fp, max_pixels=sys.maxsize).size
+    except (ImageError, OSError):
+        return None
 
 
 def content_hash(path: StrPath) -> str:
     """sha256 hex digest of the file's bytes: the identity used for dedup and caching."""
     with _open_regular_file(path) as fp:
         return hashlib.file_digest(fp, "sha256").hexdigest()
+
+
+def _decode_from(path: StrPath, fp: BinaryIO, max_pixels: int, min_size: int,
+                 keep_nonfinite: bool) -> np.ndarray | None:
+    if fp.read(4) == EXR_MAGIC:
+        return None
+    fp.seek(0)
+    image = _read_header(path, fp, max_pixels)
+    _check_size(path, image.size, max_pixels, min_size)
+    _decode(path, image)
+    pixels = _unit_range(path, image, keep_nonfinite)
+    pixels *= 2  # in numpy, single-threaded: torch would fan each small op out over every core
+    pixels -= 1  # from every decode thread at once, and oversubscribe the CPU
+    return pixels
 
 
 def _check_limits(max_pixels: int, min_size: int) -> None:
@@ -148,7 +180,7 @@ def _open_regular_file(path: StrPath) -> io.BufferedReader:
         raise ImageError(path, "unreadable", "cannot read file", exc.strerror) from None
 
 
-def _read_header(path: StrPath, fp: io.BufferedReader, max_pixels: int) -> Image.Image:
+def _read_header(path: StrPath, fp: BinaryIO, max_pixels: int) -> Image.Image:
     """Parse the header with the one plugin the magic bytes select, bypassing Image.open's global checks."""
     prefix = fp.read(30)
     plugin = _plugin_for(prefix)

@@ -131,7 +131,7 @@ class Extractor:
                     self.counters.add("retries")
                     self._sleep(self.backoff(tries))
                     continue
-                window = rest[: self.engine.decode_window]  # the failure is in the window being computed
+                window = rest[: self.engine.window_at(rest, 0)]  # the failure is in the window being computed
                 yield from self._isolate(window, with_map, scoring, f"{type(exc).__name__}: {exc}")
                 done, tries = done + len(window), 0
 

@@ -52,8 +52,9 @@ def image_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pairs(image_root) -> list[tuple[str, str]]:
-    """Eight 64x64 pairs; the sixth candidate is the poisoned one."""
-    return write_pairs(image_root, 8, poison=(5,), poison_suffix=POISON)
+    """Eight 128x128 pairs (a window is max_batch pairs: engine.PACKED_PIXELS); the sixth candidate is the
+    poisoned one."""
+    return write_pairs(image_root, 8, size=128, poison=(5,), poison_suffix=POISON)
 
 
 def _settings(weights_dir: Path, image_root: Path, **overrides) -> Settings:
@@ -276,10 +277,10 @@ def test_embedded_run_records_each_outcome_once(db_url, weights_dir, image_root,
     assert layers == ALEX_LAYERS * len(done) == ALEX_LAYERS * 7
     for row in done:  # the report's pictures: the heatmap on the fixed scale's palette, WebP previews
         with Image.open(io.BytesIO(row.heatmap_png)) as heatmap:
-            assert (heatmap.size, heatmap.mode) == ((64, 64), "P")
+            assert (heatmap.size, heatmap.mode) == ((128, 128), "P")
         for preview in (row.ref_thumb, row.cand_thumb):
             with Image.open(io.BytesIO(preview)) as thumbnail:
-                assert (thumbnail.format, thumbnail.size) == ("WEBP", (64, 64))
+                assert (thumbnail.format, thumbnail.size) == ("WEBP", (128, 128))
     failed = {r.ref + " " + r.cand: (r.status, r.attempts, r.error) for r in rows if r.status != "done"}
     gave_up = (
         f"gave up after 3 attempts: transient failure after 2 tries: RuntimeError: injected transient "

@@ -39,8 +39,8 @@ def count_images(engine):
 
 
 def test_one_reference_runs_the_backbone_once(engine, tmp_path):
-    ref = write(tmp_path / "ref.png", 0, (64, 64))
-    pairs = [(ref, write(tmp_path / f"c{i}.png", i + 1, (64, 64))) for i in range(20)]
+    ref = write(tmp_path / "ref.png", 0, (128, 128))  # PACKED_PIXELS: a pass is max_batch pairs
+    pairs = [(ref, write(tmp_path / f"c{i}.png", i + 1, (128, 128))) for i in range(20)]
     seen = count_images(engine)
     outcomes = list(engine.compare_files(pairs))
     assert seen == [1 + 8, 8, 4]  # ref + 8 candidates in one pass, then candidates only
@@ -101,13 +101,13 @@ def test_a_reference_shared_by_a_window_is_decoded_once(tmp_path, monkeypatch):
 
     engine = Engine.from_settings(Settings(max_batch=8, decode_processes=0), net="alex", device="cpu")
 
-    ref = write(tmp_path / "ref.png", 0, (64, 64))
+    ref = write(tmp_path / "ref.png", 0, (128, 128))  # PACKED_PIXELS: a window is max_batch pairs
     missing = tmp_path / "missing.png"
-    pairs = [(ref, write(tmp_path / f"c{i}.png", i + 1, (64, 64))) for i in range(20)]
+    pairs = [(ref, write(tmp_path / f"c{i}.png", i + 1, (128, 128))) for i in range(20)]
     pairs += [(missing, pairs[0][1]), (missing, pairs[1][1])]
     loaded = []
-    real = images.load_image
-    monkeypatch.setattr(images, "load_image", lambda path, **kw: loaded.append(path) or real(path, **kw))
+    real = images.load_hashed
+    monkeypatch.setattr(images, "load_hashed", lambda path, **kw: loaded.append(path) or real(path, **kw))
     outcomes = list(engine.compare_files(pairs))
     assert loaded.count(ref) == 3  # windows of max_batch 8: pairs 0-7, 8-15, 16-21
     assert loaded.count(missing) == 1  # its error is handed to both pairs
@@ -184,3 +184,28 @@ def test_cuda_batches_are_sized_from_free_device_memory(monkeypatch):
     assert Engine.batch_limit(on, (3, 1024, 1024)) == 1
     on.device = torch.device("cpu")
     assert Engine.batch_limit(on, (3, 1024, 1024)) == 256
+
+
+def test_small_frames_share_cpu_passes_by_pixels(tmp_path, monkeypatch):
+    """On the CPU frames below 128x128 are packed: max_batch frames' worth of 128x128 pixels a pass, and a
+    window is the batch for its first reference's size, read from the header (full size when unreadable)."""
+    from worker import images
+
+    engine = Engine.from_settings(Settings(max_batch=4, decode_processes=0), net="alex", device="cpu")
+    assert [engine.batch_limit((3, side, side)) for side in (32, 64, 100, 128, 1080)] == [64, 16, 4, 4, 4]
+    small = [(write(tmp_path / f"r{i}.png", i, (64, 64)), write(tmp_path / f"c{i}.png", 50 + i, (64, 64)))
+             for i in range(20)]
+    large = [(write(tmp_path / f"R{i}.png", i, (128, 128)), write(tmp_path / f"C{i}.png", 50 + i, (128, 128)))
+             for i in range(5)]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    pairs = small + large + [(broken, large[0][1])] + small[:3]
+    assert [engine.window_at(pairs, start) for start in (0, 20, 25, 26)] == [16, 4, 4, 16]
+    batches = []
+    monkeypatch.setattr(engine, "before_batch", lambda cands: batches.append(len(cands)))
+    outcomes = list(engine.compare_files(pairs))
+    # windows 0-15 and 16-28; in the second the 64px pairs are one pass, the 128px ones two (4 + 1), and
+    # the last three repeat pairs 0-2: copied, not computed
+    assert batches == [16, 4, 4, 1]
+    assert [o.error is None for o in outcomes] == [True] * 25 + [False] + [True] * 3
+    assert outcomes[26].distance == outcomes[0].distance
