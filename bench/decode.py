@@ -90,7 +90,8 @@ def measure(args, settings: Settings, net: str, size: int, n: int, folder: Path,
     pairs = bench.make_pairs(folder, n, size)
     reference = bench.reference_model(net, settings)
     ref_sides, batches = [], []
-    tried = args.ref_batches or ([8] if args.device == "cpu" else [32, 128, 512] if size <= 256 else [8, 16, 32, 64])
+    tried = args.ref_batches or ([8, 32, 128] if args.device == "cpu" else [32, 128, 512] if size <= 256
+                                 else [8, 16, 32, 64])
     for batch in tried:
         side = bench.bare_reference(reference, pairs, batch, args.device)
         try:
@@ -126,8 +127,9 @@ def measure(args, settings: Settings, net: str, size: int, n: int, folder: Path,
 
 
 def print_row(row: dict) -> None:
+    by_batch = ", ".join(f"{rate:.4g}/s at {batch}" for batch, rate in row["reference_pairs_s_by_batch"].items())
     print(f"{row['net']:5} {row['size']:5}px x{row['pairs']:<4} reference {row['reference_pairs_s']:8.4g}/s "
-          f"(batch {row['reference_batch']})", flush=True)
+          f"(batch {row['reference_batch']}; {by_batch})", flush=True)
     for side in row["ours"]:
         busy = f"  GPU busy {side['gpu_busy_pct']:.0f}%" if side.get("gpu_busy_pct") is not None else ""
         print(f"      {side['precision']:5} decode processes {side['decode_processes']}  {side['pairs_s']:8.4g}/s "
@@ -146,7 +148,8 @@ def main() -> None:
     parser.add_argument("--processes", nargs="+", type=int, default=[0, 1, 2], help="decode processes (0: in-process)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--ref-batches", nargs="+", type=int,
-                        help="reference batch sizes tried (default: 8 on the CPU; on CUDA 32-512, 8-64 above 256px)")
+                        help="reference batch sizes tried (default: 8, 32 and 128 on the CPU; on CUDA 32-512, "
+                             "8-64 above 256px)")
     parser.add_argument("--max-batch", type=int, help="ours: pairs per forward pass (default: the settings')")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the rows here")
@@ -156,7 +159,7 @@ def main() -> None:
     updates = {"max_batch": args.max_batch, "cuda_max_batch": args.max_batch} if args.max_batch else {}
     settings = Settings(**updates)
     if args.quick:
-        args.sizes, args.pairs, args.repeat = [64], [8], 1
+        args.sizes, args.pairs, args.repeat, args.ref_batches = [64], [8], 1, args.ref_batches or [8]
     counts = args.pairs or [256 if s <= 64 else 128 if s <= 256 else 64 for s in args.sizes]
     sampler = GpuSampler() if args.device == "cuda" and shutil.which("nvidia-smi") else None
     rows = []

@@ -151,6 +151,8 @@ class Engine:
         self.min_size = images.MIN_SIZE[model.net]
         self.before_batch: Callable[[list[str]], None] | None = None
         self.with_scores = True
+        self.packing = True  # small frames share CPU passes by pixels (batch_limit); off after an out-of-memory
+        self.last_pass = 0  # pairs in the latest forward pass: what an out-of-memory error halves
         self._pool = ThreadPoolExecutor(decode_threads or decode_threads_for(device), thread_name_prefix="decode")
         self.decode_processes = decode_processes  # 0: decode in the threads; else a shared worker.decoding pool
 
@@ -282,12 +284,12 @@ class Engine:
             outcome.scores, outcome.regions = first.scores, first.regions
 
     def batch_limit(self, shape: tuple[int, ...]) -> int:
-        """Pairs per forward pass for images of `shape`. On the CPU `max_batch`, and frames smaller than
-        PACKED_PIXELS as many more as keep the pass at max_batch frames of that size: a pass has a fixed
-        cost that small frames do not amortise. On CUDA as many as half the device's free memory holds,
-        at most `max_batch`. An out-of-memory error halves `max_batch` either way (worker.runtime)."""
+        """Pairs per forward pass for images of `shape`. On the CPU `max_batch`, and with `packing` frames
+        smaller than PACKED_PIXELS as many more as keep the pass at max_batch frames of that size: a pass
+        has a fixed cost that small frames do not amortise. On CUDA as many as half the device's free
+        memory holds, at most `max_batch`. An out-of-memory error halves the pass (worker.runtime)."""
         if self.device.type != "cuda":
-            return self.max_batch * max(1, PACKED_PIXELS // (shape[-2] * shape[-1]))
+            return self.max_batch * (max(1, PACKED_PIXELS // (shape[-2] * shape[-1])) if self.packing else 1)
         free, _total = torch.cuda.mem_get_info(self.device)
         return max(1, min(self.max_batch, free // 2 // pair_bytes(self.model.net, shape)))
 
@@ -299,6 +301,7 @@ class Engine:
 
     def _batch(self, batch: list[_Decoded], outcomes: dict[int, Outcome], with_map: bool, scoring: Scoring) -> None:
         """References not in the cache and all candidates go through the network in one forward pass."""
+        self.last_pass = len(batch)
         if self.before_batch is not None:
             self.before_batch([outcomes[item.index].cand for item in batch])
         start = time.perf_counter()

@@ -110,7 +110,7 @@ class Extractor:
         try:
             yield from self._measure(list(pairs), with_map, scoring)
         finally:
-            self.engine.max_batch = configured
+            self.engine.max_batch, self.engine.packing = configured, True
 
     def _measure(self, pairs: list[Pair], with_map: bool, scoring: Scoring) -> Iterator[Measurement]:
         done, tries = 0, 0
@@ -123,7 +123,7 @@ class Extractor:
             except self.time_up:
                 raise  # the task's time is up, not a failure of this pass: its caller hands the pairs back
             except Exception as exc:  # noqa: BLE001  (bad input never gets here: the engine reports it per pair)
-                if is_oom(exc) and self.engine.max_batch > 1:
+                if is_oom(exc) and self.engine.last_pass > 1:
                     self._halve()
                     continue
                 tries += 1
@@ -145,7 +145,9 @@ class Extractor:
         yield from self._measure(window[half:], with_map, scoring)
 
     def _halve(self) -> None:
-        self.engine.max_batch //= 2
+        """Passes of at most half the one that failed, small frames no longer packed."""
+        self.engine.max_batch = max(1, min(self.engine.max_batch, self.engine.last_pass) // 2)
+        self.engine.packing = False
         self.counters.add("oom_halvings")
         if self.engine.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -57,7 +57,7 @@ def test_quick_decode_benchmark_prints_its_table(tmp_path):
         assert side["pairs_s"] > 0 and side["ratio"] > 0
         assert side["max_abs_diff_vs_reference"] <= (1e-5 if side["precision"] == "fp32" else 0.01)
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("alex     64px x8    reference") and "(batch 8)" in lines[0]
+    assert lines[0].startswith("alex     64px x8    reference") and "(batch 8; " in lines[0]
     assert lines[2].startswith("      fp32  decode processes 1 ") and len(lines) == 5
 
 

@@ -101,11 +101,22 @@ def test_oom_halves_the_batch_until_it_fits_and_only_for_that_call(weights_dir, 
         good = _paths(image_root, pairs[:5])
         first = list(models.measure(good, net="alex", version="0.1", precision="fp32"))
         assert [m.distance for m in first] == pytest.approx(expected["alex"][:5], abs=1e-6)
-        assert models.counters.oom_halvings == 2  # 5 pairs -> a pass of 5 (OOM) -> 4 (OOM) -> 2 fits
+        assert models.counters.oom_halvings == 1  # 5 pairs -> a pass of 5 (OOM) -> passes of 2 fit
         extractor = models.get("alex", "0.1", "fp32")
-        assert extractor.engine.max_batch == 8  # restored for the next task
+        assert (extractor.engine.max_batch, extractor.engine.packing) == (8, True)  # restored for the next task
         list(models.measure(good, net="alex", version="0.1", precision="fp32"))
-        assert (models.counters.oom_halvings, models.counters.retries) == (4, 0)
+        assert (models.counters.oom_halvings, models.counters.retries) == (2, 0)
+
+
+def test_oom_in_a_packed_pass_halves_that_pass(weights_dir, image_root, tmp_path):
+    """64px frames are packed 4 to a max_batch slot: the halving is of the pass that failed, 16 pairs."""
+    small = write_pairs(tmp_path, 16, size=64)
+    settings = _settings(weights_dir, tmp_path, max_batch=4)
+    with injected(Faults(oom_above_batch=8)):
+        models = Models(settings)
+        measured = list(models.measure(_paths(tmp_path, small), net="alex", version="0.1", precision="fp32"))
+    assert [m.error for m in measured] == [None] * 16
+    assert (models.counters.oom_halvings, models.counters.retries) == (1, 0)  # a pass of 16 -> passes of 8
 
 
 def test_oom_at_batch_one_is_a_transient_failure(weights_dir, image_root, pairs):
@@ -116,7 +127,7 @@ def test_oom_at_batch_one_is_a_transient_failure(weights_dir, image_root, pairs)
         "of 1 pairs > fault_oom_above_batch=0)"
     )
     assert [(m.error, m.final) for m in measured] == [(reason, False)]
-    assert (counters.oom_halvings, counters.retries) == (1, 1)
+    assert (counters.oom_halvings, counters.retries) == (0, 1)  # a pass of one pair cannot be halved
 
 
 def test_a_poisoned_pair_is_isolated_and_handed_back(weights_dir, image_root, pairs, expected):

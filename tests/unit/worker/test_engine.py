@@ -174,7 +174,7 @@ def test_cuda_batches_are_sized_from_free_device_memory(monkeypatch):
 
     free = 40 * 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * 2**30))
-    on = SimpleNamespace(device=torch.device("cuda"), max_batch=256, model=SimpleNamespace(net="vgg"))
+    on = SimpleNamespace(device=torch.device("cuda"), max_batch=256, packing=True, model=SimpleNamespace(net="vgg"))
     assert pair_bytes("vgg", (3, 1024, 1024)) == 2 * 1024 * 1024 * 2400
     assert Engine.batch_limit(on, (3, 1024, 1024)) == free // 2 // pair_bytes("vgg", (3, 1024, 1024)) == 4
     assert Engine.batch_limit(on, (3, 256, 256)) == 68
@@ -189,8 +189,6 @@ def test_cuda_batches_are_sized_from_free_device_memory(monkeypatch):
 def test_small_frames_share_cpu_passes_by_pixels(tmp_path, monkeypatch):
     """On the CPU frames below 128x128 are packed: max_batch frames' worth of 128x128 pixels a pass, and a
     window is the batch for its first reference's size, read from the header (full size when unreadable)."""
-    from worker import images
-
     engine = Engine.from_settings(Settings(max_batch=4, decode_processes=0), net="alex", device="cpu")
     assert [engine.batch_limit((3, side, side)) for side in (32, 64, 100, 128, 1080)] == [64, 16, 4, 4, 4]
     small = [(write(tmp_path / f"r{i}.png", i, (64, 64)), write(tmp_path / f"c{i}.png", 50 + i, (64, 64)))
