@@ -354,7 +354,10 @@ class Engine:
                                  ignored=None if ignored is None else grid_ignored(ignored, grid, MASK_MARGIN_PX))
         guarded = guards.pixel_guards(refs, cands, ignored)
         toned = tone_shifts(refs, cands, scoring.region_px, ignored)
-        quantised = levels_lost(refs, cands, scoring.region_px, ignored)
+        keys = list(dict.fromkeys(item.ref_key for item in batch))
+        first = [next(row for row, item in enumerate(batch) if item.ref_key == key) for key in keys]
+        ref_of = torch.tensor([keys.index(item.ref_key) for item in batch], device=refs.device)
+        quantised = levels_lost(refs[first], cands, scoring.region_px, ignored, ref_of)
         for row, (item, (local, local_boxes), (guard, guard_boxes), (tone, tone_box), (lost, lost_box)) in enumerate(
                 zip(batch, spatial, guarded, toned, quantised)):
             count, box = item.nonfinite

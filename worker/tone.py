@@ -42,9 +42,10 @@ def tone_shifts(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
 
 
 def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
-                ignored: torch.Tensor | None = None) -> list[tuple[float, Box]]:
+                ignored: torch.Tensor | None = None, ref_of: torch.Tensor | None = None) -> list[tuple[float, Box]]:
     """(the largest share of a window's distinct 8-bit levels that the candidate lost; its box) for each
     pair of (N,3,H,W) batches in [-1, 1], over non-overlapping windows of `window_px`, per channel.
+    `ref_of` (N,) indexes each candidate's reference in `refs` when references repeat: each is counted once.
 
     Banding, posterisation and flattened texture keep a region's mean but lose its levels: quantised to 8
     levels, a noisy region that held 60 distinct values holds 8. Noise alone keeps the count within a few
@@ -54,6 +55,8 @@ def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
     rows, cols = height // side, width // side
     with torch.inference_mode():
         counts = [_distinct(image[..., :rows * side, :cols * side], side) for image in (refs, cands)]
+        if ref_of is not None:
+            counts[0] = counts[0][ref_of]
         lost = ((counts[0] - counts[1]).clamp(min=0) / counts[0].clamp(min=1)).amax(dim=1)  # (N, windows)
         if ignored is not None:
             hidden = ignored[:, 0, :rows * side, :cols * side].reshape(-1, rows, side, cols, side).any(dim=(2, 4))

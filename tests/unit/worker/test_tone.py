@@ -53,3 +53,12 @@ def test_ignored_pixels_count_for_neither_guard():
     assert tone_shifts(ref, cand, WINDOW)[0][0] > 50
     assert tone_shifts(ref, cand, WINDOW, ignored)[0][0] < 2.0
     assert levels_lost(ref, cand, WINDOW, ignored)[0][0] < 0.15
+
+
+def test_a_repeated_reference_is_counted_once_with_the_same_results():
+    (ref_a, cand_a, _), (ref_b, cand_b, clean) = _frames(4), _frames(5)
+    banded = _tensor((clean // 32) * 32 + 16)
+    refs, cands = torch.cat([ref_a, ref_b, ref_a, ref_b]), torch.cat([cand_a, cand_b, cand_a, banded])
+    repeated = levels_lost(refs, cands, WINDOW)
+    assert levels_lost(torch.cat([ref_a, ref_b]), cands, WINDOW, ref_of=torch.tensor([0, 1, 0, 1])) == repeated
+    assert repeated[3][0] > 0.7 > 0.15 > max(lost for lost, _box in repeated[:3])
