@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     precision: Precision = "fp32"
 
     max_pixels: int = 64_000_000  # per image: larger is treated as a decompression bomb
-    max_batch: int = 16  # pairs per forward pass
+    max_batch: int = 16  # pairs per forward pass; on the CPU smaller frames are packed (worker.engine.batch_limit)
     message_batches: int = Field(default=4, ge=1)  # forward passes per queue message: decoding overlaps compute
     #                                                within a message; fewer spread a small run over more workers
     feature_cache_bytes: int = 256 * 2**20
