@@ -74,7 +74,8 @@ def timed(fns: list, pairs: int, repeat: int) -> tuple[list[float], list[list[tu
     return [pairs / statistics.median(b - a for a, b in spent) for spent in spans], spans
 
 
-def engine_side(settings: Settings, net: str, pairs, *, precision: str, device: str, processes: int):
+def engine_side(settings: Settings, net: str, pairs, size: int, *, precision: str, device: str, processes: int):
+    """Our side's run, its distances, and the pairs it puts in one pass at `size` (CPU packing included)."""
     engine = Engine.from_settings(settings.model_copy(update={"decode_processes": processes}), net=net,
                                   precision=precision, device=device)
     out: list[float] = []
@@ -83,7 +84,7 @@ def engine_side(settings: Settings, net: str, pairs, *, precision: str, device: 
         if engine.cache is not None:
             engine.cache = type(engine.cache)(settings.feature_cache_bytes)  # cold cache each round
         out[:] = [o.distance for o in engine.compare_files(pairs)]
-    return run, out, engine.max_batch
+    return run, out, engine.batch_limit((3, size, size))
 
 
 def measure(args, settings: Settings, net: str, size: int, n: int, folder: Path, sampler: GpuSampler | None) -> dict:
@@ -101,7 +102,7 @@ def measure(args, settings: Settings, net: str, size: int, n: int, folder: Path,
             continue
         ref_sides.append(side)
         batches.append(batch)
-    sides = {(p, k): engine_side(settings, net, pairs, precision=p, device=args.device, processes=k)
+    sides = {(p, k): engine_side(settings, net, pairs, size, precision=p, device=args.device, processes=k)
              for p in args.precisions for k in args.processes}
     rates, spans = timed([run for run, _ in ref_sides] + [run for run, _, _ in sides.values()], n, args.repeat)
     best = int(np.argmax(rates[:len(ref_sides)]))
