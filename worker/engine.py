@@ -175,7 +175,7 @@ class Engine:
         header gives, so the next window decodes while this one computes. A pass that fails, fails for a
         pair of the window being computed. A header that cannot be read (OpenEXR, a bad file: decoding
         reports it) counts as a full-size frame."""
-        if self.device.type == "cuda" or start >= len(pairs):
+        if self.device.type == "cuda":
             return self.max_batch
         size = pixels.frame_size(pairs[start][0])
         return self.max_batch if size is None else self.batch_limit((3, size[1], size[0]))
@@ -354,10 +354,8 @@ class Engine:
                                  ignored=None if ignored is None else grid_ignored(ignored, grid, MASK_MARGIN_PX))
         guarded = guards.pixel_guards(refs, cands, ignored)
         toned = tone_shifts(refs, cands, scoring.region_px, ignored)
-        keys = list(dict.fromkeys(item.ref_key for item in batch))
-        first = [next(row for row, item in enumerate(batch) if item.ref_key == key) for key in keys]
-        ref_of = torch.tensor([keys.index(item.ref_key) for item in batch], device=refs.device)
-        quantised = levels_lost(refs[first], cands, scoring.region_px, ignored, ref_of)
+        distinct, ref_of = _distinct_refs(batch, refs)
+        quantised = levels_lost(distinct, cands, scoring.region_px, ignored, ref_of)
         for row, (item, (local, local_boxes), (guard, guard_boxes), (tone, tone_box), (lost, lost_box)) in enumerate(
                 zip(batch, spatial, guarded, toned, quantised)):
             count, box = item.nonfinite
@@ -371,6 +369,19 @@ class Engine:
             outcome = outcomes[item.index]
             outcome.scores = {name: scores[name] for name in SCORES}
             outcome.regions = {name: boxes[name] for name in SCORES if name in boxes}
+
+
+def _distinct_refs(batch: list[_Decoded], refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each distinct reference of a pass once, and the row of each pair's reference among them (None
+    where no reference repeats): one reference against many counts its levels once."""
+    rows: dict[str, int] = {}
+    for row, item in enumerate(batch):
+        rows.setdefault(item.ref_key, row)
+    if len(rows) == len(batch):
+        return refs, None
+    order = {key: position for position, key in enumerate(rows)}
+    ref_of = torch.tensor([order[item.ref_key] for item in batch], device=refs.device)
+    return refs[list(rows.values())], ref_of
 
 
 def _in_pixels(box: Box, compared: tuple[int, int], cand: tuple[int, int]) -> Box:

