@@ -146,7 +146,7 @@ class Extractor:
 
     def _halve(self) -> None:
         """Passes of at most half the one that failed, small frames no longer packed."""
-        self.engine.max_batch = max(1, min(self.engine.max_batch, self.engine.last_pass) // 2)
+        self.engine.max_batch = max(1, self.engine.last_pass // 2)
         self.engine.packing = False
         self.counters.add("oom_halvings")
         if self.engine.device.type == "cuda":

@@ -109,14 +109,15 @@ def test_oom_halves_the_batch_until_it_fits_and_only_for_that_call(weights_dir, 
 
 
 def test_oom_in_a_packed_pass_halves_that_pass(weights_dir, image_root, tmp_path):
-    """64px frames are packed 4 to a max_batch slot: the halving is of the pass that failed, 16 pairs."""
+    """64px frames are packed 4 to a max_batch slot: the halving is of the pass that failed, not of max_batch."""
     small = write_pairs(tmp_path, 16, size=64)
     settings = _settings(weights_dir, tmp_path, max_batch=4)
     with injected(Faults(oom_above_batch=8)):
         models = Models(settings)
         measured = list(models.measure(_paths(tmp_path, small), net="alex", version="0.1", precision="fp32"))
     assert [m.error for m in measured] == [None] * 16
-    assert (models.counters.oom_halvings, models.counters.retries) == (1, 0)  # a pass of 16 -> passes of 8
+    assert (models.counters.oom_halvings, models.counters.retries) == (1, 0)
+    assert models.get("alex", "0.1", "fp32").engine.last_pass == 8  # a pass of 16 -> passes of 8
 
 
 def test_oom_at_batch_one_is_a_transient_failure(weights_dir, image_root, pairs):
