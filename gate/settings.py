@@ -43,8 +43,9 @@ class Settings(BaseSettings):
 
     max_pixels: int = 64_000_000  # per image: larger is treated as a decompression bomb
     max_batch: int = 16  # pairs per forward pass; on the CPU smaller frames are packed (worker.engine.batch_limit)
-    message_batches: int = Field(default=4, ge=1)  # forward passes per queue message: decoding overlaps compute
-    #                                                within a message; fewer spread a small run over more workers
+    message_batches: int = Field(default=4, ge=1)  # max_batch x this pairs per queue message: decoding overlaps
+    #                                                compute within it (CPU-packed small frames: fewer passes);
+    #                                                fewer spread a small run over more workers
     feature_cache_bytes: int = 256 * 2**20
     decode_processes: int | None = Field(default=None, ge=0)  # None: by device (see worker.decoding);
     #                                                          0: decode in-process threads

@@ -305,12 +305,11 @@ class Engine:
         if self.before_batch is not None:
             self.before_batch([outcomes[item.index].cand for item in batch])
         start = time.perf_counter()
-        keys = dict.fromkeys(b.ref_key for b in batch)
-        cached = {k: self.cache.get(k) if self.cache is not None else None for k in keys}
+        first = _first_rows(batch)
+        cached = {k: self.cache.get(k) if self.cache is not None else None for k in first}
         found = {k: features for k, features in cached.items() if features is not None}
-        first = {b.ref_key: b.ref for b in reversed(batch)}
-        missing = [k for k in keys if cached[k] is None]
-        pixels = self._on_device([first[k] for k in missing] + [b.cand for b in batch])
+        missing = [k for k in first if cached[k] is None]
+        pixels = self._on_device([batch[first[k]].ref for k in missing] + [b.cand for b in batch])
         both = self.model.features(pixels)
         computed = both.take(slice(0, len(missing)))
         for row, key in enumerate(missing):
@@ -324,7 +323,8 @@ class Engine:
         result = self.model.compare(refs, cands, size=size, spatial=self.with_scores)
         if result.fine is not None:  # with_scores
             ref_pixels = pixels[:len(batch)] if in_order else self._on_device([b.ref for b in batch])
-            self._score(batch, outcomes, ref_pixels, pixels[len(missing):], result.fine, result.distance, scoring)
+            self._score(batch, first, outcomes, ref_pixels, pixels[len(missing):], result.fine, result.distance,
+                        scoring)
         distances, layers = result.distance.tolist(), result.layers.tolist()  # one copy each from the device
         elapsed = (time.perf_counter() - start) * 1e3 / len(batch)
         for row, item in enumerate(batch):
@@ -339,8 +339,8 @@ class Engine:
             if result.map is not None:  # with_map asked for it
                 outcome.map = result.map[row, 0].cpu()
 
-    def _score(self, batch: list[_Decoded], outcomes: dict[int, Outcome], refs: torch.Tensor, cands: torch.Tensor,
-               fine: torch.Tensor, distance: torch.Tensor, scoring: Scoring) -> None:
+    def _score(self, batch: list[_Decoded], first: dict[str, int], outcomes: dict[int, Outcome], refs: torch.Tensor,
+               cands: torch.Tensor, fine: torch.Tensor, distance: torch.Tensor, scoring: Scoring) -> None:
         """The spatial scores from the map at the first tap's resolution (`fine`) and the pixel guards,
         both without the candidates' ignored pixels; `mean` is the distance itself where none are."""
         size = (cands.shape[-2], cands.shape[-1])
@@ -354,7 +354,7 @@ class Engine:
                                  ignored=None if ignored is None else grid_ignored(ignored, grid, MASK_MARGIN_PX))
         guarded = guards.pixel_guards(refs, cands, ignored)
         toned = tone_shifts(refs, cands, scoring.region_px, ignored)
-        distinct, ref_of = _distinct_refs(batch, refs)
+        distinct, ref_of = _distinct_refs(batch, first, refs)
         quantised = levels_lost(distinct, cands, scoring.region_px, ignored, ref_of)
         for row, (item, (local, local_boxes), (guard, guard_boxes), (tone, tone_box), (lost, lost_box)) in enumerate(
                 zip(batch, spatial, guarded, toned, quantised)):
@@ -371,17 +371,23 @@ class Engine:
             outcome.regions = {name: boxes[name] for name in SCORES if name in boxes}
 
 
-def _distinct_refs(batch: list[_Decoded], refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each distinct reference of a pass once, and the row of each pair's reference among them (None
-    where no reference repeats): one reference against many counts its levels once."""
+def _first_rows(batch: list[_Decoded]) -> dict[str, int]:
+    """Each distinct reference of a pass, in order of appearance, with the row of its first pair."""
     rows: dict[str, int] = {}
     for row, item in enumerate(batch):
         rows.setdefault(item.ref_key, row)
-    if len(rows) == len(batch):
+    return rows
+
+
+def _distinct_refs(batch: list[_Decoded], first: dict[str, int],
+                   refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each distinct reference of a pass once, and the row of each pair's reference among them (None
+    where no reference repeats): one reference against many counts its levels once."""
+    if len(first) == len(batch):
         return refs, None
-    order = {key: position for position, key in enumerate(rows)}
+    order = {key: position for position, key in enumerate(first)}
     ref_of = torch.tensor([order[item.ref_key] for item in batch], device=refs.device)
-    return refs[list(rows.values())], ref_of
+    return refs[list(first.values())], ref_of
 
 
 def _in_pixels(box: Box, compared: tuple[int, int], cand: tuple[int, int]) -> Box:

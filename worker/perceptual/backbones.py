@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -56,9 +57,9 @@ def trunk(net: str, state_dict: dict[str, torch.Tensor] | None) -> Trunk:
         raise ValueError(f"unknown net {net!r}; choose one of {sorted(PRESETS)}")
     preset = PRESETS[net]
     last = int(preset.taps[-1].split(".")[1])
-    if state_dict is None:
-        return Trunk(preset.build()[: last + 1]).eval().requires_grad_(False)
-    with torch.device("meta"):  # no random init of what the state replaces: vgg's classifier took 2 s
+    # with weights to load, no random init of the layers they replace or of the classifier cut off
+    with nullcontext() if state_dict is None else torch.device("meta"):
         model = Trunk(preset.build()[: last + 1])
-    model.to_empty(device="cpu").load_state_dict(state_dict, strict=True)
+    if state_dict is not None:
+        model.to_empty(device="cpu").load_state_dict(state_dict, strict=True)
     return model.eval().requires_grad_(False)
