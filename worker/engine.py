@@ -323,8 +323,7 @@ class Engine:
         result = self.model.compare(refs, cands, size=size, spatial=self.with_scores)
         if result.fine is not None:  # with_scores
             ref_pixels = pixels[:len(batch)] if in_order else self._on_device([b.ref for b in batch])
-            self._score(batch, first, outcomes, ref_pixels, pixels[len(missing):], result.fine, result.distance,
-                        scoring)
+            self._score(batch, outcomes, ref_pixels, pixels[len(missing):], result.fine, result.distance, scoring)
         distances, layers = result.distance.tolist(), result.layers.tolist()  # one copy each from the device
         elapsed = (time.perf_counter() - start) * 1e3 / len(batch)
         for row, item in enumerate(batch):
@@ -339,8 +338,8 @@ class Engine:
             if result.map is not None:  # with_map asked for it
                 outcome.map = result.map[row, 0].cpu()
 
-    def _score(self, batch: list[_Decoded], first: dict[str, int], outcomes: dict[int, Outcome], refs: torch.Tensor,
-               cands: torch.Tensor, fine: torch.Tensor, distance: torch.Tensor, scoring: Scoring) -> None:
+    def _score(self, batch: list[_Decoded], outcomes: dict[int, Outcome], refs: torch.Tensor, cands: torch.Tensor,
+               fine: torch.Tensor, distance: torch.Tensor, scoring: Scoring) -> None:
         """The spatial scores from the map at the first tap's resolution (`fine`) and the pixel guards,
         both without the candidates' ignored pixels; `mean` is the distance itself where none are."""
         size = (cands.shape[-2], cands.shape[-1])
@@ -349,12 +348,11 @@ class Engine:
             ignored = torch.stack([torch.zeros(size, dtype=torch.bool) if item.ignored is None
                                    else torch.from_numpy(item.ignored) for item in batch])[:, None].to(self.device)
         grid = (fine.shape[-2], fine.shape[-1])
-        spatial = spatial_scores(fine, image_size=size, region_px=scoring.region_px,
-                                 area_level=scoring.area_level,
+        spatial = spatial_scores(fine, image_size=size, region_px=scoring.region_px, area_level=scoring.area_level,
                                  ignored=None if ignored is None else grid_ignored(ignored, grid, MASK_MARGIN_PX))
         guarded = guards.pixel_guards(refs, cands, ignored)
         toned = tone_shifts(refs, cands, scoring.region_px, ignored)
-        distinct, ref_of = _distinct_refs(batch, first, refs)
+        distinct, ref_of = _distinct_refs(batch, refs)
         quantised = levels_lost(distinct, cands, scoring.region_px, ignored, ref_of)
         for row, (item, (local, local_boxes), (guard, guard_boxes), (tone, tone_box), (lost, lost_box)) in enumerate(
                 zip(batch, spatial, guarded, toned, quantised)):
@@ -379,10 +377,10 @@ def _first_rows(batch: list[_Decoded]) -> dict[str, int]:
     return rows
 
 
-def _distinct_refs(batch: list[_Decoded], first: dict[str, int],
-                   refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _distinct_refs(batch: list[_Decoded], refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each distinct reference of a pass once, and the row of each pair's reference among them (None
     where no reference repeats): one reference against many counts its levels once."""
+    first = _first_rows(batch)
     if len(first) == len(batch):
         return refs, None
     order = {key: position for position, key in enumerate(first)}
