@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from worker.tone import block_means
+
 Box = list[int]
 Found = tuple[dict[str, float], dict[str, Box]]
 Positions = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (n, y, x) of pixels in a (N,3,H,W) batch
@@ -155,7 +157,7 @@ def _structure(images: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
     large frame is sampled every `step` pixels. 0 for one block."""
     step = max(1, min(images.shape[-2:]) // FLAT_SAMPLED_ABOVE)
     block = min(FLAT_BLOCK, *(side // step for side in images.shape[-2:]))
-    means = F.avg_pool2d(images[..., ::step, ::step], block).mean(dim=1).flatten(1)
+    means = block_means(images[..., ::step, ::step], block).mean(dim=1).flatten(1)
     if kept is None:
         return means.std(dim=1, unbiased=False)
     usable = (-F.max_pool2d(-kept[:, None, ::step, ::step].float(), block)).flatten(1)  # 1: the block is all kept

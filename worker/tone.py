@@ -25,11 +25,11 @@ def tone_shifts(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
     with torch.inference_mode():
         difference = cands - refs
         if ignored is None:  # every window whole: its share is 1, so the mean is the pooled difference
-            shift = F.avg_pool2d(difference, side, stride).abs_().amax(dim=1)  # (N, h, w)
+            shift = window_means(difference, side, stride).abs_().amax(dim=1)  # (N, h, w)
         else:
             kept = (~ignored).to(difference.dtype)
-            total = F.avg_pool2d(difference * kept, side, stride)
-            share = F.avg_pool2d(kept, side, stride)
+            total = window_means(difference * kept, side, stride)
+            share = window_means(kept, side, stride)
             shift = (total / share.clamp(min=1e-6)).abs().amax(dim=1) * (share[:, 0] >= 0.5)
         best = shift.flatten(1).argmax(dim=1)
         values = shift.flatten(1).gather(1, best[:, None])[:, 0] / STEP
@@ -39,6 +39,26 @@ def tone_shifts(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
         y, x = (index // columns) * stride, (index % columns) * stride
         found.append((value, [x, y, min(side, width - x), min(side, height - y)]))
     return found
+
+
+def window_means(images: torch.Tensor, side: int, stride: int) -> torch.Tensor:
+    """`F.avg_pool2d(images, side, stride)`. When `side` is a whole number of strides, from the means of
+    stride-sized blocks: those are sums over the batch's own memory, where pooling a channels_last batch
+    goes element by element over its 3-wide channel dimension."""
+    if side % stride:
+        return F.avg_pool2d(images, side, stride)
+    return F.avg_pool2d(block_means(images, stride), side // stride, 1)
+
+
+def block_means(images: torch.Tensor, side: int) -> torch.Tensor:
+    """`F.avg_pool2d(images, side)` of a (N,C,H,W) batch: the means of its side x side blocks, rows and
+    columns past the last whole block left out."""
+    n, channels, height, width = images.shape
+    rows, cols = height // side, width // side
+    pixels = images[..., :rows * side, :cols * side].permute(0, 2, 3, 1)  # a view when channels_last
+    column_sums = pixels.reshape(n, rows, side, cols, side * channels).sum(dim=2)
+    sums = column_sums.view(n, rows, cols, side, channels).sum(dim=3)
+    return sums.permute(0, 3, 1, 2).div_(side * side)
 
 
 def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
@@ -69,16 +89,19 @@ def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
 
 def _distinct(images: torch.Tensor, side: int) -> torch.Tensor:
     """(N, 3, windows): how many distinct 8-bit levels each channel takes in each side x side window,
-    for the whole batch in one count. Keys are built in (N, H, W, C) order, a channels_last batch's own
-    memory order, and in int32 where they fit: at small sizes building them costs more than counting."""
+    for the whole batch in one count. Keys are built on rows of (W x C) values, a channels_last batch's
+    own memory order: the offsets broadcast over whole rows, where over the 3-wide channel dimension they
+    would go element by element. In int32 where they fit: at small sizes building them costs more than counting."""
     n, channels, height, width = images.shape
-    rows, cols = height // side, width // side
-    bins = n * channels * rows * cols * 256
+    windows = (height // side) * (width // side)
+    bins = n * channels * windows * 256
     kind = torch.int32 if bins <= torch.iinfo(torch.int32).max else torch.long
-    levels = ((images.permute(0, 2, 3, 1).float() + 1) * 127.5).round_().clamp_(0, 255).to(kind)
-    window = (torch.arange(height, device=images.device, dtype=kind)[:, None] // side * cols
+    window = (torch.arange(height, device=images.device, dtype=kind)[:, None] // side * (width // side)
               + torch.arange(width, device=images.device, dtype=kind)[None, :] // side)  # (H, W) window index
-    plane = torch.arange(n * channels, device=images.device, dtype=kind).view(n, 1, 1, channels)
-    keys = levels.add_((plane * (rows * cols) + window[..., None]) * 256)
-    present = torch.bincount(keys.flatten(), minlength=bins) > 0
-    return present.view(n, channels, rows * cols, 256).sum(dim=3).float()
+    plane = torch.arange(channels, device=images.device, dtype=kind) * windows
+    first_bin = (window[..., None] + plane).mul_(256).view(1, height, width * channels)  # of each value of a row
+    image = (torch.arange(n, device=images.device, dtype=kind) * (channels * windows * 256)).view(n, 1, 1)
+    rows = images.permute(0, 2, 3, 1).reshape(n, height, width * channels).float()
+    keys = ((rows + 1) * 127.5).round_().clamp_(0, 255).to(kind).add_(first_bin).add_(image)
+    present = torch.bincount(keys.view(-1), minlength=bins) > 0
+    return present.view(n, channels, windows, 256).sum(dim=3).float()
