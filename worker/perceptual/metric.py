@@ -139,7 +139,7 @@ class LPIPS(nn.Module):
     def layer_maps(self, f0: Features, f1: Features) -> list[torch.Tensor]:
         """Per-position distance of each layer, (N,1,h,w)."""
         with torch.inference_mode():
-            return [self._weighted(i, (a - b) ** 2) for i, (a, b) in enumerate(zip(f0.layers, f1.layers))]
+            return [self._weighted(i, (a - b).square_()) for i, (a, b) in enumerate(zip(f0.layers, f1.layers))]
 
     def compare(self, f0: Features, f1: Features, *, size: tuple[int, int] | None = None,
                 spatial: bool = False) -> Result:
@@ -166,7 +166,7 @@ class LPIPS(nn.Module):
         with torch.inference_mode():
             means, maps = [], []
             for i, (a, b) in enumerate(zip(f0.layers, f1.layers)):
-                squared = (a - b) ** 2
+                squared = (a - b).square_()  # in place: no second layer-sized tensor
                 means.append(squared.mean(dim=(2, 3)))
                 if with_maps:
                     maps.append(self._weighted(i, squared))
