@@ -94,15 +94,18 @@ def _folder_under(root: Path, folder: str | os.PathLike[str]) -> Path:
 
 def _image_files(base: Path, root: Path) -> tuple[set[str], dict[str, str]]:
     """Relative posix paths of the image files under `base`, and of those among them that link out
-    of `root` -> why they are refused."""
+    of `root` -> why they are refused. `base` is resolved and linked folders are not walked, so only
+    a file that is itself a link can lead out: only links are resolved (a resolve per file was most
+    of the time a submission took)."""
     found, escaping = set(), {}
     for folder, _subfolders, files in os.walk(base, onerror=_unreadable):  # linked folders are skipped
+        prefix = Path(folder).relative_to(base).as_posix()
         for name in files:
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                path = Path(folder, name)
-                relative = path.relative_to(base).as_posix()
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                relative = name if prefix == "." else f"{prefix}/{name}"
                 found.add(relative)
-                if not path.resolve().is_relative_to(root):
+                path = os.path.join(folder, name)
+                if os.path.islink(path) and not Path(path).resolve().is_relative_to(root):
                     escaping[relative] = f"{path}: links outside the image root {root}"
     return found, escaping
 

@@ -30,42 +30,51 @@ def shown_url(url: str) -> str:
 def open_store(settings: Settings) -> Iterator[Engine]:
     """An engine on a database at the schema head; StoreNotReady names the database (password
     hidden) when it is unreachable or not migrated, and says how to migrate it."""
-    url = settings.database_url
-    shown = shown_url(url)
+    shown = shown_url(settings.database_url)
+    engine = make_engine(settings.database_url)
     try:
-        _require_head(settings, shown)
-        engine = make_engine(url)
-        try:
+        with _not_ready(shown):
+            _require_head(settings, shown, engine)
             yield engine
-        finally:
-            engine.dispose()
-    except OperationalError as exc:
-        raise StoreNotReady(f"database {shown}: {exc.orig}") from exc
-    except CommandError as exc:
-        raise StoreNotReady(f"database {shown}: cannot migrate to head: {exc}") from exc
+    finally:
+        engine.dispose()
 
 
 def connect_store(settings: Settings) -> Engine:
     """`open_store` for a long-lived process (the HTTP API): the engine, which the caller disposes."""
     shown = shown_url(settings.database_url)
+    engine = make_engine(settings.database_url)
     try:
-        _require_head(settings, shown)
+        with _not_ready(shown):
+            _require_head(settings, shown, engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+@contextmanager
+def _not_ready(shown: str) -> Iterator[None]:
+    """An unreachable database or a failed migration as StoreNotReady, naming the database."""
+    try:
+        yield
     except OperationalError as exc:
         raise StoreNotReady(f"database {shown}: {exc.orig}") from exc
     except CommandError as exc:
         raise StoreNotReady(f"database {shown}: cannot migrate to head: {exc}") from exc
-    return make_engine(settings.database_url)
 
 
-def _require_head(settings: Settings, shown: str) -> None:
+def _require_head(settings: Settings, shown: str, engine: Engine) -> None:
+    """Checked through the engine the command then uses: a connection (and SQLAlchemy's first-connect
+    queries) each time cost a submission tens of milliseconds."""
     url, head = settings.database_url, migrate.head_revision()
     if settings.embedded_store:
-        if migrate.current_revision(url) != head:
+        if migrate.revision_on(engine) != head:
             migrate.upgrade(url)
         return
     if missing_sqlite_file(url):  # connecting would create it
         raise StoreNotReady(f"database {shown}: no such file; create it with `lpips-gate db upgrade`")
-    current = migrate.current_revision(url)
+    current = migrate.revision_on(engine)
     if current != head:
         raise StoreNotReady(
             f"database {shown}: schema at revision {current or 'none'}, this version needs {head}; "
