@@ -2,9 +2,11 @@
 does not, and each is located on its window."""
 
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
-from worker.tone import STEP, levels_lost, tone_shifts
+from worker.tone import STEP, _distinct, block_means, levels_lost, tone_shifts, window_means
 
 SIZE, WINDOW = 128, 32
 
@@ -62,3 +64,26 @@ def test_a_repeated_reference_is_counted_once_with_the_same_results():
     repeated = levels_lost(refs, cands, WINDOW)
     assert levels_lost(torch.cat([ref_a, ref_b]), cands, WINDOW, ref_of=torch.tensor([0, 1, 0, 1])) == repeated
     assert repeated[3][0] > 0.7 > 0.15 > max(lost for lost, _box in repeated[:3])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(("shape", "side", "stride"), [((2, 3, 128, 96), 32, 16), ((3, 3, 67, 45), 8, 4),
+                                                         ((1, 1, 70, 33), 7, 3), ((2, 3, 9, 9), 1, 1)])
+def test_window_means_are_avg_pool2d_in_either_layout(layout, shape, side, stride):
+    """From block sums where side is a whole number of strides (rows and columns past the last window
+    left out, as pooling leaves them), else pooling itself."""
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=layout)
+    pooled = F.avg_pool2d(images, side, stride)
+    assert window_means(images, side, stride).shape == pooled.shape
+    assert torch.allclose(window_means(images, side, stride), pooled, atol=1e-6)
+    assert torch.allclose(block_means(images[..., ::2, ::2], 4), F.avg_pool2d(images[..., ::2, ::2], 4), atol=1e-6)
+
+
+def test_distinct_levels_are_counted_per_channel_and_window():
+    """Window (0, 0) of channel 0 holds levels 0 and 255, of channels 1 and 2 one level; window (0, 1)
+    holds four levels in every channel."""
+    levels = torch.zeros(1, 3, 2, 4)
+    levels[0, 0, 0, 0] = 255
+    levels[:, :, :, 2:4] = torch.tensor([[10.0, 20.0], [30.0, 40.0]])
+    counts = _distinct((levels / 127.5 - 1).contiguous(memory_format=torch.channels_last), 2)
+    assert counts.tolist() == [[[2.0, 4.0], [1.0, 4.0], [1.0, 4.0]]]
