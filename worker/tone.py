@@ -42,23 +42,27 @@ def tone_shifts(refs: torch.Tensor, cands: torch.Tensor, window_px: int,
 
 
 def window_means(images: torch.Tensor, side: int, stride: int) -> torch.Tensor:
-    """`F.avg_pool2d(images, side, stride)`. When `side` is a whole number of strides, from the means of
-    stride-sized blocks: those are sums over the batch's own memory, where pooling a channels_last batch
-    goes element by element over its 3-wide channel dimension."""
+    """`F.avg_pool2d(images, side, stride)`. When `side` is a whole number of strides, from the sums of
+    stride-sized blocks: those are taken over the batch's own memory, where pooling a channels_last batch
+    goes element by element over its 3-wide channel dimension. One division, as pooling does: a mask's
+    share of exactly one half stays one half."""
     if side % stride:
         return F.avg_pool2d(images, side, stride)
-    return F.avg_pool2d(block_means(images, stride), side // stride, 1)
+    return F.avg_pool2d(block_sums(images, stride), side // stride, 1, divisor_override=1).div_(side * side)
 
 
 def block_means(images: torch.Tensor, side: int) -> torch.Tensor:
-    """`F.avg_pool2d(images, side)` of a (N,C,H,W) batch: the means of its side x side blocks, rows and
-    columns past the last whole block left out."""
+    """`F.avg_pool2d(images, side)` of a (N,C,H,W) batch: the means of its side x side blocks."""
+    return block_sums(images, side).div_(side * side)
+
+
+def block_sums(images: torch.Tensor, side: int) -> torch.Tensor:
+    """The sums of a (N,C,H,W) batch's side x side blocks, rows and columns past the last whole block left out."""
     n, channels, height, width = images.shape
     rows, cols = height // side, width // side
     pixels = images[..., :rows * side, :cols * side].permute(0, 2, 3, 1)  # a view when channels_last
     column_sums = pixels.reshape(n, rows, side, cols, side * channels).sum(dim=2)
-    sums = column_sums.view(n, rows, cols, side, channels).sum(dim=3)
-    return sums.permute(0, 3, 1, 2).div_(side * side)
+    return column_sums.view(n, rows, cols, side, channels).sum(dim=3).permute(0, 3, 1, 2)
 
 
 def levels_lost(refs: torch.Tensor, cands: torch.Tensor, window_px: int,

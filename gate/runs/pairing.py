@@ -101,7 +101,7 @@ def _image_files(base: Path, root: Path) -> tuple[set[str], dict[str, str]]:
     for folder, _subfolders, files in os.walk(base, onerror=_unreadable):  # linked folders are skipped
         prefix = Path(folder).relative_to(base).as_posix()
         for name in files:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 relative = name if prefix == "." else f"{prefix}/{name}"
                 found.add(relative)
                 path = os.path.join(folder, name)

@@ -87,3 +87,13 @@ def test_distinct_levels_are_counted_per_channel_and_window():
     levels[:, :, :, 2:4] = torch.tensor([[10.0, 20.0], [30.0, 40.0]])
     counts = _distinct((levels / 127.5 - 1).contiguous(memory_format=torch.channels_last), 2)
     assert counts.tolist() == [[[2.0, 4.0], [1.0, 4.0], [1.0, 4.0]]]
+
+
+def test_a_window_half_kept_has_a_share_of_exactly_one_half():
+    """Tone drops windows less than half kept: summed blocks divided once, as pooling divides, never
+    round an exact half to just under it (block means at 20 px strides did, for some masks)."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        kept = torch.zeros(1, 1, 40, 40)
+        kept.view(-1)[torch.randperm(1600, generator=generator)[:800]] = 1.0
+        assert window_means(kept, 40, 20).item() == 0.5
