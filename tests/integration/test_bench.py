@@ -69,3 +69,20 @@ def test_the_gpu_script_runs_end_to_end_on_the_cpu_in_its_dry_mode(tmp_path):
     rows = json.loads((tmp_path / "results-gpu-dry.json").read_text())
     assert [(row["net"], row["size"]) for row in rows] == [("alex", 64), ("alex", 96), ("vgg", 64), ("vgg", 96)]
     assert all(len(row["ours"]) == 4 and row["reference_batch"] in (4, 8) for row in rows)
+
+
+def test_the_budget_bench_takes_the_pipeline_apart_in_its_quick_mode(tmp_path):
+    out = tmp_path / "budget.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "budget.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(row["size"], row["pairs"], row["precision"], row["reference_batch"]) for row in rows] == [
+        (64, 8, "fp32", 8), (64, 8, "bf16", 8)]
+    for row in rows:
+        assert list(row["ms_per_pair"]) == ["reference", "network", "decode", "unscored", "pipeline"]
+        assert all(ms > 0 for ms in row["ms_per_pair"].values())
+        assert row["max_abs_diff_vs_reference"] <= (1e-5 if row["precision"] == "fp32" else 0.01)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("alex 64px x8 fp32: reference batch 8, ours 64 pairs a pass, ")
+    assert len(lines) == 14 and "bound" in lines[6] and "bound" in lines[13]
