@@ -20,6 +20,7 @@ from worker.perceptual.spatial import fine_map
 from worker.perceptual.stats import layer_stats
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHUNK_BYTES = 4 * 2**20  # of one layer's activations: a CPU's cache holds it between passes
 
 
 @dataclass
@@ -120,10 +121,21 @@ class LPIPS(nn.Module):
         norm, layers, stats = NORMALISERS[self.normalise], [], []
         with torch.inference_mode():
             while raw:  # one layer at a time, releasing each raw activation once it is used
-                r = raw.pop(0).float()
+                r = raw.pop(0)
+                layer = r if r.dtype == torch.float32 else torch.empty_like(r, dtype=torch.float32)
+                per_image: list[dict[str, float]] = []
+                for rows in _cache_sized(layer):
+                    part = layer[rows]
+                    if layer is not r:
+                        part.copy_(r[rows])  # to fp32 a chunk at a time, into the cache the passes below read
+                    if with_stats:
+                        per_image += layer_stats(part)  # before the normaliser overwrites part
+                    normalised = norm(part)
+                    if normalised is not part:  # a normaliser that does not work in place
+                        part.copy_(normalised)
                 if with_stats:
-                    stats.append(layer_stats(r))  # before the normaliser overwrites r
-                layers.append(norm(r))
+                    stats.append(per_image)
+                layers.append(layer)
                 del r
         return Features(layers, stats)
 
@@ -195,6 +207,15 @@ class LPIPS(nn.Module):
 
     def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> torch.Tensor:
         return self.run(in0, in1).distance
+
+
+def _cache_sized(x: torch.Tensor) -> list[slice]:
+    """Slices of a batch, each about CHUNK_BYTES of its images. On the CPU the layer statistics and the
+    normaliser make a dozen passes over each layer; over a chunk they run in cache, over a whole batch at
+    256px they stream it from memory every time. A GPU takes the batch in one slice: each launch costs."""
+    n = x.shape[0]
+    step = n if x.device.type != "cpu" else max(1, CHUNK_BYTES // (x[0].numel() * x.element_size()))
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
 
 
 def _check_images(x: torch.Tensor) -> None:

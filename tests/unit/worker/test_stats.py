@@ -75,3 +75,31 @@ def test_channels_last_and_contiguous_layouts_give_the_same_statistics():
     plain, last = layer_stats(x), layer_stats(x.contiguous(memory_format=torch.channels_last))
     for a, b in zip(plain, last):
         assert all(abs(a[k] - b[k]) <= 1e-5 for k in a)
+
+
+@pytest.mark.parametrize(("precision", "normalise"), [("fp32", "l2"), ("bf16", "l2"), ("fp32", "instance")])
+def test_features_taken_a_few_images_at_a_time_equal_the_whole_batch_at_once(monkeypatch, precision, normalise):
+    """The statistics and the normaliser run over cache-sized chunks of a layer's images on the CPU: the
+    chunks must give the whole batch's values exactly, the fp32 copy of a bf16 trunk's output included,
+    and a normaliser that returns a new tensor must land in the layer too."""
+    from worker.perceptual import LPIPS, metric
+    from worker.perceptual.extractor import extract
+    from worker.perceptual.normalise import NORMALISERS
+
+    torch.manual_seed(0)
+    model = LPIPS("alex", trunk_state=None, random_weights=True, precision=precision, normalise=normalise)
+    x = torch.rand(5, 3, 64, 64) * 2 - 1
+    monkeypatch.setattr(metric, "CHUNK_BYTES", 2**40)
+    whole = model.features(x)
+    monkeypatch.setattr(metric, "CHUNK_BYTES", 1)  # one image a chunk
+    assert metric._cache_sized(whole.layers[0]) == [slice(i, i + 1) for i in range(5)]
+    chunked = model.features(x)
+    assert all(torch.equal(a, b) for a, b in zip(whole.layers, chunked.layers, strict=True))
+    assert all(layer.dtype == torch.float32 for layer in chunked.layers)
+    assert chunked.stats == whole.stats and len(chunked.stats[0]) == 5
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        raw = extract(model.trunk, model._scaled(x).contiguous(memory_format=torch.channels_last), model.taps)
+    with torch.inference_mode():  # the whole layer at once, as features did before it took chunks
+        expected = [(NORMALISERS[normalise](r.float().clone()), layer_stats(r.float())) for r in raw]
+    assert all(torch.equal(layer, norm) for layer, (norm, _) in zip(chunked.layers, expected, strict=True))
+    assert chunked.stats == [stats for _, stats in expected]
