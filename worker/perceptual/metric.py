@@ -214,7 +214,9 @@ def _cache_sized(x: torch.Tensor) -> list[slice]:
     normaliser make a dozen passes over each layer; over a chunk they run in cache, over a whole batch at
     256px they stream it from memory every time. A GPU takes the batch in one slice: each launch costs."""
     n = x.shape[0]
-    step = n if x.device.type != "cpu" else max(1, CHUNK_BYTES // (x[0].numel() * x.element_size()))
+    if x.device.type != "cpu" or n == 0:
+        return [slice(0, n)]
+    step = max(1, CHUNK_BYTES * n // (x.numel() * x.element_size()))
     return [slice(start, min(n, start + step)) for start in range(0, n, step)]
 
 
