@@ -9,9 +9,10 @@ one warm-up each):
   network     ours on the same tensors: features, layer statistics and distances, at the engine's pass size
   decode      every file decoded, checked and hashed, one after another in one thread
   unscored    the pipeline from files without the spatial scores and pixel guards
-  pipeline    the pipeline from files, as `compare --pairs` runs it
-The pipeline can be at most as fast as network + decode spread over the cores + scores (pipeline - unscored)
-allows: `bound` is the reference's time over that sum, the ratio the pipeline could reach on these cores."""
+  pipeline    the pipeline from files, as `compare --pairs` runs it but decoding in-process
+network + decode spread over the cores + scores (pipeline - unscored, so as noisy as two sides) estimates the
+fastest the pipeline could run on these cores, if the network kept them all busy: `bound` is the reference's
+time over that sum."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def measure(args, settings: Settings, size: int, n: int, precision: str, folder:
     reference = bench.reference_model("alex", settings)
     by_batch = {batch: bench.bare_reference(reference, pairs, batch) for batch in args.ref_batches}
     best = min(by_batch, key=lambda batch: timed({"r": by_batch[batch][0]}, 1)["r"])
-    engine = Engine.from_settings(settings.model_copy(update={"decode_processes": 0}), net="alex", precision=precision)
+    engine = Engine.from_settings(settings.model_copy(update={"decode_processes": 0}), net="alex", precision=precision,
+                                   device="cpu")
     refs = [bench.load_tensor(ref) for ref, _ in pairs]
     cands = [bench.load_tensor(cand) for _, cand in pairs]
     step = engine.batch_limit((3, size, size))

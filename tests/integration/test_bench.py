@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -83,6 +85,11 @@ def test_the_budget_bench_takes_the_pipeline_apart_in_its_quick_mode(tmp_path):
         assert list(row["ms_per_pair"]) == ["reference", "network", "decode", "unscored", "pipeline"]
         assert all(ms > 0 for ms in row["ms_per_pair"].values())
         assert row["max_abs_diff_vs_reference"] <= (1e-5 if row["precision"] == "fp32" else 0.01)
+        ms = row["ms_per_pair"]
+        assert row["scores_ms"] == max(0.0, ms["pipeline"] - ms["unscored"])
+        assert row["parts_ms"] == pytest.approx(ms["network"] + ms["decode"] / row["cores"] + row["scores_ms"])
+        assert row["bound"] == pytest.approx(ms["reference"] / row["parts_ms"])
+        assert row["ratio"] == pytest.approx(ms["reference"] / ms["pipeline"])
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("alex 64px x8 fp32: reference batch 8, ours 64 pairs a pass, ")
+    assert lines[0].startswith("alex 64px x8 fp32: reference batch 8, ours ")
     assert len(lines) == 14 and "bound" in lines[6] and "bound" in lines[13]

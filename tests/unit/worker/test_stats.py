@@ -77,7 +77,9 @@ def test_channels_last_and_contiguous_layouts_give_the_same_statistics():
         assert all(abs(a[k] - b[k]) <= 1e-5 for k in a)
 
 
-@pytest.mark.parametrize(("precision", "normalise"), [("fp32", "l2"), ("bf16", "l2"), ("fp32", "instance")])
+@pytest.mark.parametrize(("precision", "normalise"), [("fp32", "l2"), ("bf16", "l2"), ("fp16", "l2"),
+                                                     ("fp32", "instance"), ("fp32", "unit-variance"),
+                                                     ("fp32", "none")])
 def test_features_taken_a_few_images_at_a_time_equal_the_whole_batch_at_once(monkeypatch, precision, normalise):
     """The statistics and the normaliser run over cache-sized chunks of a layer's images on the CPU: the
     chunks must give the whole batch's values exactly, the fp32 copy of a bf16 trunk's output included,
@@ -97,7 +99,8 @@ def test_features_taken_a_few_images_at_a_time_equal_the_whole_batch_at_once(mon
     assert all(torch.equal(a, b) for a, b in zip(whole.layers, chunked.layers, strict=True))
     assert all(layer.dtype == torch.float32 for layer in chunked.layers)
     assert chunked.stats == whole.stats and len(chunked.stats[0]) == 5
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    dtype = metric.PRECISIONS[precision]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         raw = extract(model.trunk, model._scaled(x).contiguous(memory_format=torch.channels_last), model.taps)
     with torch.inference_mode():  # the whole layer at once, as features did before it took chunks
         expected = [(NORMALISERS[normalise](r.float().clone()), layer_stats(r.float())) for r in raw]
