@@ -202,3 +202,12 @@ def test_decode_processes_end_when_their_parent_is_killed():
     while any(running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in pids if running(pid)]  # the end of their socket told them to exit
+
+
+@pytest.mark.parametrize(("device", "cores", "processes"), [
+    ("cpu", 1, 1), ("cpu", 2, 2), ("cpu", 3, 2), ("cpu", 4, 2), ("cpu", 8, 4),
+    ("cuda", 1, 1), ("cuda", 2, 1), ("cuda", 16, 15), ("cuda", 64, 16)])
+def test_the_default_pool_size_follows_the_device_and_its_cores(device, cores, processes):
+    """Two decode processes on two CPU cores (the decode bench's runs), half the cores above that; on CUDA
+    every core but the one that feeds the GPU, at most 16."""
+    assert decoding.default_processes(device, cores) == processes
