@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -36,25 +34,11 @@ from worker.engine import Engine  # noqa: E402
 from worker.tuning import for_device, tune_process  # noqa: E402
 
 
-def timed(sides: dict, repeat: int) -> dict[str, float]:
-    """Median seconds of each side over `repeat` interleaved rounds: a busy moment of a shared machine
-    slows every side, not one."""
-    for run in sides.values():
-        run()
-    spent: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(repeat):
-        for name, run in sides.items():
-            start = time.perf_counter()
-            run()
-            spent[name].append(time.perf_counter() - start)
-    return {name: statistics.median(rounds) for name, rounds in spent.items()}
-
-
 def measure(args, settings: Settings, size: int, n: int, precision: str, folder: Path) -> dict:
     pairs = bench.make_pairs(folder, n, size)
     reference = bench.reference_model("alex", settings)
     by_batch = {batch: bench.bare_reference(reference, pairs, batch) for batch in args.ref_batches}
-    best = min(by_batch, key=lambda batch: timed({"r": by_batch[batch][0]}, 1)["r"])
+    best = max(by_batch, key=lambda batch: bench.rates([by_batch[batch][0]], n, 1)[0])
     engine = Engine.from_settings(settings.model_copy(update={"decode_processes": 0}), net="alex", precision=precision,
                                    device="cpu")
     refs = [bench.load_tensor(ref) for ref, _ in pairs]
@@ -81,7 +65,7 @@ def measure(args, settings: Settings, size: int, n: int, precision: str, folder:
 
     sides = {"reference": by_batch[best][0], "network": network, "decode": decode,
              "unscored": pipeline(False), "pipeline": pipeline(True)}
-    ms = {name: 1e3 * seconds / n for name, seconds in timed(sides, args.repeat).items()}
+    ms = {name: 1e3 / rate for name, rate in zip(sides, bench.rates(list(sides.values()), n, args.repeat))}
     scores_ms = max(0.0, ms["pipeline"] - ms["unscored"])
     cores = len(os.sched_getaffinity(0))
     parts_ms = ms["network"] + ms["decode"] / cores + scores_ms

@@ -40,7 +40,7 @@ Decoded = tuple[np.ndarray, str] | None  # (H, W, 3) float32 pixels and sha256; 
 def default_processes(device_type: str, cores: int | None = None) -> int:
     """A GPU waits on decoding: every core but one (for this process) decodes, up to 16. On the CPU the
     network needs the cores too: half of them decode, but two where there are two (on two cores, two
-    decode processes ran faster than one in 12 of the 14 runs in bench/results-decode-*.json)."""
+    decode processes ran faster than one in 12 of the 14 rows of bench/results-decode-*.json)."""
     cores = cores or len(os.sched_getaffinity(0))
     return max(1, min(16, cores - 1)) if device_type == "cuda" else max(min(2, cores), cores // 2)
 
