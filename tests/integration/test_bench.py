@@ -5,19 +5,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def quick_bench(script: str, tmp_path: Path, *options: str) -> tuple[list[str], Any]:
+    """Run bench/`script` in its quick mode: the lines it printed and the JSON it wrote."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", *options, "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines(), json.loads(out.read_text())
+
+
 def test_quick_benchmark_reports_every_figure(tmp_path):
     """One command: (a), (b), bf16 and (c), the service end to end on the local PostgreSQL and Redis."""
-    out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--quick", "--nets", "alex",
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    lines, result = quick_bench("compare.py", tmp_path, "--nets", "alex")
     (row,) = result["engine"]
     assert (row["net"], row["size"], row["pairs"], row["device"]) == ("alex", 64, 4, "cpu")
     for key in ("reference_pairs_s", "ours_pairs_s", "bf16_pairs_s", "one_ref_reference_pairs_s",
@@ -25,20 +31,16 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
         assert row[key] > 0, key
     assert row["max_abs_diff_vs_reference"] <= 1e-5
     assert row["bf16_max_abs_diff_vs_fp32"] <= 0.01
-    assert done.stdout.splitlines()[0].startswith("alex     64px  reference")
+    assert lines[0].startswith("alex     64px  reference")
     service = result["service"]
     assert (service["net"], service["size"], service["pairs"]) == ("alex", 64, 8)
     assert service["service_pairs_s"] > 0 and service["max_abs_diff_service_vs_reference"] <= 1e-5
-    assert done.stdout.splitlines()[1].startswith("alex     64px  reference")
-    assert "service (submit -> rows, 1 worker, x8, median of 1)" in done.stdout.splitlines()[1]
+    assert lines[1].startswith("alex     64px  reference")
+    assert "service (submit -> rows, 1 worker, x8, median of 1)" in lines[1]
 
 
 def test_quick_service_benchmark_stores_every_pair_with_the_reference_distances(tmp_path):
-    out = tmp_path / "service.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "service.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    row = json.loads(out.read_text())
+    _lines, row = quick_bench("service.py", tmp_path)
     assert (row["net"], row["size"], row["pairs"]) == ("alex", 64, 8)
     assert row["service_pairs_s"] > 0 and row["embedded_pairs_s"] > 0 and row["reference_pairs_s"] > 0
     assert row["max_abs_diff_service_vs_reference"] <= 1e-5
@@ -47,18 +49,13 @@ def test_quick_service_benchmark_stores_every_pair_with_the_reference_distances(
 
 def test_quick_decode_benchmark_prints_its_table(tmp_path):
     """The pipeline bench in its short mode: in-process and one decode process against the reference."""
-    out = tmp_path / "decode.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "decode.py"), "--quick", "--processes", "0", "1",
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (row,) = json.loads(out.read_text())
+    lines, (row,) = quick_bench("decode.py", tmp_path, "--processes", "0", "1")
     assert (row["net"], row["size"], row["pairs"], row["device"], row["reference_batch"]) == ("alex", 64, 8, "cpu", 8)
     sides = [(side["precision"], side["decode_processes"]) for side in row["ours"]]
     assert sides == [("fp32", 0), ("fp32", 1), ("bf16", 0), ("bf16", 1)]
     for side in row["ours"]:
         assert side["pairs_s"] > 0 and side["ratio"] > 0
         assert side["max_abs_diff_vs_reference"] <= (1e-5 if side["precision"] == "fp32" else 0.01)
-    lines = done.stdout.splitlines()
     assert lines[0].startswith("alex     64px x8    reference") and "(batch 8; " in lines[0]
     assert lines[2].startswith("      fp32  decode processes 1 ") and len(lines) == 5
 
@@ -74,11 +71,7 @@ def test_the_gpu_script_runs_end_to_end_on_the_cpu_in_its_dry_mode(tmp_path):
 
 
 def test_the_budget_bench_takes_the_pipeline_apart_in_its_quick_mode(tmp_path):
-    out = tmp_path / "budget.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "budget.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(out.read_text())
+    lines, rows = quick_bench("budget.py", tmp_path)
     assert [(row["size"], row["pairs"], row["precision"], row["reference_batch"]) for row in rows] == [
         (64, 8, "fp32", 8), (64, 8, "bf16", 8)]
     for row in rows:
@@ -90,6 +83,5 @@ def test_the_budget_bench_takes_the_pipeline_apart_in_its_quick_mode(tmp_path):
         assert row["parts_ms"] == pytest.approx(ms["network"] + ms["decode"] / row["cores"] + row["scores_ms"])
         assert row["bound"] == pytest.approx(ms["reference"] / row["parts_ms"])
         assert row["ratio"] == pytest.approx(ms["reference"] / ms["pipeline"])
-    lines = done.stdout.splitlines()
     assert lines[0].startswith("alex 64px x8 fp32: reference batch 8, ours ")
     assert len(lines) == 14 and "bound" in lines[6] and "bound" in lines[13]
