@@ -10,6 +10,10 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# AlexNet's five convolutions on a 64px image, 2 x outputs x in-channels x kernel area each:
+# (side, out, in, kernel) = (15, 64, 3, 11), (7, 192, 64, 5), then 3x3 sides of 384, 256, 256 channels
+ALEX_64PX_GFLOP = sum(2 * side**2 * out * inp * k**2 for side, out, inp, k in (
+    (15, 64, 3, 11), (7, 192, 64, 5), (3, 384, 192, 3), (3, 256, 384, 3), (3, 256, 256, 3))) / 1e9
 
 
 def quick_bench(script: str, tmp_path: Path, *options: str) -> tuple[list[str], Any]:
@@ -75,7 +79,7 @@ def test_the_budget_bench_takes_the_pipeline_apart_in_its_quick_mode(tmp_path):
     assert [(row["size"], row["pairs"], row["precision"], row["reference_batch"]) for row in rows] == [
         (64, 8, "fp32", 8), (64, 8, "bf16", 8)]
     for row in rows:
-        assert list(row["ms_per_pair"]) == ["reference", "network", "decode", "unscored", "pipeline"]
+        assert list(row["ms_per_pair"]) == ["reference", "trunk", "network", "decode", "unscored", "pipeline"]
         assert all(ms > 0 for ms in row["ms_per_pair"].values())
         assert row["max_abs_diff_vs_reference"] <= (1e-5 if row["precision"] == "fp32" else 0.01)
         ms = row["ms_per_pair"]
@@ -83,5 +87,9 @@ def test_the_budget_bench_takes_the_pipeline_apart_in_its_quick_mode(tmp_path):
         assert row["parts_ms"] == pytest.approx(ms["network"] + ms["decode"] / row["cores"] + row["scores_ms"])
         assert row["bound"] == pytest.approx(ms["reference"] / row["parts_ms"])
         assert row["ratio"] == pytest.approx(ms["reference"] / ms["pipeline"])
+        assert row["trunk_gflop_per_pair"] == pytest.approx(2 * ALEX_64PX_GFLOP)  # both images of a pair
+        assert row["trunk_gflops"] == pytest.approx(row["trunk_gflop_per_pair"] * 1e3 / ms["trunk"])
+        assert row["wide_conv_gflops"] > 0
     assert lines[0].startswith("alex 64px x8 fp32: reference batch 8, ours ")
-    assert len(lines) == 14 and "bound" in lines[6] and "bound" in lines[13]
+    assert len(lines) == 18 and "bound" in lines[7] and "bound" in lines[16]
+    assert lines[8].startswith("  trunk 0.158 GFLOP/pair at ") and lines[8].endswith(" GFLOP/s in fp32")
