@@ -56,12 +56,13 @@ def measure(args, settings: Settings, size: int, n: int, precision: str, folder:
     step = engine.batch_limit((3, size, size))
     model, dtype = engine.model, PRECISIONS[precision] or torch.float32
 
-    def trunk() -> None:
+    def passes():
         for start in range(0, n, step):
-            pairs_at = slice(start, start + step)
-            both = model._scaled(torch.cat([torch.stack(refs[pairs_at]), torch.stack(cands[pairs_at])]))
-            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                model.trunk(both.contiguous(memory_format=torch.channels_last))
+            yield torch.stack(refs[start:start + step]), torch.stack(cands[start:start + step])
+
+    def trunk() -> None:
+        for ref_batch, cand_batch in passes():
+            model.activations(torch.cat([ref_batch, cand_batch]))
 
     with FlopCounterMode(display=False) as counted:
         trunk()
@@ -73,8 +74,8 @@ def measure(args, settings: Settings, size: int, n: int, precision: str, folder:
             F.conv2d(wide, kernel, padding=1)
 
     def network() -> None:
-        for start in range(0, n, step):
-            engine.model.run(torch.stack(refs[start:start + step]), torch.stack(cands[start:start + step]))
+        for ref_batch, cand_batch in passes():
+            model.run(ref_batch, cand_batch)
 
     def decode() -> None:
         for ref, cand in pairs:

@@ -109,15 +109,20 @@ class LPIPS(nn.Module):
     def is_lpips(self) -> bool:
         return self.lin and self.normalise == "l2" and self.reduction == "mean"
 
-    def features(self, x: torch.Tensor, *, with_stats: bool = True) -> Features:
-        """Normalised features of a batch; the network may run in bf16/fp16, normalisation is fp32."""
+    def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's raw outputs at the taps, in the trunk's precision: the part of the work the reference
+        network does too, before any statistic or normaliser."""
         _check_images(x)
         if self.version != "0.0":  # v0.0 shipped without input scaling; keep it for parity
             x = self._scaled(x)
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext()
         with torch.inference_mode(), autocast:
-            raw = extract(self.trunk, x.contiguous(memory_format=torch.channels_last), self.taps)
+            return extract(self.trunk, x.contiguous(memory_format=torch.channels_last), self.taps)
+
+    def features(self, x: torch.Tensor, *, with_stats: bool = True) -> Features:
+        """Normalised features of a batch; the network may run in bf16/fp16, normalisation is fp32."""
+        raw = self.activations(x)
         norm, layers, stats = NORMALISERS[self.normalise], [], []
         with torch.inference_mode():
             while raw:  # one layer at a time, releasing each raw activation once it is used

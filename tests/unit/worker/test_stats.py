@@ -85,7 +85,6 @@ def test_features_taken_a_few_images_at_a_time_equal_the_whole_batch_at_once(mon
     chunks must give the whole batch's values exactly, the fp32 copy of a bf16 trunk's output included,
     and a normaliser that returns a new tensor must land in the layer too."""
     from worker.perceptual import LPIPS, metric
-    from worker.perceptual.extractor import extract
     from worker.perceptual.normalise import NORMALISERS
 
     torch.manual_seed(0)
@@ -99,9 +98,7 @@ def test_features_taken_a_few_images_at_a_time_equal_the_whole_batch_at_once(mon
     assert all(torch.equal(a, b) for a, b in zip(whole.layers, chunked.layers, strict=True))
     assert all(layer.dtype == torch.float32 for layer in chunked.layers)
     assert chunked.stats == whole.stats and len(chunked.stats[0]) == 5
-    dtype = metric.PRECISIONS[precision]
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        raw = extract(model.trunk, model._scaled(x).contiguous(memory_format=torch.channels_last), model.taps)
+    raw = model.activations(x)
     with torch.inference_mode():  # the whole layer at once, as features did before it took chunks
         expected = [(NORMALISERS[normalise](r.float().clone()), layer_stats(r.float())) for r in raw]
     assert all(torch.equal(layer, norm) for layer, (norm, _) in zip(chunked.layers, expected, strict=True))
